@@ -1,0 +1,41 @@
+# The two commands a new operator needs:
+#   make serve   creates .venv, installs ductile, and runs the gateway on a generated demo
+#   make test    creates .venv, installs ductile with its test extras, runs the whole suite
+#
+# The venv is built from a world-reachable interpreter (deploy/find-python.sh): plugins
+# dropped to unprivileged accounts run the same Python, so it must not live under a 0700 home.
+
+PYTHON ?= $(shell deploy/find-python.sh)
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test serve venv clean tools
+
+$(VPY):
+	@test -n "$(PYTHON)" || { deploy/find-python.sh >/dev/null; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VPY) setup.cfg pyproject.toml
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Host tools the suite exercises for real (age for vault interop). Installed only when
+# missing and only as root; elsewhere the interop tests say what is absent.
+tools:
+	@command -v age >/dev/null 2>&1 || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get install -y -q age >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q age >/dev/null)) \
+	  || echo "make: age CLI not installed; vault interop tests need it (apt-get install age)"; }
+
+test: $(STAMP) tools
+	$(VPY) -m pytest -q -rs $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	@echo "make serve: the gateway (ductile serve) is not built yet; see README for what works today" >&2; exit 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .demo

@@ -1,0 +1,36 @@
+"""Check the config, the host and the privilege posture; explain every problem."""
+
+from __future__ import annotations
+
+import click
+
+from ductile.cliopts import config_option, json_option
+
+
+@click.command()
+@config_option
+@json_option
+@click.option("--fail-on-warnings", is_flag=True, help="Exit 2 when there are warnings but no errors.")
+@click.pass_context
+def doctor(ctx: click.Context, config_path: str | None, as_json: bool, fail_on_warnings: bool) -> None:
+    """Check the config, the host and the privilege posture; explain every problem.
+
+    Exit 0 when clean, 1 on errors, 2 on warnings with --fail-on-warnings.
+    """
+    from ductile.doctor import run_doctor
+    from ductile.render import emit_json, say, table
+
+    report = run_doctor(config_path)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        if report.config_path:
+            say(f"config: {report.config_path}", err=False)
+        if report.findings:
+            table(["severity", "category", "where", "message", "fix"],
+                  [(f.severity.upper(), f.category, f.location(), f.message, f.fix) for f in report.findings],
+                  styles={"severity": "bold"})
+        counts = report.as_dict()["counts"]
+        verdict = "problems found" if counts["error"] else "ok"  # type: ignore[index]
+        say(f"doctor: {verdict}: {counts['error']} error(s), {counts['warning']} warning(s)", err=False)  # type: ignore[index]
+    ctx.exit(report.exit_code(fail_on_warnings))

@@ -1,0 +1,241 @@
+"""Strict, pure decoding of plain YAML data into the frozen model.
+
+Walks the dataclass type hints and each field's ``spec`` metadata, so the decoder, the JSON
+Schema and the docs cannot disagree about what a key accepts. Problems are collected (not
+raised) with the dotted path of the offending key, so ``doctor`` can list them all and the
+loader can report the first one with its file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import posixpath
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+from ductile.config.units import parse_duration, parse_size
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+    fix: str = ""
+    # "unit-range": a bound on a duration/size value, which JSON Schema cannot express
+    rule: str = ""
+
+
+def dotted(path: Path) -> str:
+    """``('pipelines', 0, 'steps')`` -> ``pipelines[0].steps``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def hints_of(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def is_optional(hint: Any) -> tuple[bool, Any]:
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(get_args(hint)) == 2:
+            return True, args[0]
+    return False, hint
+
+
+_PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):" + _PORT + "$"
+CRON_PATTERN = r"^\s*[\d*/,A-Za-z?-]+(\s+[\d*/,A-Za-z?-]+){4}\s*$"
+PATH_PATTERN = r"^[^\x00]+$"
+
+
+class Decoder:
+    """``Decoder(resolve_path).decode(Config, data)``; read ``.problems`` afterwards.
+
+    ``resolve_path(path, text)`` turns a relative ``kind="path"`` value into an absolute
+    one; the loader anchors it at the file that declared the key.
+    """
+
+    def __init__(self, resolve_path: Callable[[Path, str], str] | None = None) -> None:
+        self.problems: list[Problem] = []
+        self._resolve = resolve_path or (lambda _path, text: posixpath.normpath(text))
+
+    def problem(self, path: Path, message: str, fix: str = "", rule: str = "") -> None:
+        self.problems.append(Problem(path, message, fix, rule))
+
+    def decode(self, cls: type, data: Any, path: Path = ()) -> Any:
+        if not isinstance(data, dict):
+            self.problem(path, f"must be a mapping, got {type_name(data)}", "write key: value pairs here")
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(fields)}"
+                self.problem(path + (str(key),), f"unknown key '{key}'", f"remove it or correct the spelling ({hint})")
+        values: dict[str, Any] = {}
+        hints = hints_of(cls)
+        for name, f in fields.items():
+            if name in data:
+                values[name] = self.convert(hints[name], data[name], f.metadata, path + (name,))
+            elif f.default is not dataclasses.MISSING:
+                values[name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                values[name] = f.default_factory()
+            else:
+                self.problem(path + (name,), f"required key '{name}' is missing", f"add {name}: ({f.metadata['doc']})")
+                values[name] = None
+        try:
+            return cls(**values)
+        except TypeError:  # pragma: no cover - every field is supplied above
+            return None
+
+    def convert(self, hint: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        if hint is Any:
+            return value
+        optional, inner = is_optional(hint)
+        if value is None:
+            if optional:
+                return None
+            self.problem(path, "must not be empty (null)", "give it a value or remove the key to use the default")
+            return None
+        hint = inner
+        origin = get_origin(hint)
+        if dataclasses.is_dataclass(hint):
+            return self.decode(hint, value, path)  # type: ignore[arg-type]
+        if origin is Literal:
+            choices = get_args(hint)
+            if value not in choices:
+                self.problem(path, f"must be one of {', '.join(map(str, choices))}; got {value!r}",
+                             f"use one of {', '.join(map(str, choices))}")
+            return value
+        if origin is tuple:
+            return self._sequence(get_args(hint)[0], value, meta, path)
+        if origin is dict:
+            return self._mapping(get_args(hint)[1], value, meta, path)
+        return self._scalar(hint, value, meta, path)
+
+    def _sequence(self, item: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        if not isinstance(value, list):
+            self.problem(path, f"must be a list, got {type_name(value)}", "write it as a YAML list ([a, b] or '- a' lines)")
+            return ()
+        if meta.get("min_items") and len(value) < meta["min_items"]:
+            self.problem(path, f"needs at least {meta['min_items']} item(s)", "add an entry")
+        return tuple(self.convert(item, v, meta, path + (i,)) for i, v in enumerate(value))
+
+    def _mapping(self, item: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        if not isinstance(value, dict):
+            self.problem(path, f"must be a mapping, got {type_name(value)}", "write key: value pairs here")
+            return {}
+        out = {}
+        key_pattern = meta.get("key_pattern")
+        for key, v in value.items():
+            if not isinstance(key, str):
+                self.problem(path + (str(key),), f"key {key!r} must be a string", "quote the key")
+                continue
+            if key_pattern and not re.fullmatch(key_pattern, key):
+                self.problem(path + (key,), f"name '{key}' does not match {key_pattern}",
+                             "use letters, digits, '-' or '_', starting with a letter")
+            out[key] = self.convert(item, v, meta, path + (key,))
+        return out
+
+    def _range(self, number: float, meta: typing.Mapping[str, Any], path: Path, shown: str) -> None:
+        lo, hi = meta.get("minimum"), meta.get("maximum")
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
+                f"at least {lo}" if lo is not None else f"at most {hi}")
+            why = f" — {meta['why']}" if meta.get("why") else ""
+            rule = "unit-range" if meta.get("kind") in ("duration", "size") else ""
+            self.problem(path, f"must be {bounds}, got {shown}{why}", f"set a value {bounds}", rule)
+
+    def _scalar(self, hint: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        kind = meta.get("kind")
+        if hint is bool:
+            if not isinstance(value, bool):
+                self.problem(path, f"must be true or false, got {type_name(value)} {value!r}", "write true or false")
+            return value
+        if hint is float and kind == "duration":
+            if not isinstance(value, str):
+                self.problem(path, f"must be a duration such as 30s, got {type_name(value)} {value!r}",
+                             f"write {value}s for seconds (units: ms, s, m, h, d)")
+                return None
+            try:
+                seconds = parse_duration(value)
+            except ValueError as err:
+                self.problem(path, str(err), "units are ms, s, m, h, d")
+                return None
+            self._range(seconds, meta, path, value)
+            return seconds
+        if hint is int and kind == "size":
+            try:
+                size = parse_size(value)
+            except ValueError as err:
+                self.problem(path, str(err), "write bytes as a number or with B, KiB, MiB, GiB")
+                return None
+            self._range(size, meta, path, str(value))
+            return size
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.problem(path, f"must be an integer, got {type_name(value)} {value!r}", "write a whole number")
+                return None
+            self._range(value, meta, path, str(value))
+            return value
+        if hint is str:
+            if not isinstance(value, str):
+                self.problem(path, f"must be a string, got {type_name(value)} {value!r}", "quote the value")
+                return None
+            return self._text(value, meta, path)
+        raise TypeError(f"unsupported model type {hint!r} at {dotted(path)}")  # pragma: no cover
+
+    def _text(self, value: str, meta: typing.Mapping[str, Any], path: Path) -> str | None:
+        kind = meta.get("kind")
+        pattern = meta.get("pattern")
+        if pattern and not re.fullmatch(pattern, value):
+            hint = meta.get("pattern_hint") or f"must match {pattern}"
+            self.problem(path, f"{value!r} is not valid: {hint}", f"write it as {hint}")
+            return value
+        if kind in ("path", "abspath") and not re.fullmatch(PATH_PATTERN, value):
+            self.problem(path, "must be a non-empty path", "give a path")
+            return None
+        if kind == "abspath":
+            if not value.startswith("/"):
+                self.problem(path, f"{value!r} must be an absolute path",
+                             f"write the full path, e.g. /var/lib/ductile/accounts/{path[-2] if len(path) > 1 else 'x'}")
+                return value
+            return posixpath.normpath(value)
+        if kind == "path":
+            return self._resolve(path, value)
+        if kind == "listen":
+            if not re.fullmatch(LISTEN_PATTERN, value):
+                self.problem(path, f"{value!r} is not host:port", "write e.g. 127.0.0.1:8080")
+            return value
+        if kind == "cron":
+            if not re.fullmatch(CRON_PATTERN, value):
+                self.problem(path, f"{value!r} is not a five-field cron expression",
+                             "write minute hour day-of-month month day-of-week, e.g. '0 7 * * *'")
+            return value
+        return value

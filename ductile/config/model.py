@@ -1,0 +1,220 @@
+"""The configuration model: frozen dataclasses, one per YAML mapping (SPEC §3).
+
+Each field's metadata (``spec(...)``) drives three things from one place: the strict
+decoder (``decode.py``), the JSON Schema (``schema.py``) and the documentation. Cross-field
+rules (duplicate uids, undefined grants, ...) live in ``rules.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+UID_MAX = 2_147_483_647
+KEBAB = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ACCOUNT_NAME = r"^[a-z][a-z0-9_-]*$"
+COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EVENT_TYPE = r"^[A-Za-z0-9_.*:-]+$"
+SECRET_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+HEADER_NAME = r"^[A-Za-z0-9-]+$"
+
+# kinds: how a YAML value becomes the stored value (see decode.py)
+#   duration  "30s" -> float seconds      size   4MiB or int -> int bytes
+#   path      str, relative to the file that declares it -> absolute
+#   abspath   str that must already be absolute (account state_dir)
+#   listen    "host:port"                 cron   five-field cron text
+
+
+def spec(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    kind: str | None = None,
+    minimum: int | float | None = None,
+    maximum: int | float | None = None,
+    pattern: str | None = None,
+    pattern_hint: str | None = None,
+    min_items: int | None = None,
+    key_pattern: str | None = None,
+    why: str | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field carrying the rules every consumer of the model reads."""
+    meta = {
+        "doc": doc,
+        "kind": kind,
+        "minimum": minimum,
+        "maximum": maximum,
+        "pattern": pattern,
+        "pattern_hint": pattern_hint,
+        "min_items": min_items,
+        "key_pattern": key_pattern,
+        "why": why,
+    }
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str = spec("ductile", doc="Service name, used in logs and the posture line.", pattern=NAME)
+    max_workers: int = spec(2, doc="Concurrent job slots.", minimum=1, maximum=256)
+    unconfined: bool = spec(
+        False, doc="The one audited escape from the boot gate: run every plugin at the gateway uid."
+    )
+    plugin_env_passthrough: tuple[str, ...] = spec(
+        (), doc="Extra environment variable names passed into plugins.", pattern=ENV_NAME,
+        pattern_hint="an environment variable name such as HTTPS_PROXY",
+    )
+    max_plugin_output: int = spec(
+        4 * 1024 * 1024, doc="Cap on one job's stdout; overflow fails the job.", kind="size",
+        minimum=1024, maximum=1024**3,
+    )
+    kill_grace: float = spec(
+        5.0, doc="Time between SIGTERM and SIGKILL when a plugin times out.", kind="duration",
+        maximum=600,
+    )
+    shutdown_timeout: float = spec(
+        30.0, doc="On SIGTERM, how long running jobs may finish before they are killed and re-queued.",
+        kind="duration", maximum=3600,
+    )
+    max_event_depth: int = spec(
+        4, doc="How many pipeline hops an event chain may take before it is stopped.", minimum=1, maximum=64,
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = spec("info", doc="Log threshold.")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    path: str = spec("/var/lib/ductile/ductile.db", doc="The SQLite state database.", kind="path")
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    age_key_file: str = spec(
+        "/etc/ductile/secret/age.key", doc="The age identity that decrypts the vault (mode 0600).", kind="path"
+    )
+    vault_file: str = spec("/var/lib/ductile/vault.age", doc="The age-encrypted vault.", kind="path")
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    uid: int = spec(
+        doc="Numeric uid the plugin drops to; never root.", minimum=1, maximum=UID_MAX,
+        why="an account is an unprivileged user, never root",
+    )
+    gid: int = spec(
+        doc="Numeric primary gid; never root.", minimum=1, maximum=UID_MAX,
+        why="an account's group is unprivileged, never root",
+    )
+    state_dir: str = spec(doc="Absolute path of the account's private 0700 directory.", kind="abspath")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    every: float | None = spec(None, doc="Run at this interval.", kind="duration", minimum=1)
+    cron: str | None = spec(None, doc="Five-field cron expression (minute hour day month weekday).", kind="cron")
+    command: str = spec("poll", doc="Command to run.", pattern=COMMAND_NAME)
+    jitter: float = spec(0.0, doc="Random delay up to this long added to each run.", kind="duration")
+    payload: dict[str, Any] = spec(default_factory=dict, doc="Payload passed to the plugin.")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = spec(4, doc="Attempts before a job is dead.", minimum=1, maximum=100)
+    backoff_base: float = spec(30.0, doc="First retry delay; doubles each attempt.", kind="duration")
+    backoff_max: float = spec(3600.0, doc="Ceiling on one retry delay.", kind="duration")
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    enabled: bool = spec(True, doc="Disabled plugins are never run.")
+    run_as: str | None = spec(None, doc="Account grant; must name a defined account.", pattern=ACCOUNT_NAME)
+    vault_principal: str | None = spec(
+        None, doc="Vault principal (default: the plugin name).", pattern=KEBAB,
+        pattern_hint="kebab-case, e.g. my-plugin (lowercase letters, digits, single hyphens)",
+    )
+    requires_vault: bool = spec(False, doc="Fail the job closed when the principal or vault is missing.")
+    schedules: tuple[ScheduleConfig, ...] = spec((), doc="When to run the plugin on its own.")
+    timeouts: dict[str, float] = spec(
+        default_factory=dict, doc="Per-command timeouts (default poll 60s, handle 120s, others 60s).",
+        kind="duration", minimum=0.01, key_pattern=COMMAND_NAME,
+    )
+    retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
+    config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    uses: str = spec(doc="Plugin that handles the event.", pattern=NAME)
+    command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = spec(doc="Pipeline name.", pattern=NAME)
+    on: str = spec(doc="Event type that starts it (e.g. echo.done).", pattern=EVENT_TYPE)
+    steps: tuple[PipelineStep, ...] = spec(doc="Plugins that receive the event.", min_items=1)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str = spec(doc="Token name (shown in logs, never the value).", pattern=NAME)
+    secret_ref: str = spec(doc="Vault secret holding the bearer token.", pattern=SECRET_REF)
+    scopes: tuple[str, ...] = spec(
+        doc="'*' or '<plugin>:ro' / '<plugin>:rw'.", min_items=1,
+        pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*:(ro|rw))$",
+        pattern_hint="'*' or '<plugin>:ro' or '<plugin>:rw'",
+    )
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = spec(True, doc="Serve the HTTP API.")
+    listen: str = spec("127.0.0.1:8080", doc="host:port to listen on.", kind="listen")
+    tokens: tuple[ApiToken, ...] = spec((), doc="Bearer tokens, by reference into the vault.")
+    max_body: int = spec(1024 * 1024, doc="Largest request body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    path: str = spec(doc="URL path, e.g. /hooks/github.", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    plugin: str = spec(doc="Plugin that handles the delivery.", pattern=NAME)
+    secret_ref: str = spec(doc="Vault secret holding the HMAC key.", pattern=SECRET_REF)
+    signature_header: str = spec("X-Hub-Signature-256", doc="Header carrying the HMAC-SHA256.", pattern=HEADER_NAME)
+    command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
+    max_body: int = spec(1024 * 1024, doc="Largest body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+
+
+@dataclass(frozen=True)
+class Config:
+    include: tuple[str, ...] = spec((), doc="Files or directories merged into this one (relative to it).")
+    service: ServiceConfig = spec(default_factory=ServiceConfig, doc="The gateway process.")
+    state: StateConfig = spec(default_factory=StateConfig, doc="Where jobs and plugin state live.")
+    secrets: SecretsConfig = spec(default_factory=SecretsConfig, doc="Secret zero and the vault.")
+    plugin_roots: tuple[str, ...] = spec(
+        ("/opt/ductile/plugins",), doc="Directories searched for plugin manifests.", kind="path"
+    )
+    accounts: dict[str, AccountConfig] = spec(
+        default_factory=dict, doc="OS accounts plugins drop to; `default` and `untrusted` are tiers.",
+        key_pattern=ACCOUNT_NAME,
+    )
+    plugins: dict[str, PluginConfig] = spec(
+        default_factory=dict, doc="Plugins to run, by name.", key_pattern=NAME
+    )
+    pipelines: tuple[PipelineConfig, ...] = spec((), doc="Event routing.")
+    api: ApiConfig = spec(default_factory=ApiConfig, doc="HTTP API.")
+    webhooks: tuple[WebhookConfig, ...] = spec((), doc="Signed inbound webhooks.")
+
+    def timeout_for(self, plugin: str, command: str) -> float:
+        pc = self.plugins.get(plugin)
+        if pc is not None and command in pc.timeouts:
+            return pc.timeouts[command]
+        return DEFAULT_TIMEOUTS.get(command, 60.0)
+
+
+DEFAULT_TIMEOUTS = {"poll": 60.0, "handle": 120.0, "health": 10.0, "init": 30.0}

@@ -1,0 +1,50 @@
+"""Durations (``500ms``, ``30s``, ``5m``, ``2h``, ``1d``, ``1h30m``) and byte sizes (``4MiB``)."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
+
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+}
+SIZE_PATTERN = r"^\d+(B|KB|MB|GB|KiB|MiB|GiB)?$"
+_SIZE = re.compile(r"^(\d+)(B|KB|MB|GB|KiB|MiB|GiB)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``; ValueError naming the accepted forms otherwise."""
+    if not isinstance(text, str) or not re.fullmatch(DURATION_PATTERN, text.strip()):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 500ms, 30s, 5m, 2h, 1d or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text.strip()))
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes in ``value`` (an int, or ``4MiB``-style text)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is not a size: must not be negative")
+        return value
+    m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{value!r} is not a size; write e.g. 65536, 64KiB or 4MiB")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2) or ""]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of ``seconds`` (inverse of parse_duration for round values)."""
+    ms = round(seconds * 1000)
+    if ms % 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s and s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"

@@ -1,0 +1,85 @@
+"""doctor: collect findings from every part of ductile into one report.
+
+Each section is a function ``LoadedConfig -> list[Finding]``; doctor runs them in order and
+never changes anything on disk. Sections that need facts from the OS gather them through
+the same edge modules the gateway uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ductile.config import LoadedConfig, inspect_config
+from ductile.findings import Finding, exit_code, sort_findings
+from ductile.interpreter import refuse_unsafe_python
+
+Section = Callable[[LoadedConfig], list[Finding]]
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    config_path: str | None
+    findings: tuple[Finding, ...]
+
+    def exit_code(self, fail_on_warnings: bool) -> int:
+        return exit_code(list(self.findings), fail_on_warnings)
+
+    def as_dict(self) -> dict[str, object]:
+        counts = {s: sum(1 for f in self.findings if f.severity == s) for s in ("error", "warning", "info")}
+        return {"config": self.config_path, "ok": counts["error"] == 0, "counts": counts,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+def python_findings() -> list[Finding]:
+    refusal = refuse_unsafe_python(tuple(sys.version_info[:3]), sys.implementation.name)
+    if refusal:
+        return [Finding("error", "host", "python", refusal.message, refusal.fix, refusal.where)]
+    return []
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path) and path not in ("", "/"):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
+def host_findings(loaded: LoadedConfig) -> list[Finding]:
+    cfg = loaded.config
+    out: list[Finding] = []
+    for i, root in enumerate(cfg.plugin_roots):
+        field = f"plugin_roots[{i}]"
+        if not os.path.isdir(root):
+            out.append(Finding("error", "host", field, f"plugin root {root} does not exist or is not a directory",
+                               "create it (root-owned, 0755) or fix the path", loaded.where(field)))
+    state_dir = os.path.dirname(cfg.state.path)
+    if os.path.isdir(state_dir):
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            out.append(Finding("error", "host", "state.path", f"state directory {state_dir} is not writable by uid {os.geteuid()}",
+                               "run ductile as the account that owns it, or fix its owner", loaded.where("state.path")))
+    else:
+        anchor = _nearest_existing(state_dir)
+        if os.access(anchor, os.W_OK | os.X_OK):
+            out.append(Finding("info", "host", "state.path", f"state directory {state_dir} will be created on first start",
+                               "", loaded.where("state.path")))
+        else:
+            out.append(Finding("error", "host", "state.path",
+                               f"state directory {state_dir} does not exist and {anchor} is not writable by uid {os.geteuid()}",
+                               f"create {state_dir} owned by the gateway account (install -d -m 0700)", loaded.where("state.path")))
+    return out
+
+
+def sections() -> list[Section]:
+    """The doctor sections, in report order. Later layers append theirs here."""
+    return [host_findings]
+
+
+def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:
+    loaded, findings = inspect_config(config, env=env)
+    findings = python_findings() + findings
+    if loaded is not None:
+        for section in sections():
+            findings += section(loaded)
+    return DoctorReport(loaded.path if loaded else None, tuple(sort_findings(findings)))

@@ -1,0 +1,148 @@
+"""The error taxonomy: every refusal is a value with a place, a rule and a fix.
+
+Commands print ``err.one_line()`` on stderr and exit with ``err.exit_code``; the
+dispatcher reads ``terminal`` instead of matching strings. Nothing here imports
+anything heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+
+class DuctileError(Exception):
+    """Base of every expected failure.
+
+    ``where``: the file, field or object the problem is about (``accounts.default.uid``,
+    ``/etc/ductile/config.yaml:12``). ``fix``: what the operator should do. ``terminal``:
+    a job failing with this error must not be retried.
+    """
+
+    kind = "error"
+    terminal = False
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.fix = fix
+
+    def one_line(self) -> str:
+        """The single stderr line: ``<where>: <message> (fix: <fix>)``, newlines flattened."""
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.fix:
+            text = f"{text} (fix: {self.fix})"
+        return " ".join(text.split())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "where": self.where,
+            "message": self.message,
+            "fix": self.fix,
+            "terminal": self.terminal,
+        }
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
+class ConfigError(DuctileError):
+    """The configuration cannot be loaded or breaks a rule."""
+
+    kind = "config"
+
+
+class PythonRefused(DuctileError):
+    """The interpreter itself is unsafe to drop privileges from."""
+
+    kind = "python"
+
+
+class BootRefused(DuctileError):
+    """The boot gate or filesystem reconciliation refuses to start."""
+
+    kind = "boot"
+
+
+class PluginError(DuctileError):
+    """A plugin cannot be discovered, trusted or found."""
+
+    kind = "plugin"
+
+
+class ProtocolError(DuctileError):
+    """A plugin's response breaks protocol v2 (empty, not JSON, oversized, ...)."""
+
+    kind = "protocol"
+
+
+class PluginFailed(DuctileError):
+    """The plugin answered ``status: error`` or exited non-zero; ``terminal`` per its answer."""
+
+    kind = "plugin_failed"
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "", terminal: bool = False) -> None:
+        super().__init__(message, where=where, fix=fix)
+        self.terminal = terminal
+
+
+class PluginTimeout(DuctileError):
+    """The plugin ran past its timeout and was killed."""
+
+    kind = "timeout"
+
+
+class AccountDropFailed(DuctileError):
+    """The kernel refused the uid/gid drop at spawn. Never retried."""
+
+    kind = "drop_failed"
+    terminal = True
+
+
+class SpawnFailed(DuctileError):
+    """The plugin could not be started for a reason other than a refused drop."""
+
+    kind = "spawn_failed"
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "", terminal: bool = True) -> None:
+        super().__init__(message, where=where, fix=fix)
+        self.terminal = terminal
+
+
+class NoDowngradeTarget(DuctileError):
+    """A plugin failed its fingerprint binding and no ``untrusted`` tier exists."""
+
+    kind = "no_downgrade_target"
+    terminal = True
+
+
+class VaultError(DuctileError):
+    """The vault or its key cannot be used."""
+
+    kind = "vault"
+
+
+class VaultPrincipalRequired(DuctileError):
+    """``requires_vault: true`` and the principal is unknown, revoked or has no vault."""
+
+    kind = "vault_principal_required"
+    terminal = True
+
+
+class LockError(DuctileError):
+    """The plugin lock file cannot be read or written safely."""
+
+    kind = "lock"
+
+
+class StateError(DuctileError):
+    """The state database is unusable."""
+
+    kind = "state"
+
+
+class UsageError(DuctileError):
+    """The command line asked for something impossible."""
+
+    kind = "usage"
+    exit_code = 2

@@ -1,0 +1,72 @@
+"""doctor: findings, exit codes, output forms."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import EXAMPLES, run_ductile
+
+
+def test_example_config_is_clean() -> None:
+    proc = run_ductile("doctor", "--config", str(EXAMPLES / "config.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "doctor: ok" in proc.stdout
+
+
+def test_json_report_shape() -> None:
+    proc = run_ductile("doctor", "--json", "--config", str(EXAMPLES / "config.yaml"))
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["config"] == str(EXAMPLES / "config.yaml")
+    for f in report["findings"]:
+        assert set(f) == {"severity", "category", "field", "message", "fix", "where"}
+
+
+def test_warnings_exit_2_only_under_fail_on_warnings(tmp_path: Path) -> None:
+    (tmp_path / "plugins").mkdir()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("plugin_roots: [plugins]\nstate: {path: state/db}\n"
+                   "accounts:\n  solo: {uid: 61010, gid: 61010, state_dir: /var/lib/x/solo}\n")
+    assert run_ductile("doctor", "--config", str(cfg)).returncode == 0
+    strict = run_ductile("doctor", "--fail-on-warnings", "--json", "--config", str(cfg))
+    assert strict.returncode == 2
+    fields = {f["field"] for f in json.loads(strict.stdout)["findings"] if f["severity"] == "warning"}
+    assert {"accounts.default", "accounts.untrusted"} <= fields
+
+
+def test_missing_plugin_root_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("plugin_roots: [nowhere]\nstate: {path: state/db}\n")
+    proc = run_ductile("doctor", "--json", "--config", str(cfg))
+    assert proc.returncode == 1
+    [f] = [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error"]
+    assert f["field"] == "plugin_roots[0]" and "does not exist" in f["message"] and f["fix"]
+
+
+def test_plain_lines_when_not_a_tty_and_a_table_on_a_tty(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("plugin_roots: [nowhere]\n")
+    plain = run_ductile("doctor", "--config", str(cfg))
+    assert "ERROR" in plain.stdout and "plugin_roots[0]" in plain.stdout and "\x1b[" not in plain.stdout
+    # on a terminal: a rich table (box drawing), still no colour with NO_COLOR
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["NO_COLOR"] = "1"
+        os.environ["COLUMNS"] = "200"
+        os.execv(sys.executable, [sys.executable, "-m", "ductile", "doctor", "--config", str(cfg)])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode()
+    assert "plugin_roots[0]" in text and ("┃" in text or "│" in text)
