@@ -1,0 +1,100 @@
+"""The state database schema as an append-only list of migrations.
+
+``MIGRATIONS[n]`` takes the database from ``PRAGMA user_version`` n to n+1; ``db.migrate``
+applies each in one transaction. Never edit a released step: append a new one. Statements
+are listed one by one (not a script) because ``executescript`` would commit the migration
+transaction half-way.
+
+Times are REAL seconds since the epoch (UTC): exact to compare in the claim query, and
+rendered as ISO-8601 only at the edges. JSON columns hold ``json.dumps`` text.
+"""
+
+from __future__ import annotations
+
+# "Duct" in ASCII: marks the file as ductile's so a stray SQLite file is refused, not migrated.
+APPLICATION_ID = 0x44756374
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "dead")
+
+_V1 = (
+    f"""CREATE TABLE jobs (
+        id              TEXT PRIMARY KEY,
+        plugin          TEXT NOT NULL,
+        command         TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        event           TEXT,
+        status          TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in JOB_STATUSES)})),
+        attempt         INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+        max_attempts    INTEGER NOT NULL CHECK (max_attempts >= 1),
+        next_attempt_at REAL NOT NULL,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        started_at      REAL,
+        finished_at     REAL,
+        result          TEXT,
+        last_error      TEXT,
+        stderr_tail     TEXT,
+        dedupe_key      TEXT,
+        parent_job_id   TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+        event_depth     INTEGER NOT NULL DEFAULT 0 CHECK (event_depth >= 0),
+        account         TEXT,
+        uid             INTEGER,
+        CHECK (attempt <= max_attempts)
+    )""",
+    "CREATE UNIQUE INDEX jobs_dedupe_key ON jobs (dedupe_key) WHERE dedupe_key IS NOT NULL",
+    "CREATE INDEX jobs_claim ON jobs (status, next_attempt_at)",
+    "CREATE INDEX jobs_plugin_status ON jobs (plugin, status)",
+    "CREATE INDEX jobs_created ON jobs (created_at)",
+    "CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL",
+    """CREATE TABLE job_transitions (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        from_status TEXT,
+        to_status   TEXT NOT NULL,
+        at          REAL NOT NULL,
+        reason      TEXT NOT NULL
+    )""",
+    "CREATE INDEX job_transitions_job ON job_transitions (job_id, id)",
+    """CREATE TABLE job_attempts (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        attempt     INTEGER NOT NULL,
+        started_at  REAL NOT NULL,
+        finished_at REAL,
+        outcome     TEXT NOT NULL,
+        exit_code   INTEGER,
+        error       TEXT,
+        account     TEXT,
+        uid         INTEGER,
+        stderr_tail TEXT
+    )""",
+    "CREATE INDEX job_attempts_job ON job_attempts (job_id, id)",
+    """CREATE TABLE plugin_state (
+        plugin     TEXT PRIMARY KEY,
+        state      TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE events (
+        id            TEXT PRIMARY KEY,
+        type          TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        source_job_id TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+        plugin        TEXT,
+        depth         INTEGER NOT NULL DEFAULT 0 CHECK (depth >= 0),
+        created_at    REAL NOT NULL
+    )""",
+    "CREATE INDEX events_source_job ON events (source_job_id) WHERE source_job_id IS NOT NULL",
+    "CREATE INDEX events_type ON events (type)",
+    """CREATE TABLE vault_audit (
+        id        INTEGER PRIMARY KEY,
+        at        REAL NOT NULL,
+        op        TEXT NOT NULL,
+        principal TEXT,
+        actor     TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        detail    TEXT NOT NULL
+    )""",
+    "CREATE INDEX vault_audit_principal ON vault_audit (principal, id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
