@@ -246,6 +246,20 @@ class StateDB:
 
     # -- schema ----------------------------------------------------------------------
 
+    def use_wal(self) -> None:
+        """Switch the file to WAL (persistent, so later connections inherit it). Outside any
+        transaction, as SQLite requires; a file that is not a database fails here."""
+        conn = self._acquire()
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.Error as err:
+            raise self._state_error(err) from err
+        finally:
+            self._release(conn)
+        if mode.lower() != "wal":
+            raise StateError(f"state database {self.path} could not switch to WAL (journal_mode={mode})",
+                             where="state.path", fix="put the database on a local filesystem that supports WAL")
+
     def schema_version(self) -> int:
         with self.read() as conn:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -301,18 +315,7 @@ def open_state(path: str, *, create: bool = True) -> StateDB:
                          fix="point state.path at a file, not a directory")
     db = StateDB(path)
     try:
-        with db._transaction("BEGIN", "read") as conn:
-            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-        conn = db._acquire()
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.Error as err:
-            raise db._state_error(err) from err
-        finally:
-            db._release(conn)
-        if str(mode).lower() != "wal":
-            raise StateError(f"state database {path} could not switch to WAL (journal_mode={mode})",
-                             where="state.path", fix="put the database on a local filesystem that supports WAL")
+        db.use_wal()
         db.migrate()
     except BaseException:
         db.close()
