@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ductile.config import LoadedConfig, inspect_config
 from ductile.findings import Finding, exit_code, sort_findings
 from ductile.interpreter import refuse_unsafe_python
+from ductile.plugins.inventory import plugin_findings
 
 Section = Callable[[LoadedConfig], list[Finding]]
 
@@ -73,7 +74,7 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
-    return [host_findings]
+    return [host_findings, plugin_findings]
 
 
 def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:

@@ -51,26 +51,41 @@ class Document:
     marks: dict[Path, Mark]
 
 
-def read_yaml(path: str, interpolate: Callable[[str, Mark, Path], str] | None = None) -> Document:
+@dataclass(frozen=True)
+class Wording:
+    """How refusals name the file and what to put in it, so one hardened reader serves
+    both the config and plugin manifests without telling a plugin author to use include:."""
+
+    noun: str = "config file"
+    fill: str = "add settings (see examples/config.yaml) or remove the file / include"
+    shrink: str = "split it with include: or remove what does not belong in a config"
+    top: str = "start the file with keys such as service:, plugins:"
+
+
+CONFIG_WORDING = Wording()
+
+
+def read_yaml(path: str, interpolate: Callable[[str, Mark, Path], str] | None = None, *,
+              wording: Wording = CONFIG_WORDING) -> Document:
     """Parse ``path``; every error is a ConfigError located at ``file:line``."""
+    noun = wording.noun
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as err:
-        raise ConfigError(f"cannot read config file: {err.strerror}", where=path,
+        raise ConfigError(f"cannot read {noun}: {err.strerror}", where=path,
                           fix="check the path and its permissions") from None
     if len(raw) > MAX_BYTES:
-        raise ConfigError(f"config file is larger than {MAX_BYTES // 1024} KiB", where=path,
-                          fix="split it with include: or remove what does not belong in a config")
+        raise ConfigError(f"{noun} is larger than {MAX_BYTES // 1024} KiB", where=path,
+                          fix=wording.shrink)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError("config file is not valid UTF-8", where=f"{path}:{line}",
+        raise ConfigError(f"{noun} is not valid UTF-8", where=f"{path}:{line}",
                           fix="save the file as UTF-8") from None
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        raise ConfigError("config file is empty", where=path,
-                          fix="add settings (see examples/config.yaml) or remove the file / include")
+        raise ConfigError(f"{noun} is empty", where=path, fix=wording.fill)
     try:
         loader = _Loader(text)
         try:
@@ -86,12 +101,12 @@ def read_yaml(path: str, interpolate: Callable[[str, Mark, Path], str] | None = 
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML error: {' '.join(str(err).split())}", where=path, fix="correct the YAML") from None
     if node is None:
-        raise ConfigError("config file is empty", where=path, fix="add settings or remove the file")
+        raise ConfigError(f"{noun} is empty", where=path, fix=wording.fill)
     builder = _Builder(path, interpolate)
     data = builder.build(node, (), 0)
     if not isinstance(data, dict):
         raise ConfigError(f"top level must be a mapping of settings, got a {type(data).__name__}",
-                          where=f"{path}:{node.start_mark.line + 1}", fix="start the file with keys such as service:, plugins:")
+                          where=f"{path}:{node.start_mark.line + 1}", fix=wording.top)
     return Document(data, builder.marks)
 
 
