@@ -54,3 +54,34 @@ def list_plugins(config_path: str | None, as_json: bool) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+@plugin.command("run")
+@click.argument("name")
+@click.option("--command", "-C", "command", default="poll", show_default=True, help="Plugin command to run.")
+@click.option("--payload", default="{}", metavar="JSON", help="Payload object passed to the plugin.")
+@config_option
+@json_option
+@click.pass_context
+def run(ctx: click.Context, name: str, command: str, payload: str, config_path: str | None, as_json: bool) -> None:
+    """Run one job now, through the same gate, reconcile, resolve and spawn path as serve.
+
+    Prints the plugin's response on stdout; on stderr, the account and uid it ran as.
+    Exit 0 when the job succeeded, 1 otherwise (a refused gate runs nothing).
+    """
+    from ductile.config import load_config
+    from ductile.render import emit_json, say
+    from ductile.runtime.oneshot import parse_payload, run_once
+
+    result, runtime = run_once(load_config(config_path), name, command, parse_payload(payload))
+    say(runtime.posture_line())
+    say(f"ran {name} {command} as {result.account.describe() if result.account else 'nothing (refused before spawn)'}"
+        + (f", pid {result.pid}" if result.pid else ""))
+    out = result.as_dict()
+    if as_json:
+        emit_json(out)
+    elif result.outcome.response is not None:
+        emit_json(out["outcome"]["result"])
+    if result.outcome.error is not None:
+        say(f"ductile: job {result.outcome.status}: {result.outcome.error.one_line()}")
+    ctx.exit(0 if result.outcome.status == "succeeded" else 1)

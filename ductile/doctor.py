@@ -74,7 +74,9 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
-    return [host_findings, plugin_findings]
+    from ductile.runtime.doctor import posture_findings
+
+    return [host_findings, plugin_findings, posture_findings]
 
 
 def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:

@@ -30,7 +30,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_example_config_loads_with_includes_and_relative_paths() -> None:
-    loaded = load_config(str(EXAMPLES / "config.yaml"), env={})
+    loaded = load_config(str(EXAMPLES / "etc" / "config.yaml"), env={})
     cfg = loaded.config
     assert set(cfg.plugins) == {"echo", "counter", "notify"}  # from the included plugins.yaml
     assert cfg.plugin_roots == (str(EXAMPLES / "plugins"),)
@@ -123,7 +123,7 @@ def test_merge_keys_are_supported(tmp_path: Path) -> None:
 
 
 def test_account_uid_equal_to_gateway_is_refused() -> None:
-    cfg = load_config(str(EXAMPLES / "config.yaml"), env={}).config
+    cfg = load_config(str(EXAMPLES / "etc" / "config.yaml"), env={}).config
     findings = config_rules(cfg, gateway_uid=61001)
     assert [f.field for f in findings if f.severity == "error"] == ["accounts.default.uid"]
     assert "gateway's own uid" in findings[0].message
@@ -137,7 +137,7 @@ def test_missing_tiers_are_warnings_not_errors(tmp_path: Path) -> None:
 
 
 def test_effective_view_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(str(EXAMPLES / "config.yaml"), env={}).config
+    cfg = load_config(str(EXAMPLES / "etc" / "config.yaml"), env={}).config
     write(tmp_path / "config.yaml", yaml.safe_dump(effective_view(cfg)))
     again = load_config(str(tmp_path), env={}).config
     assert again == cfg

@@ -58,7 +58,7 @@ def test_every_field_is_documented() -> None:
 
 
 def test_examples_validate_raw_and_effective() -> None:
-    loaded = load_config(str(EXAMPLES / "config.yaml"), env={})
+    loaded = load_config(str(EXAMPLES / "etc" / "config.yaml"), env={})
     assert schema_ok(loaded.raw)
     assert schema_ok(effective_view(loaded.config))
 
@@ -76,7 +76,7 @@ def test_schema_rejects_what_the_loader_rejects_field_by_field(name: str) -> Non
 
 # ---- agreement under random single mutations of a valid document ------------------
 
-BASE = load_config(str(EXAMPLES / "config.yaml"), env={}).raw
+BASE = load_config(str(EXAMPLES / "etc" / "config.yaml"), env={}).raw
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:

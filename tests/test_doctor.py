@@ -13,23 +13,24 @@ from conftest import EXAMPLES, run_ductile
 
 
 def test_example_config_is_clean() -> None:
-    proc = run_ductile("doctor", "--config", str(EXAMPLES / "config.yaml"))
+    proc = run_ductile("doctor", "--config", str(EXAMPLES / "etc" / "config.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "doctor: ok" in proc.stdout
 
 
 def test_json_report_shape() -> None:
-    proc = run_ductile("doctor", "--json", "--config", str(EXAMPLES / "config.yaml"))
+    proc = run_ductile("doctor", "--json", "--config", str(EXAMPLES / "etc" / "config.yaml"))
     report = json.loads(proc.stdout)
-    assert report["ok"] is True and report["config"] == str(EXAMPLES / "config.yaml")
+    assert report["ok"] is True and report["config"] == str(EXAMPLES / "etc" / "config.yaml")
     for f in report["findings"]:
         assert set(f) == {"severity", "category", "field", "message", "fix", "where"}
 
 
 def test_warnings_exit_2_only_under_fail_on_warnings(tmp_path: Path) -> None:
     (tmp_path / "plugins").mkdir()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("plugin_roots: [plugins]\nstate: {path: state/db}\n"
+    (tmp_path / "etc").mkdir()
+    cfg = tmp_path / "etc" / "config.yaml"
+    cfg.write_text("plugin_roots: [../plugins]\nstate: {path: ../state/db}\napi: {enabled: false}\n"
                    "accounts:\n  solo: {uid: 61010, gid: 61010, state_dir: /var/lib/x/solo}\n")
     assert run_ductile("doctor", "--config", str(cfg)).returncode == 0
     strict = run_ductile("doctor", "--fail-on-warnings", "--json", "--config", str(cfg))
@@ -43,7 +44,7 @@ def test_missing_plugin_root_is_an_error(tmp_path: Path) -> None:
     cfg.write_text("plugin_roots: [nowhere]\nstate: {path: state/db}\n")
     proc = run_ductile("doctor", "--json", "--config", str(cfg))
     assert proc.returncode == 1
-    [f] = [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error"]
+    [f] = [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error" and f["category"] == "host"]
     assert f["field"] == "plugin_roots[0]" and "does not exist" in f["message"] and f["fix"]
 
 

@@ -49,7 +49,7 @@ PLUGINS = """plugins:
 
 
 def test_list_json_on_the_examples_shows_echo_counter_notify() -> None:
-    proc = run_ductile("plugin", "list", "--json", "--config", str(EXAMPLES / "config.yaml"))
+    proc = run_ductile("plugin", "list", "--json", "--config", str(EXAMPLES / "etc" / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     rows = {row["name"]: row for row in out["plugins"]}
@@ -63,7 +63,7 @@ def test_list_json_on_the_examples_shows_echo_counter_notify() -> None:
 
 
 def test_list_table_has_every_column_including_lock() -> None:
-    proc = run_ductile("plugin", "list", "--config", str(EXAMPLES / "config.yaml"))
+    proc = run_ductile("plugin", "list", "--config", str(EXAMPLES / "etc" / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
     header, *lines = proc.stdout.splitlines()
     assert header.split() == ["NAME", "STATUS", "CONFIGURED", "ENABLED", "GRANT", "LOCK", "COMMANDS", "DIRECTORY"]

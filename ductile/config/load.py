@@ -141,10 +141,11 @@ def _merge(dst: dict[str, Any], dst_marks: dict[Path, Mark], src: dict[str, Any]
 
     walk(dst, src, ())
     for p, mark in src_marks.items():
-        shifted = list(p)
-        for i in range(len(shifted)):
-            if isinstance(shifted[i], int) and tuple(p[:i]) in offsets:
-                shifted[i] += offsets[tuple(p[:i])]
+        shifted: list[str | int] = []
+        for i, part in enumerate(p):
+            if isinstance(part, int) and p[:i] in offsets:
+                part += offsets[p[:i]]
+            shifted.append(part)
         dst_marks.setdefault(tuple(shifted), mark)
 
 

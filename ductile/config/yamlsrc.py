@@ -57,7 +57,7 @@ class Wording:
     both the config and plugin manifests without telling a plugin author to use include:."""
 
     noun: str = "config file"
-    fill: str = "add settings (see examples/config.yaml) or remove the file / include"
+    fill: str = "add settings (see examples/etc/config.yaml) or remove the file / include"
     shrink: str = "split it with include: or remove what does not belong in a config"
     top: str = "start the file with keys such as service:, plugins:"
 

@@ -1,0 +1,102 @@
+"""List accounts, prove the wall holds for each, explain why a plugin runs as whom."""
+
+from __future__ import annotations
+
+import click
+
+from ductile.cliopts import config_option, json_option
+
+
+@click.group()
+def account() -> None:
+    """List accounts, prove the wall holds for each, explain why a plugin runs as whom."""
+
+
+@account.command("list")
+@config_option
+@json_option
+def list_(config_path: str | None, as_json: bool) -> None:
+    """Accounts, their tiers, and which plugins resolve to each."""
+    from ductile.config import load_config
+    from ductile.explain import account_table
+    from ductile.render import emit_json, table
+    from ductile.runtime.boot import assess, discover
+
+    loaded = load_config(config_path)
+    assessment = assess(loaded)
+    rows = account_table(loaded, discover(loaded), assessment.enforcing)
+    if as_json:
+        emit_json({"posture": assessment.verdict.posture, "accounts": rows})
+        return
+    table(["account", "uid", "gid", "tier", "state_dir", "plugins"],
+          [(r["name"], r["uid"], r["gid"], r["tier"], r["state_dir"], ", ".join(r["plugins"]) or "-") for r in rows])
+    click.echo(f"posture: {assessment.verdict.posture} ({assessment.verdict.cell})", err=True)
+
+
+@account.command("verify")
+@click.argument("names", nargs=-1)
+@config_option
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
+    """Spawn a probe as each account (or NAMES) and report what it could reach.
+
+    Exit 0 when every check held, 1 on any breach, 2 when a check could not run.
+    """
+    from ductile.config import load_config
+    from ductile.render import emit_json, table
+    from ductile.runtime.verify import verify_accounts
+
+    report = verify_accounts(load_config(config_path), list(names) or None)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        rows = []
+        for a in report.accounts:
+            if a.not_run:
+                rows.append((a.name, a.uid, "all checks", "", "NOT RUN", a.not_run))
+            for c in a.checks:
+                mark = {True: c["verdict"], False: f"{c['verdict']} (BREACH)", None: f"{c['verdict']} (not checked)"}[c["ok"]]
+                rows.append((a.name, a.uid, c["label"], c["path"], mark, c.get("detail", "")))
+        table(["account", "uid", "check", "target", "verdict", "detail"], rows)
+        breaches = sum(len(a.breaches) for a in report.accounts)
+        skipped = sum(len(a.unverified) for a in report.accounts) + sum(1 for a in report.accounts if a.not_run)
+        verdict = "BREACHED" if breaches else ("INCOMPLETE" if skipped else "HELD")
+        click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run "
+                   f"(posture {report.assessment.verdict.posture}, gateway uid {report.assessment.gateway_uid})")
+    ctx.exit(report.exit_code())
+
+
+@account.command("explain")
+@click.argument("plugin")
+@config_option
+@json_option
+def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
+    """Why PLUGIN runs as what: gate cell, grant source, uid/gid, env, cwd, downgrade."""
+    import os
+
+    from ductile.config import load_config
+    from ductile.explain import explain_plugin
+    from ductile.render import emit_json
+    from ductile.runtime.boot import assess, discover
+
+    loaded = load_config(config_path)
+    info = explain_plugin(loaded, assess(loaded), discover(loaded), plugin, dict(os.environ))
+    if as_json:
+        emit_json(info)
+        return
+    acct = info["account"]
+    who = f"{acct['name']} (uid {acct['uid']}, gid {acct['gid']})" if acct["name"] else "the gateway uid (unconfined)"
+    lines = [
+        f"plugin {plugin}: " + ("configured" if info["configured"] else "NOT configured") + (", enabled" if info["enabled"] else ", disabled")
+        + (f", entrypoint {info['entrypoint']}" if info["discovered"] else ", NOT discovered in plugin_roots"),
+        f"gate: {info['gate']['posture']} [{info['gate']['cell']}] {info['gate']['message']}",
+        f"runs as: {who}, source {acct['source']}: {acct['why']}",
+        f"cwd/HOME: {info['cwd']}",
+        f"env: {', '.join(info['env_keys'])}",
+        f"on fingerprint mismatch: {info['on_fingerprint_mismatch']}",
+    ]
+    if info["cannot_reach"]:
+        lines.append("cannot reach: " + "; ".join(info["cannot_reach"]))
+    lines.append("can write: " + "; ".join(info["can_write"]))
+    click.echo("\n".join(lines))

@@ -1,0 +1,78 @@
+"""``account explain`` and ``account list``: the pure privsep decisions, shown instead of
+applied. Nothing here touches the OS; callers pass in the assessment and discovery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ductile.config import LoadedConfig
+from ductile.plugins.discovery import Discovery
+from ductile.privsep.accounts import UNTRUSTED_TIER, resolve_account
+from ductile.privsep.env import build_env
+from ductile.runtime.boot import Assessment
+
+
+def _why(loaded: LoadedConfig, plugin: str, enforcing: bool, source: str) -> str:
+    pc = loaded.config.plugins.get(plugin)
+    if not enforcing:
+        return "the boot gate chose the unconfined posture, so no plugin is dropped"
+    if source == "granted":
+        return f"plugins.{plugin}.run_as grants account '{pc.run_as if pc else '?'}'"
+    if source == "default":
+        return "no run_as grant, so the `default` tier applies"
+    return "no run_as grant and no `default` tier, so it runs unconfined at the gateway uid"
+
+
+def downgrade_outcome(loaded: LoadedConfig, confined: bool) -> str:
+    if not confined:
+        return "not confined: fingerprint binding does not apply"
+    untrusted = loaded.config.accounts.get(UNTRUSTED_TIER)
+    if untrusted is None:
+        return "no `untrusted` tier: a job whose bytes drift from the lock fails terminally (NoDowngradeTarget)"
+    return f"downgraded to account `untrusted` (uid {untrusted.uid}), event plugin.account_downgraded"
+
+
+def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Discovery, plugin: str,
+                   gateway_env: dict[str, str]) -> dict[str, Any]:
+    cfg = loaded.config
+    v = assessment.verdict
+    pc = cfg.plugins.get(plugin)
+    found = discovery.plugins.get(plugin)
+    enforcing = assessment.enforcing
+    resolved = resolve_account(cfg, plugin, enforcing)
+    home = resolved.state_dir if resolved.confined else None
+    env = build_env(gateway_env, cfg.service.plugin_env_passthrough, home)
+    others = sorted(n for n, a in cfg.accounts.items() if n != resolved.name)
+    return {
+        "plugin": plugin,
+        "configured": pc is not None,
+        "enabled": bool(pc and pc.enabled),
+        "discovered": found is not None,
+        "entrypoint": found.entrypoint if found else None,
+        "gate": {"posture": v.posture, "cell": v.cell, "message": v.message, "capability": assessment.capability},
+        "account": {"name": resolved.name, "uid": resolved.uid, "gid": resolved.gid, "source": resolved.source,
+                    "why": _why(loaded, plugin, enforcing, resolved.source)},
+        "cwd": resolved.state_dir if resolved.confined else f"{cfg.state.path.rsplit('/', 1)[0]}/unconfined/{plugin}",
+        "env_keys": sorted(env),
+        "groups": [] if resolved.confined else None,
+        "on_fingerprint_mismatch": downgrade_outcome(loaded, resolved.confined),
+        "cannot_reach": ([f"age key {cfg.secrets.age_key_file}", f"config dir {loaded.directory}",
+                          f"state DB {cfg.state.path}", f"vault {cfg.secrets.vault_file}"]
+                         + [f"account {o}'s {cfg.accounts[o].state_dir}" for o in others]) if resolved.confined else [],
+        "can_write": [resolved.state_dir] if resolved.confined else ["whatever the gateway uid can write"],
+    }
+
+
+def account_table(loaded: LoadedConfig, discovery: Discovery, enforcing: bool) -> list[dict[str, Any]]:
+    cfg = loaded.config
+    rows = []
+    for name, acct in sorted(cfg.accounts.items()):
+        plugins = sorted(p for p in cfg.plugins if resolve_account(cfg, p, True).name == name)
+        tier = name if name in ("default", "untrusted") else ""
+        rows.append({"name": name, "uid": acct.uid, "gid": acct.gid, "state_dir": acct.state_dir, "tier": tier,
+                     "plugins": plugins})
+    unconfined = sorted(p for p in cfg.plugins if not resolve_account(cfg, p, True).confined)
+    if unconfined or not enforcing:
+        rows.append({"name": "(unconfined)", "uid": None, "gid": None, "state_dir": None, "tier": "",
+                     "plugins": sorted(cfg.plugins) if not enforcing else unconfined})
+    return rows

@@ -1,0 +1,100 @@
+"""The OS edge for process privileges: read our own capability sets and harden the
+gateway before it spawns anything. The only module that calls ``prctl``/``capset``.
+
+Why each step (reference: capabilities(7), feasibility probes):
+
+* ``PR_CAP_AMBIENT_CLEAR_ALL`` — systemd's ``AmbientCapabilities=`` puts CAP_SETUID and
+  CAP_SETGID in the *ambient* set, which survives ``execve`` of an ordinary binary and a
+  non-root -> non-root uid change: without clearing it every plugin could ``setuid(0)``.
+* zero the *inheritable* set — ``AmbientCapabilities=`` raises it too; an inheritable bit
+  plus a file capability would re-grant the capability to a plugin.
+* ``PR_SET_NO_NEW_PRIVS`` — setuid binaries and file capabilities become inert for the
+  gateway and everything it spawns (the flag is inherited and cannot be unset).
+
+The gateway keeps its permitted/effective CAP_SETUID+CAP_SETGID: it needs them to drop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass
+
+from ductile.errors import BootRefused
+from ductile.privsep.caps import ProcStatus, has_drop_capability, parse_status
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def read_status(pid: int | str = "self") -> str | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def own_status() -> ProcStatus | None:
+    text = read_status()
+    try:
+        return parse_status(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def probe_capability() -> bool:
+    """SPEC §5.1: can this process drop to another uid?"""
+    return has_drop_capability(os.geteuid(), read_status())
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise BootRefused(f"{what} failed: {os.strerror(err)}", where="gateway process",
+                          fix="run on Linux >= 4.3; if seccomp or a container blocks prctl/capset, allow them")
+
+
+def clear_inheritable() -> None:
+    libc = _libc()
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(libc.capget(ctypes.byref(header), data), "capget")
+    for d in data:
+        d.inheritable = 0
+    _check(libc.capset(ctypes.byref(header), data), "capset (clear inheritable)")
+
+
+@dataclass(frozen=True)
+class Hardening:
+    before: ProcStatus | None
+    after: ProcStatus
+
+
+def harden_gateway() -> Hardening:
+    """Clear ambient and inheritable capabilities and set no_new_privs, then verify."""
+    before = own_status()
+    libc = _libc()
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    clear_inheritable()
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    after = own_status()
+    if after is None or after.cap("CapAmb") or after.cap("CapInh") or after.no_new_privs != 1:
+        raise BootRefused("could not verify that ambient/inheritable capabilities are clear and no_new_privs is set",
+                          where="/proc/self/status", fix="check the kernel and any seccomp policy")
+    return Hardening(before, after)

@@ -1,0 +1,1 @@
+"""Running plugins: the spawn edge, the one-job executor and the boot sequence they share."""

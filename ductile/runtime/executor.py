@@ -1,0 +1,153 @@
+"""One job, start to finish — the single path every command that runs a plugin uses:
+
+    resolve -> bind fingerprint -> compose secrets -> spawn spec -> spawn -> decode -> outcome
+
+``plugin run`` calls ``Executor.run`` once; ``serve``'s dispatcher calls it for every job;
+``account verify`` builds its probes through the same ``build_spawn_spec`` + ``spawn``.
+A second spawn path would be a second door in the wall: don't add one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ductile.config.model import PluginConfig
+from ductile.errors import AccountDropFailed, DuctileError, PluginError
+from ductile.plugins.discovery import Plugin
+from ductile.plugins.protocol import build_request
+from ductile.privsep.accounts import ResolvedAccount, resolve_account
+from ductile.privsep.spawnspec import SpawnSpec, build_spawn_spec
+from ductile.runtime.boot import Runtime
+from ductile.runtime.outcome import Outcome, classify
+from ductile.runtime.spawn import spawn
+
+
+@dataclass(frozen=True)
+class Job:
+    plugin: str
+    command: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    event: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: Job
+    outcome: Outcome
+    account: ResolvedAccount | None
+    spec: SpawnSpec | None
+    pid: int | None = None
+    secret_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.outcome.response
+        acct = self.account
+        return {
+            "job_id": self.job.job_id, "plugin": self.job.plugin, "command": self.job.command, "pid": self.pid,
+            "account": {"name": acct.name, "uid": acct.uid, "gid": acct.gid, "source": acct.source} if acct else None,
+            "outcome": self.outcome.as_dict(),
+            "events": [{"type": e.type, "payload": e.payload} for e in r.events] if r else [],
+            "state_updates": dict(r.state_updates) if r else {},
+            "logs": [{"level": lg.level, "message": lg.message} for lg in r.logs] if r else [],
+            "secrets_delivered": list(self.secret_names),
+            "stderr_tail": self.outcome.stderr_tail[-4096:],
+        }
+
+
+class EventSink(Protocol):
+    def __call__(self, type: str, payload: dict[str, Any]) -> None: ...
+
+
+Binder = Callable[[Plugin, ResolvedAccount], ResolvedAccount]
+Composer = Callable[[str, PluginConfig, Plugin], dict[str, str]]
+
+
+def _no_binding(plugin: Plugin, resolved: ResolvedAccount) -> ResolvedAccount:
+    return resolved
+
+
+def _no_secrets(name: str, pc: PluginConfig, plugin: Plugin) -> dict[str, str]:
+    return {}
+
+
+def _ignore(type: str, payload: dict[str, Any]) -> None:
+    return None
+
+
+class Executor:
+    """Runs jobs for one booted Runtime. Fingerprint binding and secret composition are
+    injected so this module stays the one spawn path while those layers evolve."""
+
+    def __init__(self, runtime: Runtime, *, bind: Binder = _no_binding, compose: Composer = _no_secrets,
+                 emit: EventSink = _ignore) -> None:
+        self.runtime = runtime
+        self.bind = bind
+        self.compose = compose
+        self.emit = emit
+
+    def plugin_for(self, job: Job) -> tuple[Plugin, PluginConfig]:
+        cfg = self.runtime.config
+        pc = cfg.plugins.get(job.plugin)
+        if pc is None:
+            raise PluginError(f"plugin '{job.plugin}' is not configured", where=f"plugins.{job.plugin}",
+                              fix=f"add plugins.{job.plugin}: {{}} (with a run_as grant) to the config")
+        if not pc.enabled:
+            raise PluginError(f"plugin '{job.plugin}' is disabled", where=f"plugins.{job.plugin}.enabled",
+                              fix="set enabled: true")
+        plugin = self.runtime.plugins.get(job.plugin)
+        if plugin is None:
+            skipped = [f for f in self.runtime.discovery.findings if job.plugin in f.location() or job.plugin in f.message]
+            why = f": {skipped[0].message}" if skipped else ""
+            raise PluginError(f"plugin '{job.plugin}' was not found in plugin_roots or was refused{why}",
+                              where=f"plugins.{job.plugin}", fix="`ductile plugin list` shows what was found and why not")
+        if job.command not in {c.name for c in plugin.manifest.commands}:
+            known = ", ".join(c.name for c in plugin.manifest.commands)
+            raise PluginError(f"plugin '{job.plugin}' has no command '{job.command}' (it has: {known})",
+                              where=plugin.manifest_path, fix="use one of its commands")
+        return plugin, pc
+
+    def prepare(self, job: Job) -> tuple[Plugin, PluginConfig, ResolvedAccount, SpawnSpec]:
+        """Everything up to the spawn, without running anything (also used by explain)."""
+        plugin, pc = self.plugin_for(job)
+        rt = self.runtime
+        resolved = resolve_account(rt.config, job.plugin, rt.enforcing)
+        resolved = self.bind(plugin, resolved)
+        spec = build_spawn_spec(resolved, plugin.entrypoint, rt.config.service, rt.gateway_env,
+                                timeout=rt.config.timeout_for(job.plugin, job.command),
+                                unconfined_workdir=rt.unconfined_workdir(job.plugin),
+                                gateway_uid=rt.assessment.gateway_uid if rt.enforcing else None)
+        return plugin, pc, resolved, spec
+
+    def run(self, job: Job) -> JobResult:
+        resolved: ResolvedAccount | None = None
+        spec: SpawnSpec | None = None
+        try:
+            plugin, pc, resolved, spec = self.prepare(job)
+            secrets = self.compose(job.plugin, pc, plugin)
+            if not spec.drops:
+                os.makedirs(spec.workdir, mode=0o700, exist_ok=True)
+            request = build_request(
+                job_id=job.job_id, command=job.command, config=dict(pc.config), state=job.state,
+                payload=job.payload, event=job.event, context=job.context,
+                deadline_at=datetime.now(timezone.utc) + timedelta(seconds=spec.timeout), secrets=secrets,
+            )
+            pids: list[int] = []
+            names = tuple(sorted(secrets))
+            raw = spawn(spec, request, on_start=pids.append)
+            del request, secrets
+            return JobResult(job, classify(spec, raw, job.plugin), resolved, spec, pids[0] if pids else None,
+                             secret_names=names)
+        except DuctileError as err:
+            if isinstance(err, AccountDropFailed) and resolved is not None:
+                self.emit("plugin.drop_failed", {"job_id": job.job_id, "plugin": job.plugin, "account": resolved.name,
+                                                 "uid": resolved.uid, "gid": resolved.gid, "error": err.message})
+            # nothing ran: refusals before the spawn never get better by retrying
+            return JobResult(job, Outcome("failed", True, None, err, None), resolved, spec)

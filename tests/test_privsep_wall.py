@@ -1,0 +1,193 @@
+"""The wall, proven from inside dropped children — as a root gateway and as a cap-only
+gateway (non-root, only CAP_SETUID+CAP_SETGID, ambient, as systemd would set it up).
+Every test here needs root; under CI a skip is a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from wallworld import (HANG_PLUGIN, IS_ROOT, MARKER_PLUGIN, PROBE_PLUGIN, World, destroy, live_processes, make_world,
+                       require_root)
+
+from ductile.privsep.env import ALLOWLIST
+
+pytestmark = pytest.mark.privileged
+
+ZERO = "0000000000000000"
+MODES = ["root", "cap-only"]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def world(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    require_root()
+    offset = 0 if request.param == "root" else 20
+    w = make_world(0 if request.param == "root" else None, ["default", "untrusted", "sibling"],
+                   {"probe": "{run_as: default, timeouts: {poll: 30s}}",
+                    "hang": "{run_as: untrusted, timeouts: {poll: 1s}}"},
+                   {"probe": PROBE_PLUGIN, "hang": HANG_PLUGIN}, id_offset=offset)
+    w.mode = request.param  # type: ignore[attr-defined]
+    yield w
+    destroy(w)
+
+
+def probe(world: World) -> dict:  # type: ignore[type-arg]
+    payload = {"deny": {"age key": str(world.key), "config dir": str(world.etc),
+                        "config file": str(world.etc / "config.yaml"), "state DB": str(world.db),
+                        "vault": str(world.vault), "sibling dir": str(world.state_dir("sibling")),
+                        "sibling file": str(world.state_dir("sibling") / "private.txt")},
+               "setuid": [0, world.gateway_uid] if world.gateway_uid else [0]}
+    proc = world.plugin_run("probe", payload)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = json.loads(proc.stdout)
+    assert out["outcome"]["status"] == "succeeded", out
+    return out
+
+
+def test_identity_is_exactly_the_account(world: World) -> None:
+    out = probe(world)
+    r = out["outcome"]["result"]
+    u = world.accounts["default"]
+    assert r["resuid"] == [u, u, u] and r["resgid"] == [u, u, u]
+    assert set(r["groups"]) <= {u}
+    assert out["account"]["uid"] == u and out["account"]["name"] == "default"
+
+
+def test_no_capabilities_and_no_new_privs(world: World) -> None:
+    r = probe(world)["outcome"]["result"]
+    assert r["caps"] == {"CapInh": ZERO, "CapPrm": ZERO, "CapEff": ZERO, "CapAmb": ZERO}
+    assert r["nnp"] == "1"
+
+
+def test_only_stdio_open_cwd_is_state_dir_umask_077(world: World) -> None:
+    r = probe(world)["outcome"]["result"]
+    assert r["fds"] == [0, 1, 2]
+    assert r["cwd"] == str(world.state_dir("default"))
+    assert r["umask"] == 0o077
+
+
+def test_env_is_exactly_the_allowlist(world: World) -> None:
+    env = probe(world)["outcome"]["result"]["env"]
+    # the gateway here runs with PATH, LANG, TZ, NO_COLOR: NO_COLOR is not on the list
+    assert set(env) == {"PATH", "LANG", "TZ", "HOME", "XDG_CACHE_HOME"} | ({"LC_CTYPE"} & set(env))
+    assert set(env) - {"XDG_CACHE_HOME"} <= set(ALLOWLIST)
+    assert env["HOME"] == env["XDG_CACHE_HOME"] == str(world.state_dir("default"))
+
+
+def test_secrets_and_siblings_are_denied_own_dir_writable(world: World) -> None:
+    r = probe(world)["outcome"]["result"]
+    assert r["deny"] == {k: "EACCES" for k in r["deny"]}, r["deny"]
+    assert r["own"] == "WRITABLE"
+
+
+def test_regaining_privilege_fails(world: World) -> None:
+    r = probe(world)["outcome"]["result"]
+    assert r["setuid"] and all(v == "EPERM" for v in r["setuid"].values()), r["setuid"]
+
+
+def test_stderr_names_the_account_and_uid(world: World) -> None:
+    proc = world.plugin_run("probe", {})
+    u = world.accounts["default"]
+    assert f"uid {u}" in proc.stderr and "default" in proc.stderr
+
+
+def test_timeout_kills_the_whole_tree(world: World) -> None:
+    uid = world.accounts["untrusted"]
+    proc = world.plugin_run("hang", {})
+    assert proc.returncode != 0
+    out = json.loads(proc.stdout)
+    assert out["outcome"]["status"] == "timed_out", out
+    assert (world.state_dir("untrusted") / "hang-started").exists()
+    # orphans are reaped lazily by PID 1; only live (non-zombie) processes count
+    deadline = time.monotonic() + 10
+    while live_processes(uid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_processes(uid) == []
+
+
+# ---- refusals run nothing ---------------------------------------------------------------
+
+def _marker_world(gateway_uid: int | None, accounts: list[str], offset: int) -> World:
+    return make_world(gateway_uid, accounts, {"mark": "{}"}, {"mark": MARKER_PLUGIN}, id_offset=offset)
+
+
+@pytest.mark.parametrize("case", ["no-capability-with-accounts", "capability-without-accounts",
+                                  "foreign-owned-key", "unprovisioned-account-dir"])
+def test_each_refusal_runs_zero_plugins(case: str) -> None:
+    require_root()
+    gw = 0 if case in ("capability-without-accounts", "foreign-owned-key") else None
+    w = _marker_world(gw, [] if case == "capability-without-accounts" else ["default", "untrusted"], 40)
+    try:
+        marker = w.base / "marker"
+        os.chmod(w.base, 0o1777)  # anyone may create the marker, so only the gate can stop it
+        kw = {}
+        if case == "no-capability-with-accounts":
+            kw["caps"] = ""
+            needle = "lacks CAP_SETUID/CAP_SETGID"
+        elif case == "capability-without-accounts":
+            needle = "no accounts are configured"
+        elif case == "foreign-owned-key":
+            os.chown(w.key, 12345, 12345)
+            needle = "must be gateway-owned"
+        else:
+            shutil.rmtree(w.state_dir("default"))
+            needle = "not provisioned"
+        proc = w.plugin_run("mark", {"marker": str(marker)}, **kw)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+        assert not marker.exists(), "a plugin ran although the gate refused"
+    finally:
+        destroy(w)
+
+
+def test_unconfined_override_runs_at_gateway_uid() -> None:
+    require_root()
+    w = _marker_world(None, ["default"], 60)
+    try:
+        os.chmod(w.base, 0o1777)
+        w.extra_config = "service: {unconfined: true, kill_grace: 1s}\n"
+        text = w.config_text().replace("service: {kill_grace: 1s}\n", "", 1)
+        (w.etc / "config.yaml").write_text(text)
+        proc = w.plugin_run("mark", {"marker": str(w.base / "marker")}, caps="")
+        assert proc.returncode == 0, proc.stderr
+        assert (w.base / "marker").stat().st_uid == w.gateway_uid
+        assert "unconfined" in proc.stderr
+    finally:
+        destroy(w)
+
+
+# ---- regression guards for the footguns ---------------------------------------------------
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root")
+def test_omitting_extra_groups_would_leak_the_gateways_groups() -> None:
+    """Keep ``extra_groups=[]``: without it the child keeps every supplementary group."""
+    code = (
+        "import os, subprocess, sys\n"
+        "os.setgroups([0, 4, 27])\n"
+        "leak = subprocess.run([sys.executable, '-c', 'import os; print(os.getgroups())'], user=61999, group=61999,"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "kept = subprocess.run([sys.executable, '-c', 'import os; print(os.getgroups())'], user=61999, group=61999,"
+        " extra_groups=[], capture_output=True, text=True).stdout.strip()\n"
+        "print(leak, '|', kept)\n"
+    )
+    out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    leak, kept = [s.strip() for s in out.split("|")]
+    assert leak == "[0, 4, 27]" and kept == "[]"
+
+
+def test_spawn_spec_passes_extra_groups() -> None:
+    """The spawn edge must hand Popen an explicit (empty) extra_groups for every drop."""
+    from ductile.privsep.accounts import ResolvedAccount
+    from ductile.config.model import ServiceConfig
+    from ductile.privsep.spawnspec import build_spawn_spec
+    from ductile.runtime.spawn import _drop_kwargs
+
+    spec = build_spawn_spec(ResolvedAccount("a", 61001, 61001, "/d", "granted"), "/e", ServiceConfig(), {},
+                            timeout=1, unconfined_workdir="/u")
+    assert _drop_kwargs(spec) == {"user": 61001, "group": 61001, "extra_groups": []}

@@ -1,0 +1,254 @@
+"""Build a throwaway world for the wall tests: accounts (numeric uids with no passwd entry,
+from a private range), a config directory, secrets, account dirs and plugins — and run the
+real CLI either as a root gateway or as a cap-only gateway (``setpriv``, the way systemd's
+``AmbientCapabilities=CAP_SETUID CAP_SETGID`` sets a service up)."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+UID_RANGE = range(61100, 61999)
+IS_ROOT = os.geteuid() == 0
+PYTHON = sys.executable
+
+
+def require_root() -> None:
+    if not IS_ROOT:
+        pytest.skip("needs root to create accounts and drop privileges")
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to emulate a cap-only gateway")
+
+
+def free_ids(n: int, start: int = 0) -> list[int]:
+    """n numbers that are neither a uid nor a gid on this host."""
+    out = []
+    for i in UID_RANGE[start:]:
+        try:
+            pwd.getpwuid(i)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(i)
+            continue
+        except KeyError:
+            pass
+        out.append(i)
+        if len(out) == n:
+            return out
+    raise RuntimeError("no free ids in the private range")
+
+
+def kill_uid(uid: int) -> None:
+    """Kill every process of uid (as that uid, the only complete sweep)."""
+    subprocess.run(["/bin/kill", "-KILL", "--", "-1"], user=uid, group=uid, extra_groups=[],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin"})
+
+
+def live_processes(uid: int) -> list[str]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["uids", "status", "cmdline", "pid"], ad_value=None):
+        if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(f"{p.info['pid']} {' '.join(p.info['cmdline'] or [])}")
+    return out
+
+
+PROBE_PLUGIN = textwrap.dedent('''\
+    #!/usr/bin/python3
+    """Wall probe plugin: reports its identity and what the kernel lets it do."""
+    import errno, json, os, sys
+    req = json.load(sys.stdin)
+    pl = req.get("payload") or {}
+    st = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        st[k] = v.strip()
+    def access(path):
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                open(path, "rb").read(1)
+            return "READABLE"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    def writable(path):
+        try:
+            p = os.path.join(path, "probe-wrote")
+            open(p, "w").write("x")
+            os.unlink(p)
+            return "WRITABLE"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    def setuid(uid):
+        try:
+            os.setuid(uid)
+            return "SUCCEEDED"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    fds = []
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink("/proc/self/fd/" + n)  # the listing's own fd is closed by now
+            fds.append(int(n))
+        except OSError:
+            pass
+    fds.sort()
+    out = {
+        "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
+        "caps": {k: st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}, "nnp": st.get("NoNewPrivs"),
+        "fds": fds, "cwd": os.getcwd(), "env": dict(os.environ), "umask": os.umask(0o077),
+        "deny": {label: access(path) for label, path in pl.get("deny", {}).items()},
+        "own": writable(os.getcwd()),
+        "secrets": sorted((req.get("secrets") or {}).keys()),
+        "setuid": {str(u): setuid(u) for u in pl.get("setuid", [])},
+    }
+    json.dump({"status": "ok", "result": out}, sys.stdout)
+''')
+
+HANG_PLUGIN = textwrap.dedent('''\
+    #!/usr/bin/python3
+    """Ignores SIGTERM, forks grandchildren in its group and one setsid escapee."""
+    import os, signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(2):
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+        os._exit(0)
+    open(os.path.join(os.getcwd(), "hang-started"), "w").write("x")
+    time.sleep(600)
+''')
+
+MARKER_PLUGIN = textwrap.dedent('''\
+    #!/usr/bin/python3
+    """Leaves a marker so a test can prove whether anything ran."""
+    import json, sys
+    req = json.load(sys.stdin)
+    open(req["payload"]["marker"], "w").write("ran")
+    json.dump({"status": "ok", "result": "ran"}, sys.stdout)
+''')
+
+
+@dataclass
+class World:
+    base: Path
+    gateway_uid: int          # 0 for a root gateway
+    accounts: dict[str, int]  # name -> uid (gid == uid)
+    extra_config: str = ""
+    plugins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc"
+
+    @property
+    def key(self) -> Path:
+        return self.etc / "secret" / "age.key"
+
+    @property
+    def db(self) -> Path:
+        return self.base / "state" / "ductile.db"
+
+    @property
+    def vault(self) -> Path:
+        return self.base / "state" / "vault.age"
+
+    def state_dir(self, name: str) -> Path:
+        return self.base / "accounts" / name
+
+    def config_text(self) -> str:
+        accts = "\n".join(f"  {n}: {{uid: {u}, gid: {u}, state_dir: {self.state_dir(n)}}}" for n, u in self.accounts.items())
+        plugins = "\n".join(f"  {p}: {body}" for p, body in self.plugins.items())
+        return textwrap.dedent(f"""\
+            service: {{kill_grace: 1s}}
+            state: {{path: {self.db}}}
+            secrets: {{age_key_file: {self.key}, vault_file: {self.vault}}}
+            plugin_roots: [{self.base / 'plugins'}]
+            api: {{enabled: false}}
+            """) + (f"accounts:\n{accts}\n" if self.accounts else "") + (f"plugins:\n{plugins}\n" if plugins else "") + self.extra_config
+
+    def write_config(self) -> None:
+        (self.etc / "config.yaml").write_text(self.config_text())
+        os.chown(self.etc / "config.yaml", self.gateway_uid, self.gateway_uid)
+
+    def run(self, *args: str, cap_only: bool | None = None, caps: str = "+setuid,+setgid",
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The real CLI, as this world's gateway: root, or a non-root uid holding only ``caps``."""
+        cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC"}
+        if self.gateway_uid != 0:
+            uid = self.gateway_uid
+            prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            if caps:
+                prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
+            cmd = prefix + ["--"] + cmd
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+
+    def plugin_run(self, plugin: str, payload: dict[str, Any] | None = None, command: str = "poll",
+                   **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run("plugin", "run", plugin, "--command", command, "--payload", json.dumps(payload or {}), "--json", **kw)
+
+
+def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, str],
+               plugin_sources: dict[str, str] | None = None, id_offset: int = 0) -> World:
+    """gateway_uid None -> a fresh non-root uid (cap-only gateway); 0 -> root gateway."""
+    ids = free_ids(len(accounts) + 1, id_offset)
+    gw = ids[-1] if gateway_uid is None else gateway_uid
+    base = Path(tempfile.mkdtemp(prefix="ductile-wall-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    world = World(base, gw, dict(zip(accounts, ids)), plugins=plugins)
+    for d, mode in [("etc", 0o700), ("etc/secret", 0o700), ("state", 0o700), ("accounts", 0o711), ("plugins", 0o755)]:
+        (base / d).mkdir(mode=mode)
+        os.chmod(base / d, mode)
+    for d in ("etc", "etc/secret", "state"):
+        os.chown(base / d, gw, gw)
+    for path, content in [(world.key, "AGE-SECRET-KEY-1FAKEFAKEFAKE\n"), (world.db, "not really sqlite"),
+                          (world.vault, "age-encryption.org/v1 fake")]:
+        path.write_text(content)
+        os.chmod(path, 0o600)
+        os.chown(path, gw, gw)
+    for name, uid in world.accounts.items():
+        sd = world.state_dir(name)
+        sd.mkdir(mode=0o700)
+        os.chmod(sd, 0o700)
+        os.chown(sd, uid, uid)
+        (sd / "private.txt").write_text(f"{name}'s own data")
+        os.chown(sd / "private.txt", uid, uid)
+        os.chmod(sd / "private.txt", 0o600)
+    for name, source in (plugin_sources or {}).items():
+        d = base / "plugins" / name
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+        (d / "manifest.yaml").write_text(
+            f"name: {name}\nprotocol: 2\nentrypoint: run.py\ncommands: [{{name: poll, type: read}}, {{name: handle, type: read}}]\n")
+        (d / "run.py").write_text(source)
+        os.chmod(d / "run.py", 0o755)
+    world.write_config()
+    return world
+
+
+def destroy(world: World) -> None:
+    for uid in list(world.accounts.values()) + ([world.gateway_uid] if world.gateway_uid else []):
+        kill_uid(uid)
+    shutil.rmtree(world.base, ignore_errors=True)
