@@ -84,3 +84,32 @@ def test_audit_detail_is_capped(db: StateDB) -> None:
     db.audit.record_audit("secret.set", "echo", "root", "ok", {"name": "y" * 10_000})
     [row, _] = db.audit.list_audit()
     assert len(row["detail"]["name"]) == STRING_MAX
+
+
+def test_schedule_fire_is_once_per_slot_and_never_backwards(tmp_path) -> None:
+    from ductile.state import open_state
+    from ductile.state.schedules import dedupe_key
+
+    with open_state(str(tmp_path / "s.db")) as db:
+        first = db.schedules.fire("echo#0", "echo", "poll", 600.0, payload={}, max_attempts=1)
+        assert first is not None
+        assert db.schedules.fire("echo#0", "echo", "poll", 600.0, payload={}, max_attempts=1) is None
+        assert db.schedules.fire("echo#0", "echo", "poll", 300.0, payload={}, max_attempts=1) is None
+        assert db.schedules.last_slot("echo#0") == 600.0
+        later = db.schedules.fire("echo#0", "echo", "poll", 900.0, payload={}, max_attempts=1)
+        assert later not in (None, first)
+        assert db.jobs.get(first).dedupe_key == dedupe_key("echo#0", 600.0)
+        db.schedules.baseline("cron#0", "echo", "poll", 60.0)
+        db.schedules.baseline("cron#0", "echo", "poll", 120.0)  # a baseline never moves a known schedule
+        assert db.schedules.last_slot("cron#0") == 60.0
+        assert len(db.jobs.list_jobs()) == 2
+
+
+def test_list_jobs_restricted_to_a_set_of_plugins(tmp_path) -> None:
+    from ductile.state import open_state
+
+    with open_state(str(tmp_path / "s.db")) as db:
+        for plugin in ("a", "b", "c"):
+            db.jobs.enqueue(plugin, "poll", {}, max_attempts=1)
+        assert {j.plugin for j in db.jobs.list_jobs(plugins=["a", "c"])} == {"a", "c"}
+        assert db.jobs.list_jobs(plugins=[]) == []

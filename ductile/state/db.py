@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ductile.state.events import EventLog
     from ductile.state.jobs import JobQueue
     from ductile.state.plugin_state import PluginStateStore
+    from ductile.state.schedules import ScheduleStore
 
 BUSY_TIMEOUT_MS = 30_000   # a slow disk under a busy serve; waiting beats failing a claim
 POOL_IDLE_MAX = 8          # idle connections kept for reuse; more are closed on release
@@ -231,6 +232,12 @@ class StateDB:
         from ductile.state.events import EventLog
 
         return self._store("_events", EventLog)
+
+    @property
+    def schedules(self) -> ScheduleStore:
+        from ductile.state.schedules import ScheduleStore
+
+        return self._store("_schedules", ScheduleStore)
 
     @property
     def audit(self) -> AuditLog:

@@ -325,18 +325,26 @@ class JobQueue:
                              fix="give more characters of the id")
         return Job.from_row(rows[0]) if rows else None
 
-    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50) -> list[Job]:
-        """Newest first."""
+    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
+                  plugins: Iterable[str] | None = None) -> list[Job]:
+        """Newest first. ``plugins`` restricts to a set of plugins (an API token's scopes)."""
         if status is not None and status not in STATUSES:
             raise StateError(f"unknown job status {status!r}", where="status",
                              fix=f"use one of {', '.join(STATUSES)}")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if status is not None:
             clauses.append("status = ?")
             args.append(status)
         if plugin is not None:
             clauses.append("plugin = ?")
             args.append(plugin)
+        if plugins is not None:
+            allowed = sorted(set(plugins))
+            if not allowed:
+                return []
+            clauses.append(f"plugin IN ({','.join('?' * len(allowed))})")
+            args.extend(allowed)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:
             rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",

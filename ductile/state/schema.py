@@ -97,4 +97,17 @@ _V1 = (
     "CREATE INDEX vault_audit_principal ON vault_audit (principal, id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# v2: when each schedule last fired, so a gateway that was down runs a missed slot once
+# (not once per missed slot) and a restart never fires the same slot twice.
+_V2 = (
+    """CREATE TABLE schedule_state (
+        id          TEXT PRIMARY KEY,
+        plugin      TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        last_slot   REAL NOT NULL,
+        last_job_id TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+        updated_at  REAL NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
