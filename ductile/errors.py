@@ -92,6 +92,12 @@ class PluginTimeout(DuctileError):
     kind = "timeout"
 
 
+class JobCancelled(DuctileError):
+    """The gateway killed a running job itself (shutdown); it is re-queued, not failed."""
+
+    kind = "cancelled"
+
+
 class AccountDropFailed(DuctileError):
     """The kernel refused the uid/gid drop at spawn. Never retried."""
 

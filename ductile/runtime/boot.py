@@ -89,10 +89,12 @@ def discover(loaded: LoadedConfig) -> Discovery:
     return discover_for_config(loaded.config)
 
 
-def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None) -> Runtime:
+def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
+         discovery: Discovery | None = None) -> Runtime:
     """Run the gate; when enforcing, harden this process and reconcile the filesystem.
-    Raises BootRefused (and runs nothing) on any refusal."""
-    discovery = discover(loaded)
+    Raises BootRefused (and runs nothing) on any refusal. ``serve`` passes the discovery it
+    made before opening the state database (SPEC §8 order) so plugins are walked once."""
+    discovery = discover(loaded) if discovery is None else discovery
     assessment = assess(loaded)
     v = assessment.verdict
     if v.refused:

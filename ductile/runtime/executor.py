@@ -10,6 +10,7 @@ A second spawn path would be a second door in the wall: don't add one.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
@@ -126,7 +127,9 @@ class Executor:
                                 gateway_uid=rt.assessment.gateway_uid if rt.enforcing else None)
         return plugin, pc, resolved, spec
 
-    def run(self, job: Job) -> JobResult:
+    def run(self, job: Job, *, cancel: threading.Event | None = None) -> JobResult:
+        """Run ``job`` once. Setting ``cancel`` kills the plugin through the spawn edge's kill
+        path (the drop-aware one) and yields a non-terminal ``JobCancelled`` outcome."""
         resolved: ResolvedAccount | None = None
         spec: SpawnSpec | None = None
         try:
@@ -141,7 +144,7 @@ class Executor:
             )
             pids: list[int] = []
             names = tuple(sorted(secrets))
-            raw = spawn(spec, request, on_start=pids.append)
+            raw = spawn(spec, request, on_start=pids.append, cancel=cancel)
             del request, secrets
             return JobResult(job, classify(spec, raw, job.plugin), resolved, spec, pids[0] if pids else None,
                              secret_names=names)

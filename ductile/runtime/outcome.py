@@ -1,8 +1,8 @@
 """Turn what a plugin process did into a job outcome. Pure.
 
 Order of questions: did the trampoline fail before the plugin ran (state_dir unreachable,
-entrypoint or interpreter not executable by the account)? did we kill it (timeout, output
-overflow)? is its answer a protocol v2 response? what does the answer say?
+entrypoint or interpreter not executable by the account)? did the gateway cancel it
+(shutdown)? did we kill it (timeout, output overflow)? is its answer a protocol v2 response? what does the answer say?
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ductile.errors import DuctileError, PluginFailed, PluginTimeout, ProtocolError, SpawnFailed
+from ductile.errors import DuctileError, JobCancelled, PluginFailed, PluginTimeout, ProtocolError, SpawnFailed
 from ductile.plugins.protocol import Response, decode_response, is_terminal
 from ductile.privsep.spawnspec import ENV_TRAMPOLINE, SpawnSpec
 from ductile.runtime.spawn import RawResult
@@ -78,6 +78,10 @@ def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
     failed = trampoline_failure(spec, raw)
     if failed is not None:
         return Outcome("failed", True, None, failed, raw.returncode, stderr)
+    if raw.cancelled:
+        err = JobCancelled("stopped by the gateway before it finished (shutdown deadline)", where=where,
+                           fix="nothing: the job is re-queued without charging the attempt")
+        return Outcome("failed", False, None, err, raw.returncode, stderr)
     if raw.timed_out:
         err = PluginTimeout(f"timed out after {spec.timeout:g}s and was killed", where=where,
                             fix="raise plugins.<name>.timeouts.<command> or make the command faster")

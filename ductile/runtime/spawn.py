@@ -3,7 +3,8 @@
 One call = one process group: the request goes in on stdin, stdout is read up to its cap
 (overflow kills the job), stderr keeps a 64 KiB tail, all three pipes are serviced from one
 ``selectors`` loop so no pipe can deadlock. A timeout sends SIGTERM to the group, waits
-``kill_grace``, then SIGKILL.
+``kill_grace``, then SIGKILL. A ``cancel`` event set by the caller (serve's shutdown deadline)
+kills the group at once, the same way.
 
 Killing when the gateway is cap-only: without CAP_KILL a gateway cannot signal processes of
 another uid (kill(2) needs a matching uid). Rather than widen the unit with CAP_KILL — which
@@ -45,6 +46,7 @@ class RawResult:
     timed_out: bool
     pid: int
     swept: bool = False           # an account-wide sweep ran after a kill
+    cancelled: bool = False       # the caller's cancel event killed it (not the plugin's fault)
 
 
 _running_lock = threading.Lock()
@@ -106,8 +108,10 @@ def classify_start_error(spec: SpawnSpec, err: OSError) -> Exception:
     return SpawnFailed(f"could not start {target}: {err.strerror}", where=spec.entrypoint, fix="see the error")
 
 
-def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None) -> RawResult:
-    """Run one plugin process to completion (or kill) and return what it said."""
+def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,
+          cancel: threading.Event | None = None) -> RawResult:
+    """Run one plugin process to completion (or kill) and return what it said.
+    Setting ``cancel`` kills the process group (and sweeps the account) as a timeout would."""
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv is built by build_spawn_spec, never a shell
             list(spec.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -122,14 +126,15 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
     try:
         if on_start is not None:
             on_start(proc.pid)
-        return _communicate(spec, proc, request)
+        return _communicate(spec, proc, request, cancel)
     finally:
         if spec.uid is not None:
             with _running_lock:
                 _running[spec.uid] -= 1
 
 
-def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes) -> RawResult:
+def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
+                 cancel: threading.Event | None = None) -> RawResult:
     assert proc.stdin and proc.stdout and proc.stderr
     pgid = proc.pid
     sel = selectors.DefaultSelector()
@@ -144,7 +149,7 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes)
     sel.register(proc.stderr, selectors.EVENT_READ)
     out = bytearray()
     err_tail = bytearray()
-    truncated = timed_out = False
+    truncated = timed_out = cancelled = False
     start = time.monotonic()
     deadline = start + spec.timeout
     term_sent_at: float | None = None
@@ -164,6 +169,9 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes)
         if exited_at is not None and now - exited_at > LINGER_AFTER_EXIT:
             kill_now()  # grandchildren holding our pipes open
             break
+        if cancel is not None and not cancelled and exited_at is None and cancel.is_set():
+            cancelled = True
+            kill_now()
         if not timed_out and exited_at is None and now >= deadline:
             timed_out = True
             signal_group(spec, pgid, signal.SIGTERM)
@@ -212,8 +220,8 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes)
             pipe.close()
         except OSError:
             pass
-    if timed_out or truncated:
+    if timed_out or truncated or cancelled:
         kill_now()
     returncode = proc.wait()
-    swept = sweep_account(spec) if (timed_out or truncated) else False
-    return RawResult(returncode, bytes(out), truncated, bytes(err_tail), timed_out, proc.pid, swept)
+    swept = sweep_account(spec) if (timed_out or truncated or cancelled) else False
+    return RawResult(returncode, bytes(out), truncated, bytes(err_tail), timed_out, proc.pid, swept, cancelled)
