@@ -1,0 +1,223 @@
+"""The HTTP API (SPEC §8) as a Starlette app; uvicorn serves it (see ``gateway``).
+
+    GET  /healthz                    no token: status, posture, queue depth, uptime
+    GET  /plugins                    plugins the token may see
+    POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
+    GET  /job/{id}                   one job, its attempts and events
+    GET  /jobs?status=&plugin=&limit=
+    POST <webhook path>              HMAC-signed deliveries (``webhooks``)
+
+Every error is ``{"error": ..., "fix": ...}`` with a plain status: 400 bad body, 401 no or
+unknown token, 403 scope, 404 unknown plugin/command/job, 413 body too large, 503 draining.
+Handlers are async only where they read the body; database work runs in the thread pool
+so a slow disk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ductile import __version__
+from ductile.errors import DuctileError
+from ductile.runtime.boot import Runtime
+from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
+from ductile.serve.logs import log
+from ductile.serve.scopes import Principal, TokenTable, bearer
+from ductile.state.db import StateDB
+from ductile.state.schema import JOB_STATUSES
+
+_log = logging.getLogger("ductile.api")
+MAX_LIST = 1000
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the running gateway."""
+
+    db: StateDB
+    runtime: Runtime
+    tokens: TokenTable
+    webhook_keys: dict[str, bytes] = field(repr=False)
+    wake: Callable[[], None]
+    running: Callable[[], int]
+    draining: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+
+
+def error(status: int, message: str, fix: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "fix": fix}, status_code=status, headers=headers)
+
+
+def draining() -> JSONResponse:
+    return error(503, "the gateway is shutting down and accepts no new jobs", "retry against the restarted gateway",
+                 {"Retry-After": "5"})
+
+
+class Api:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    # -- auth ----------------------------------------------------------------------------
+
+    def principal(self, request: Request) -> Principal | JSONResponse:
+        token = bearer(request.headers.get("authorization"))
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if token is None:
+            return error(401, "missing bearer token", "send Authorization: Bearer <token>", challenge)
+        found = self.ctx.tokens.authenticate(token)
+        if found is None:
+            log(_log, logging.WARNING, "rejected an unknown bearer token", path=request.url.path,
+                client=request.client.host if request.client else None)
+            fix = "use a token from api.tokens" if len(self.ctx.tokens) else "configure api.tokens (none are configured)"
+            return error(401, "unknown bearer token", fix, challenge)
+        return found
+
+    # -- routes --------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        depth = await run_in_threadpool(self.ctx.db.jobs.queue_depth)
+        verdict = self.ctx.runtime.assessment.verdict
+        return JSONResponse({
+            "status": "draining" if self.ctx.draining.is_set() else "ok",
+            "posture": verdict.posture,
+            "queue_depth": depth,
+            "running": self.ctx.running(),
+            "plugins_loaded": len(self.ctx.runtime.plugins),
+            "uptime_seconds": round(time.monotonic() - self.ctx.started, 3),
+            "version": __version__,
+        })
+
+    async def plugins(self, request: Request) -> Response:
+        who = self.principal(request)
+        if isinstance(who, JSONResponse):
+            return who
+        cfg = self.ctx.runtime.config
+        out = []
+        for name, plugin in sorted(self.ctx.runtime.plugins.items()):
+            pc = cfg.plugins.get(name)
+            if pc is None or not who.can_read(name):
+                continue
+            out.append({"name": name, "description": plugin.manifest.description, "enabled": pc.enabled,
+                        "run_as": pc.run_as, "concurrency_safe": plugin.manifest.concurrency_safe,
+                        "commands": [{"name": c.name, "type": c.type, "allowed": who.can_run(name, c.type)}
+                                     for c in plugin.manifest.commands],
+                        "schedules": len(pc.schedules)})
+        return JSONResponse({"plugins": out})
+
+    async def trigger(self, request: Request) -> Response:
+        who = self.principal(request)
+        if isinstance(who, JSONResponse):
+            return who
+        name, command = request.path_params["name"], request.path_params["command"]
+        if not who.can_read(name):
+            return error(403, f"token {who.name} has no scope for plugin {name}", f"add '{name}:ro' or '{name}:rw' to its scopes")
+        cfg = self.ctx.runtime.config
+        plugin = self.ctx.runtime.plugins.get(name)
+        pc = cfg.plugins.get(name)
+        if plugin is None or pc is None or not pc.enabled:
+            return error(404, f"no enabled plugin named {name}", "GET /plugins lists them")
+        spec = next((c for c in plugin.manifest.commands if c.name == command), None)
+        if spec is None:
+            return error(404, f"plugin {name} has no command {command}",
+                         "use one of: " + ", ".join(c.name for c in plugin.manifest.commands))
+        if not who.can_run(name, spec.type):
+            return error(403, f"{name} {command} is a {spec.type} command; token {who.name} may only run read commands",
+                         f"give the token '{name}:rw'")
+        if self.ctx.draining.is_set():
+            return draining()
+        try:
+            payload = json_object(await read_limited(request, cfg.api.max_body))
+        except BodyTooLarge as err:
+            return error(413, f"request body is larger than api.max_body ({err.limit} bytes)",
+                         "send a smaller payload or raise api.max_body")
+        except BadBody as err:
+            return error(400, err.message, err.fix)
+        if self.ctx.draining.is_set():
+            return draining()
+        try:
+            job_id = await run_in_threadpool(self.ctx.db.jobs.enqueue, name, command, payload,
+                                             max_attempts=pc.retry.max_attempts)
+        except DuctileError as err:
+            return error(500, err.message, err.fix)
+        self.ctx.wake()
+        log(_log, logging.INFO, f"queued {name}/{command} for token {who.name}", job_id=job_id, plugin=name,
+            command=command, token=who.name)
+        return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202)
+
+    async def job(self, request: Request) -> Response:
+        who = self.principal(request)
+        if isinstance(who, JSONResponse):
+            return who
+        job_id = request.path_params["id"]
+        db = self.ctx.db
+
+        def load() -> dict[str, Any] | None:
+            with db.read():
+                job = db.jobs.get(job_id)
+                if job is None:
+                    return None
+                return {**job.as_dict(), "attempts": [a.as_dict() for a in db.jobs.attempts(job.id)],
+                        "events": [e.as_dict() for e in db.events.list_events(job_id=job.id)]}
+
+        found = await run_in_threadpool(load)
+        if found is None:
+            return error(404, f"no job {job_id}", "GET /jobs lists job ids")
+        if not who.can_read(found["plugin"]):
+            return error(403, f"token {who.name} may not read jobs of plugin {found['plugin']}",
+                         f"add '{found['plugin']}:ro' to its scopes")
+        return JSONResponse(found)
+
+    async def jobs(self, request: Request) -> Response:
+        who = self.principal(request)
+        if isinstance(who, JSONResponse):
+            return who
+        q = request.query_params
+        status, plugin = q.get("status") or None, q.get("plugin") or None
+        if status is not None and status not in JOB_STATUSES:
+            return error(400, f"unknown status {status!r}", "use one of " + ", ".join(JOB_STATUSES))
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            return error(400, "limit must be an integer", f"use 1..{MAX_LIST}")
+        if not 1 <= limit <= MAX_LIST:
+            return error(400, f"limit {limit} is out of range", f"use 1..{MAX_LIST}")
+        if plugin is not None and not who.can_read(plugin):
+            return error(403, f"token {who.name} may not read jobs of plugin {plugin}", f"add '{plugin}:ro' to its scopes")
+        jobs = await run_in_threadpool(self.ctx.db.jobs.list_jobs, status, plugin, limit, plugins=who.readable())
+        return JSONResponse({"jobs": [j.as_dict() for j in jobs]})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(404, f"no route {request.url.path}", "see GET /healthz, /plugins, /jobs; POST /plugin/{name}/{command}")
+    if exc.status_code == 405:
+        return error(405, f"{request.method} is not allowed on {request.url.path}", "check the method", exc.headers)
+    return error(exc.status_code, str(exc.detail), "see the API documentation")
+
+
+def build_app(ctx: ApiContext) -> Starlette:
+    from ductile.serve.webhooks import webhook_routes
+
+    api = Api(ctx)
+    routes = [
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/plugins", api.plugins, methods=["GET"]),
+        Route("/plugin/{name}/{command}", api.trigger, methods=["POST"]),
+        Route("/job/{id}", api.job, methods=["GET"]),
+        Route("/jobs", api.jobs, methods=["GET"]),
+        *webhook_routes(ctx),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

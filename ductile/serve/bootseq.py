@@ -1,0 +1,87 @@
+"""serve's boot, in SPEC §8 order, as one function that either returns everything the
+gateway needs or raises one ``DuctileError`` before a single plugin has run:
+
+    load + validate config -> discover plugins -> single-instance lock
+      -> open state (WAL) + recover jobs a crash left running
+      -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
+      -> schedules (cron checked) -> gateway secrets from the vault -> bind the listener
+
+Messages meant for the log (recovered jobs) are returned, not logged, so a refusal is
+still exactly one line on stderr.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from ductile.config import LoadedConfig, load_config
+from ductile.errors import BootRefused
+from ductile.runtime.boot import Runtime, boot, discover
+from ductile.serve.instance import InstanceLock
+from ductile.serve.secrets import GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
+from ductile.serve.ticks import Schedule, schedules_of
+from ductile.state import StateDB, open_state
+
+
+@dataclass
+class Booted:
+    loaded: LoadedConfig
+    runtime: Runtime
+    db: StateDB
+    lock: InstanceLock
+    schedules: list[Schedule]
+    secrets: GatewaySecrets = field(repr=False)
+    listener: socket.socket | None
+    recovered: list[tuple[str, str]] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        self.db.close()
+        self.lock.release()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind(listen: str) -> socket.socket:
+    """The API's listening socket, bound now so a taken port refuses boot, not a later thread."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+    except OSError as err:
+        raise BootRefused(f"cannot listen on {listen}: {err.strerror}", where="api.listen",
+                          fix="choose a free port (or stop what holds it), or set api.enabled: false") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = None) -> Booted:
+    loaded = load_config(config_path)
+    config = loaded.config
+    discovery = discover(loaded)
+    if config.webhooks and not config.api.enabled:
+        raise BootRefused("webhooks are configured but api.enabled is false, so nothing would receive them",
+                          where="api.enabled", fix="set api.enabled: true or remove the webhooks")
+    lock = InstanceLock.for_state(config.state.path).acquire()
+    db: StateDB | None = None
+    listener: socket.socket | None = None
+    try:
+        db = open_state(config.state.path)
+        recovered = db.jobs.recover_after_crash()
+        runtime = boot(loaded, discovery=discovery)
+        schedules = schedules_of(config)
+        secrets = resolve_gateway_secrets(config, secret_source or VaultSource(config))
+        listener = bind(config.api.listen) if config.api.enabled else None
+        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        if db is not None:
+            db.close()
+        lock.release()
+        raise

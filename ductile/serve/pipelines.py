@@ -1,0 +1,77 @@
+"""Event routing: which pipeline steps an event starts, and when a chain must stop. Pure.
+
+``on`` matches an event type exactly, or by prefix when it ends in ``.*`` (``echo.*``
+matches ``echo.done`` and ``echo.a.b``, not ``echo``). Each matching step becomes one
+downstream job (``handle`` unless the step names a command) carrying the event. A job
+started by an event sits one hop deeper than the job that emitted it; a hop past
+``service.max_event_depth`` is not enqueued but reported, so a loop stops and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ductile.config.model import Config, PipelineConfig
+
+DEPTH_EXCEEDED = "pipeline.depth_exceeded"
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1]) and len(event_type) > len(pattern) - 1
+    return pattern == event_type
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """One job an event starts."""
+
+    pipeline: str
+    plugin: str
+    command: str
+    payload: dict[str, Any]
+    event: dict[str, Any]
+    depth: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A step not enqueued because the chain is too deep."""
+
+    pipeline: str
+    plugin: str
+    event_type: str
+    depth: int
+    limit: int
+
+    def as_payload(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "step": self.plugin, "event_type": self.event_type, "depth": self.depth,
+                "max_event_depth": self.limit,
+                "why": f"event chain reached depth {self.depth} > service.max_event_depth {self.limit}; "
+                       "raise max_event_depth or break the loop in the pipelines"}
+
+
+def route(config: Config, *, event_id: str, event_type: str, payload: Any, source_job_id: str | None,
+          source_plugin: str | None, source_depth: int,
+          pipelines: Iterable[PipelineConfig] | None = None) -> tuple[list[Downstream], list[Stopped]]:
+    """The downstream jobs of one stored event, and the steps stopped by the depth limit."""
+    depth = source_depth + 1
+    limit = config.service.max_event_depth
+    jobs: list[Downstream] = []
+    stopped: list[Stopped] = []
+    for pipe in config.pipelines if pipelines is None else pipelines:
+        if not matches(pipe.on, event_type):
+            continue
+        for step in pipe.steps:
+            if depth > limit:
+                stopped.append(Stopped(pipe.name, step.uses, event_type, depth, limit))
+                continue
+            pc = config.plugins.get(step.uses)
+            event = {"id": event_id, "type": event_type, "payload": payload, "source_job_id": source_job_id,
+                     "source_plugin": source_plugin, "pipeline": pipe.name, "depth": depth}
+            jobs.append(Downstream(pipe.name, step.uses, step.command, payload if isinstance(payload, dict) else {},
+                                   event, depth, pc.retry.max_attempts if pc is not None else 1))
+    return jobs, stopped

@@ -1,0 +1,83 @@
+"""Write one run's consequences in ONE state transaction: the job's new status, the plugin's
+state updates, the events it emitted and the downstream jobs those events start.
+
+One transaction because each part depends on the others: a job recorded ``succeeded``
+whose ``state_updates`` were lost would run with stale state next time, and an event
+stored without its pipeline jobs would never be handled. A ``kill -9`` leaves either
+all of it or none of it (the job then stays ``running`` and is recovered at boot).
+
+State updates and plugin events are taken from successful runs only: a failed run is
+retried, and its retry will say again what it wants to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ductile.config.model import Config
+from ductile.runtime.executor import JobResult
+from ductile.serve.logs import log
+from ductile.serve.pipelines import DEPTH_EXCEEDED, route
+from ductile.state.db import StateDB
+from ductile.state.jobs import Job as QueuedJob
+from ductile.state.jobs import Outcome, Succeeded
+
+_log = logging.getLogger("ductile.pipelines")
+
+
+@dataclass
+class Recorded:
+    status: str
+    events: list[str] = field(default_factory=list)      # event types stored
+    downstream: list[str] = field(default_factory=list)  # job ids enqueued by pipelines
+    stopped: int = 0                                      # steps refused by max_event_depth
+
+
+def identity(result: JobResult) -> tuple[str | None, int | None]:
+    """(account, uid) the run used: the account it dropped to, or the gateway's own uid."""
+    acct = result.account
+    if acct is None:
+        return None, None
+    if acct.confined:
+        return acct.name, acct.uid
+    return "unconfined", os.geteuid()
+
+
+def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob) -> None:
+    """Store one event and enqueue what it starts (call inside a write block)."""
+    event_id = db.events.record_event(type_, payload, source_job_id=source.id, plugin=source.plugin,
+                                      depth=source.event_depth)
+    rec.events.append(type_)
+    jobs, stopped = route(config, event_id=event_id, event_type=type_, payload=payload, source_job_id=source.id,
+                          source_plugin=source.plugin, source_depth=source.event_depth)
+    for d in jobs:
+        rec.downstream.append(db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event,
+                                              max_attempts=d.max_attempts, parent_job_id=source.id,
+                                              event_depth=d.depth))
+    for s in stopped:
+        db.events.record_event(DEPTH_EXCEEDED, s.as_payload(), source_job_id=source.id, plugin=source.plugin,
+                               depth=source.event_depth)
+        rec.stopped += 1
+        log(_log, logging.WARNING, f"pipeline {s.pipeline} stopped: {s.as_payload()['why']}",
+            job_id=source.id, event_type=s.event_type, pipeline=s.pipeline)
+
+
+def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, decision: Outcome,
+               gateway_events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Recorded:
+    account, uid = identity(result)
+    out = result.outcome
+    with db.write():
+        rec = Recorded(db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
+                                      stderr_tail=out.stderr_tail or None))
+        emitted: list[tuple[str, Any]] = list(gateway_events)
+        if isinstance(decision, Succeeded) and out.response is not None:
+            if out.response.state_updates:
+                db.plugin_state.merge_state(job.plugin, dict(out.response.state_updates))
+            emitted += [(e.type, e.payload) for e in out.response.events]
+        for type_, payload in emitted:
+            store_event(db, config, rec, type_, payload, job)
+    return rec

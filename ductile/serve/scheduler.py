@@ -1,0 +1,74 @@
+"""The scheduler thread: once a second, ask ``ticks.decide`` about every schedule and fire
+what is due through ``ScheduleStore.fire`` (slot recorded and job enqueued in one
+transaction). The arithmetic is in ``ticks``; the memory is in the state database, so a
+restart neither repeats a slot nor forgets one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from ductile.errors import DuctileError
+from ductile.serve.logs import log
+from ductile.serve.ticks import Schedule, decide
+from ductile.state.db import StateDB
+
+_log = logging.getLogger("ductile.scheduler")
+TICK = 1.0
+
+
+class Scheduler:
+    def __init__(self, db: StateDB, schedules: Sequence[Schedule], *, on_enqueue: Callable[[], None],
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+        self.db = db
+        self.schedules = list(schedules)
+        self.on_enqueue = on_enqueue
+        self.clock = clock
+        self.rand = rand
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.schedules:
+            return
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(TICK)
+
+    def tick(self) -> int:
+        """Fire every due schedule once; return how many jobs were enqueued."""
+        fired = 0
+        for s in self.schedules:
+            if self._stop.is_set():
+                break
+            now = self.clock()
+            try:
+                action, slot = decide(s, self.db.schedules.last_slot(s.id), now)
+                if action == "baseline":
+                    self.db.schedules.baseline(s.id, s.plugin, s.command, slot)
+                elif action == "fire":
+                    not_before = now + self.rand() * s.jitter if s.jitter else None
+                    job_id = self.db.schedules.fire(s.id, s.plugin, s.command, slot, payload=s.payload,
+                                                    max_attempts=s.max_attempts, not_before=not_before)
+                    if job_id is not None:
+                        fired += 1
+                        log(_log, logging.INFO, f"schedule {s.field} fired", job_id=job_id, plugin=s.plugin,
+                            command=s.command, slot=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)))
+            except DuctileError as err:
+                log(_log, logging.ERROR, f"schedule {s.field} could not fire: {err.one_line()}", plugin=s.plugin)
+        if fired:
+            self.on_enqueue()
+        return fired

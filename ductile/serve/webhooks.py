@@ -1,0 +1,77 @@
+"""Signed inbound webhooks: one route per ``webhooks:`` entry.
+
+A delivery is read up to the webhook's ``max_body`` (413 past it), its signature checked
+over the raw bytes against the key resolved from the vault at boot (401 and nothing
+queued when missing or wrong), then one job is queued for the webhook's plugin and
+command with ``event = {type: "webhook", payload: <parsed JSON or {"raw": text}>, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ductile.config.model import WebhookConfig
+from ductile.errors import DuctileError
+from ductile.serve.api import ApiContext, draining, error
+from ductile.serve.bodies import BodyTooLarge, read_limited
+from ductile.serve.logs import log
+from ductile.serve.signatures import verify
+
+_log = logging.getLogger("ductile.webhooks")
+EVENT_TYPE = "webhook"
+
+
+def delivery_payload(body: bytes) -> Any:
+    """The parsed JSON body, or ``{"raw": text}`` when it is not JSON (form posts, text)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"raw": text}
+
+
+def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[no-untyped-def]
+    async def receive(request: Request) -> Response:
+        if ctx.draining.is_set():
+            return draining()
+        try:
+            body = await read_limited(request, hook.max_body)
+        except BodyTooLarge as err:
+            return error(413, f"delivery is larger than webhooks[{index}].max_body ({err.limit} bytes)",
+                         "raise the webhook's max_body if the sender is legitimate")
+        except Exception:  # noqa: BLE001 - a broken client connection is not ours to report
+            return error(400, "could not read the request body", "resend the delivery")
+        key = ctx.webhook_keys.get(hook.path, b"")
+        if not verify(key, body, request.headers.get(hook.signature_header)):
+            log(_log, logging.WARNING, f"webhook {hook.path}: bad or missing signature; nothing queued",
+                path=hook.path, header=hook.signature_header, client=request.client.host if request.client else None)
+            return error(401, f"missing or invalid {hook.signature_header} signature",
+                         "sign the raw body with HMAC-SHA256 and the shared key (sha256=<hex>)")
+        payload = delivery_payload(body)
+        pc = ctx.runtime.config.plugins.get(hook.plugin)
+        event = {"type": EVENT_TYPE, "payload": payload, "path": hook.path,
+                 "delivery": request.headers.get("x-github-delivery") or request.headers.get("x-request-id")}
+        try:
+            job_id = await run_in_threadpool(
+                ctx.db.jobs.enqueue, hook.plugin, hook.command, payload if isinstance(payload, dict) else {},
+                event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1)
+        except DuctileError as err:
+            return error(500, err.message, err.fix)
+        ctx.wake()
+        log(_log, logging.INFO, f"webhook {hook.path}: queued {hook.plugin}/{hook.command}", job_id=job_id,
+            plugin=hook.plugin, path=hook.path)
+        return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202)
+
+    return receive
+
+
+def webhook_routes(ctx: ApiContext) -> list[Route]:
+    return [Route(hook.path, _handler(ctx, hook, i), methods=["POST"])
+            for i, hook in enumerate(ctx.runtime.config.webhooks)]
