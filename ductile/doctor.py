@@ -73,7 +73,9 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
-    return [host_findings]
+    from ductile.vault.doctor import vault_findings  # imports pyrage: only when doctor runs
+
+    return [host_findings, vault_findings]
 
 
 def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:

@@ -14,10 +14,11 @@ from ductile.vault.store import VaultStore
 def write_config(root: Path, body: str = "") -> Path:
     """A config directory whose key and vault live under ``root`` (secret/ and state/)."""
     (root / "plugins").mkdir(exist_ok=True)
+    body = textwrap.dedent(body)
+    api = "" if "\napi:" in "\n" + body else "api: {enabled: false}\n"  # quiet 'no tokens' warning
     (root / "config.yaml").write_text(
         "secrets: {age_key_file: secret/age.key, vault_file: state/vault.age}\n"
-        "state: {path: state/ductile.db}\nplugin_roots: [plugins]\napi: {enabled: false}\n"
-        + textwrap.dedent(body))
+        "state: {path: state/ductile.db}\nplugin_roots: [plugins]\n" + api + body)
     return root
 
 
