@@ -7,14 +7,18 @@ deliberately no option that takes a secret value: argv is world-readable in /pro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ductile.cliopts import config_option, json_option
 
+if TYPE_CHECKING:  # the real imports happen inside commands, so --help stays light
+    from ductile.vault.audit import AuditSink
+    from ductile.vault.store import VaultStore
 
-def _context(config_path: str | None) -> tuple[Any, Any, str]:
+
+def _context(config_path: str | None) -> tuple[VaultStore, AuditSink, str]:
     """(store, audit sink, actor) for the configured vault."""
     from ductile.config import load_config
     from ductile.vault.audit import cli_actor, default_sink
@@ -65,11 +69,12 @@ def set_(name: str, grants: tuple[str, ...], prompt: bool, config_path: str | No
     from ductile.vault.intake import read_value
     from ductile.vault.lifecycle import set_secret
 
+    def ask() -> str:
+        return str(click.prompt(f"value for {name}", hide_input=True, confirmation_prompt=True, err=True))
+
     store, sink, actor = _context(config_path)
-    value = read_value(
-        name, click.get_binary_stream("stdin"), stdin_is_tty=sys.stdin.isatty(),
-        prompt=(lambda: str(click.prompt(f"value for {name}", hide_input=True, confirmation_prompt=True,
-                                         err=True))) if prompt else None)
+    value = read_value(name, sys.stdin.buffer, stdin_is_tty=sys.stdin.isatty(),
+                       prompt=ask if prompt else None)
     outcome = set_secret(store, name, value, grants, sink, actor)
     verb = "created" if outcome.created else f"rolled (roll {outcome.roll_count})"
     granted = ", ".join(outcome.principals) or "no principal (gateway use only)"

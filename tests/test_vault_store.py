@@ -184,6 +184,17 @@ def test_a_write_that_does_not_read_back_replaces_nothing(store: VaultStore, mon
     assert snapshot(Path(store.vault_file).parent) == before and not _temps(os.path.dirname(store.vault_file))
 
 
+def test_a_document_that_would_not_read_back_is_never_written(store: VaultStore) -> None:
+    from dataclasses import replace
+
+    from ductile.vault.document import SecretRecord
+
+    before = snapshot(Path(store.vault_file).parent)
+    with pytest.raises(VaultError, match="bad name"):
+        store.update(lambda d: (replace(d, secrets={"bad name": SecretRecord("v", (), utc_now())}), None))
+    assert snapshot(Path(store.vault_file).parent) == before and not _temps(os.path.dirname(store.vault_file))
+
+
 def test_a_crash_at_the_rename_leaves_the_previous_vault(store: VaultStore, monkeypatch: pytest.MonkeyPatch) -> None:
     vault_before = Path(store.vault_file).read_bytes()
 

@@ -57,6 +57,10 @@ class SecretRecord:
     rolled_at: str | None = None
     roll_count: int = 0
 
+    def __post_init__(self) -> None:
+        # one canonical order, so a document equals what it reads back as
+        object.__setattr__(self, "principals", tuple(sorted(set(self.principals))))
+
     def __repr__(self) -> str:
         return (f"SecretRecord(value=<redacted>, principals={self.principals!r}, created_at={self.created_at!r}, "
                 f"rolled_at={self.rolled_at!r}, roll_count={self.roll_count!r})")
@@ -197,7 +201,7 @@ def parse(plaintext: bytes, source: str = "vault") -> VaultDocument:
             raise r.fail(f"{path}.roll_count", "must be a non-negative integer")
         secrets[name] = SecretRecord(
             value=value,
-            principals=tuple(sorted(set(grants))),
+            principals=tuple(grants),
             created_at=r.text(body["created_at"], f"{path}.created_at", stamp=True) or "",
             rolled_at=r.text(body.get("rolled_at"), f"{path}.rolled_at", optional=True, stamp=True),
             roll_count=roll_count,

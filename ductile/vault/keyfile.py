@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from pyrage import IdentityError, x25519
+from pyrage import IdentityError, x25519  # type: ignore[import-untyped]
 
 from ductile.errors import VaultError
 from ductile.vault.document import utc_now

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-import pyrage
+import pyrage  # type: ignore[import-untyped]
 from pyrage import x25519
 
 from ductile.config.model import SecretsConfig
@@ -97,7 +97,7 @@ class VaultStore:
         if not data:
             raise VaultError("the vault file is empty (truncated)", where=where, fix=fix)
         try:
-            return pyrage.decrypt(data, list(identities))
+            return bytes(pyrage.decrypt(data, list(identities)))
         except pyrage.DecryptError as exc:
             if "no matching keys" in str(exc).lower():
                 raise VaultError(f"the age key {self.key_file} does not open this vault (wrong key, or a damaged header)",
@@ -164,8 +164,9 @@ class VaultStore:
                 written = os.pread(fd, len(ciphertext) + 1, 0)
             finally:
                 os.close(fd)
+            parse(plaintext, temp)  # never write a document that could not be read back
             for identity in verifiers:
-                if self._decrypt(written, [identity], temp) != plaintext or parse(plaintext, temp) != doc:
+                if self._decrypt(written, [identity], temp) != plaintext:
                     raise VaultError("the freshly written vault does not read back as written; nothing was replaced",
                                      where=self.vault_file, fix="check the disk (dmesg, df) and retry")
             if backup and os.path.exists(self.vault_file):
