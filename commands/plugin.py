@@ -59,7 +59,7 @@ def _yes(flag: bool) -> str:
 @plugin.command("run")
 @click.argument("name")
 @click.option("--command", "-C", "command", default="poll", show_default=True, help="Plugin command to run.")
-@click.option("--payload", default="{}", metavar="JSON", help="Payload object passed to the plugin.")
+@click.option("--payload", default="{}", metavar="JSON", help="Payload object: inline JSON, @FILE, or - for stdin.")
 @config_option
 @json_option
 @click.pass_context

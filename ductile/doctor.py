@@ -75,8 +75,9 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
     from ductile.runtime.doctor import posture_findings
+    from ductile.vault.doctor import vault_findings  # imports pyrage: only when doctor runs
 
-    return [host_findings, plugin_findings, posture_findings]
+    return [host_findings, plugin_findings, posture_findings, vault_findings]
 
 
 def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:

@@ -14,6 +14,18 @@ from ductile.runtime.wiring import make_executor
 
 
 def parse_payload(text: str) -> dict[str, Any]:
+    """``--payload``: inline JSON, ``@FILE`` or ``-`` (stdin) for payloads too big for argv."""
+    if text == "-":
+        import sys
+
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise UsageError(f"cannot read payload file: {err.strerror}", where=text[1:],
+                             fix="give a readable JSON file after @") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:

@@ -87,7 +87,7 @@ def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
                             fix="raise plugins.<name>.timeouts.<command> or make the command faster")
         return Outcome("timed_out", False, None, err, raw.returncode, stderr)
     try:
-        response = decode_response(raw.stdout, truncated=raw.stdout_truncated)
+        response = decode_response(raw.stdout, truncated=raw.stdout_truncated, limit=spec.max_stdout)
     except ProtocolError as err:
         if raw.returncode not in (0, None) and not raw.stdout:
             tail = last_line(raw.stderr_tail)

@@ -1,0 +1,81 @@
+"""Where vault operations are recorded: names, actors and outcomes, never values.
+
+``AuditSink`` is the seam: the vault calls ``record`` for every lifecycle operation and every
+compose failure or denial. The state database provides the durable sink (a ``vault_audit``
+table read by ``ductile vault audit``); until it is wired in, ``default_sink`` returns
+``NullAuditSink``, and tests use ``MemoryAuditSink``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ductile.config.model import Config
+
+# op names (lifecycle, then compose)
+OP_INIT = "init"
+OP_SET = "set"
+OP_GRANT = "grant"
+OP_REVOKE = "revoke"
+OP_PRINCIPAL_ADD = "principal_add"
+OP_PRINCIPAL_REVOKE = "principal_revoke"
+OP_ROTATE_KEY = "rotate_key"
+OP_COMPOSE_REFUSED = "compose_refused"
+OP_COMPOSE_DENIAL = "compose_denial"
+
+# outcomes
+OK = "ok"
+REFUSED = "refused"
+DENIED = "denied"
+
+ACTOR_GATEWAY = "gateway"
+
+
+class AuditSink(Protocol):
+    """Receives one row per vault event. Arguments are names and short reasons only."""
+
+    def record(self, op: str, principal: str, actor: str, outcome: str, detail: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    op: str
+    principal: str
+    actor: str
+    outcome: str
+    detail: str
+
+
+@dataclass
+class MemoryAuditSink:
+    """Keeps rows in a list; for tests and for commands that want to show what they recorded."""
+
+    records: list[AuditRecord] = field(default_factory=list)
+
+    def record(self, op: str, principal: str, actor: str, outcome: str, detail: str) -> None:
+        self.records.append(AuditRecord(op, principal, actor, outcome, detail))
+
+
+class NullAuditSink:
+    """Drops every row: the sink used until the state database provides a durable one."""
+
+    def record(self, op: str, principal: str, actor: str, outcome: str, detail: str) -> None:
+        return None
+
+
+def default_sink(config: Config) -> AuditSink:
+    """The sink commands and the gateway use. Replaced by the state DB's ``vault_audit`` sink."""
+    del config  # the durable sink will open ``config.state.path``
+    return NullAuditSink()
+
+
+def cli_actor() -> str:
+    """Who ran a vault command: ``cli:<user>`` (or ``cli:uid=N`` for an account with no name)."""
+    uid = os.geteuid()
+    try:
+        return f"cli:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"cli:uid={uid}"
