@@ -19,7 +19,7 @@ from ductile.config import LoadedConfig, load_config
 from ductile.errors import BootRefused
 from ductile.runtime.boot import Runtime, boot, discover
 from ductile.serve.instance import InstanceLock
-from ductile.serve.secrets import GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
+from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state
 
@@ -75,7 +75,7 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
         recovered = db.jobs.recover_after_crash()
         runtime = boot(loaded, discovery=discovery)
         schedules = schedules_of(config)
-        secrets = resolve_gateway_secrets(config, secret_source or VaultSource(config))
+        secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))
         listener = bind(config.api.listen) if config.api.enabled else None
         return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered)
     except BaseException:

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ductile.config.model import Config
 from ductile.errors import BootRefused, DuctileError, VaultError
+from ductile.state.db import StateDB
 
 
 class SecretSource(Protocol):
@@ -35,6 +36,23 @@ class VaultSource:
         if self._doc is None:
             self._doc = VaultStore.from_config(self.config.secrets).read()
         return resolve_secret_ref(self._doc, name)  # type: ignore[arg-type]
+
+
+class AuditedSource:
+    """Records each gateway read of a secret ref in the vault audit trail (names, never values)."""
+
+    def __init__(self, inner: SecretSource, db: StateDB) -> None:
+        self.inner = inner
+        self.db = db
+
+    def resolve(self, name: str) -> str:
+        try:
+            value = self.inner.resolve(name)
+        except DuctileError as err:
+            self.db.audit.record_audit("gateway_ref", None, "gateway", "refused", {"ref": name, "why": err.message})
+            raise
+        self.db.audit.record_audit("gateway_ref", None, "gateway", "ok", {"ref": name})
+        return value
 
 
 @dataclass(frozen=True)
