@@ -57,6 +57,10 @@ def bind(listen: str) -> socket.socket:
         raise BootRefused(f"cannot listen on {listen}: {err.strerror}", where="api.listen",
                           fix="choose a free port (or stop what holds it), or set api.enabled: false") from None
     sock.set_inheritable(False)
+    # Accepted connections inherit this. Without it a keep-alive client waits out the
+    # 40 ms delayed ACK on every response (uvicorn writes headers and body separately and
+    # does not set it on sockets it is handed).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

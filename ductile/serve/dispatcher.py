@@ -71,14 +71,15 @@ class Dispatcher:
             t.start()
             self._threads.append(t)
 
-    def wake(self) -> None:
-        """Tell idle workers new work is queued (the API and scheduler call this)."""
+    def wake(self, n: int = 1) -> None:
+        """Tell ``n`` idle workers new work is queued (the API and scheduler call this). One
+        job wakes one worker: waking all of them would only make them race for the write lock."""
         with self._wake:
-            self._wake.notify_all()
+            self._wake.notify(n)
 
     def stop_claiming(self) -> None:
         self._stop.set()
-        self.wake()
+        self.wake(len(self._threads))
 
     def running(self) -> int:
         with self._lock:
@@ -166,7 +167,7 @@ class Dispatcher:
         self.finished += 1
         self._report(queued, result, rec.status, rec.downstream)
         if rec.downstream:
-            self.wake()
+            self.wake(len(rec.downstream))
 
     def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str]) -> None:
         out = result.outcome

@@ -1,0 +1,185 @@
+"""Nothing lost, nothing run twice: kill -9 and restart, SIGTERM drains, 2,000 jobs, plugins
+that answer garbage. Each test runs the real daemon and reads the state it leaves."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import sqlite3
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import run_ductile
+from servehelp import BAD, ECHO, SLEEPER, TALLY, ServeWorld, make_serve_world, wait_for
+
+TOKEN = "durable-token-" + "d4" * 16
+
+
+def _config(extra: str = "", *, workers: int = 2, shutdown: str = "30s") -> str:
+    return textwrap.dedent(f"""\
+        service: {{unconfined: true, max_workers: {workers}, shutdown_timeout: {shutdown}, kill_grace: 1s}}
+        api:
+          listen: 127.0.0.1:@PORT@
+          tokens: [{{name: ops, secret_ref: api-ops, scopes: ["*"]}}]
+        """) + textwrap.dedent(extra)
+
+
+def _kill_plugins(world: ServeWorld) -> None:
+    """Plugins orphaned by a kill -9 of their gateway keep sleeping; end them."""
+    root = str(world.plugins)
+    for p in psutil.process_iter(["cmdline"], ad_value=None):
+        if any(root in (arg or "") for arg in (p.info["cmdline"] or [])):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def sleepy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    worlds: list[ServeWorld] = []
+
+    def make(max_attempts: int, shutdown: str = "30s") -> ServeWorld:
+        w = make_serve_world(tmp_path / f"w{len(worlds)}", _config(f"""\
+            plugins:
+              sleeper:
+                retry: {{max_attempts: {max_attempts}, backoff_base: 1s}}
+                timeouts: {{poll: 300s}}
+              echo: {{}}
+            """, shutdown=shutdown), {"sleeper": SLEEPER, "echo": ECHO}, secrets={"api-ops": TOKEN})
+        worlds.append(w)
+        return w
+
+    (tmp_path / "w0").mkdir()
+    for i in range(1, 3):
+        (tmp_path / f"w{i}").mkdir()
+    yield make
+    for w in worlds:
+        w.kill()
+        _kill_plugins(w)
+
+
+def _running(w: ServeWorld, job_id: str) -> bool:
+    return w.job(job_id, TOKEN)["status"] == "running"
+
+
+@pytest.mark.parametrize("max_attempts,final", [(2, "succeeded"), (1, "dead")])
+def test_kill_9_mid_job_then_restart_settles_it_as_the_retry_policy_says(sleepy, tmp_path: Path, max_attempts: int,
+                                                                         final: str) -> None:
+    w = sleepy(max_attempts)
+    w.start()
+    marker = w.base / "started"
+    job_id = w.trigger("sleeper", "poll", {"marker": str(marker), "seconds": 600}, TOKEN)
+    wait_for("the sleeper to start", lambda: marker.exists() and _running(w, job_id), log=w.log)
+    w.kill()  # SIGKILL: no drain, the job row is left running
+    w.start()
+    job = w.wait_job(job_id, TOKEN)
+    assert job["status"] == final, job
+    outcomes = [a["outcome"] for a in job["attempts"]]
+    assert outcomes[0] == "crashed"
+    if final == "succeeded":
+        assert outcomes == ["crashed", "succeeded"] and job["attempt"] == 2
+    else:
+        assert outcomes == ["crashed"] and "gateway stopped while this job was running" in job["last_error"]
+    assert f"job {job_id} was running when the last gateway stopped" in w.log()
+    assert w.stop() == 0
+
+
+def test_sigterm_drains_finishes_short_jobs_and_requeues_the_killed_one(sleepy) -> None:
+    w = sleepy(3, shutdown="4s")
+    w.start()
+    marker = w.base / "started"
+    long_job = w.trigger("sleeper", "poll", {"marker": str(marker), "seconds": 600}, TOKEN)
+    short_job = w.trigger("sleeper", "poll", {"seconds": 1.5}, TOKEN)
+    wait_for("both jobs to run", lambda: marker.exists() and _running(w, long_job) and _running(w, short_job), log=w.log)
+    assert w.proc is not None
+    w.proc.send_signal(signal.SIGTERM)
+
+    def draining() -> bool:
+        return w.request("GET", "/healthz")[1]["status"] == "draining"
+
+    wait_for("healthz to report draining", draining, log=w.log)
+    status, body = w.request("POST", "/plugin/echo/poll", {}, token=TOKEN)
+    assert status == 503 and body["fix"]
+    assert w.proc.wait(60) == 0  # no second signal: that would skip the drain window
+    log = w.log()
+    assert "killing 1 job(s)" in log and "re-queued" in log
+    db = sqlite3.connect(w.db)
+    rows = dict(db.execute("select id, status || '/' || attempt from jobs").fetchall())
+    assert rows[short_job] == "succeeded/1"          # finished inside the drain window
+    assert rows[long_job] == "queued/0"              # killed at the deadline: back in the queue, attempt not charged
+    outcome = db.execute("select outcome from job_attempts where job_id = ?", (long_job,)).fetchall()
+    assert outcome == [("interrupted",)]
+    db.close()
+    w.start()  # the marker exists now, so the re-queued job completes at once
+    job = w.wait_job(long_job, TOKEN)
+    assert job["status"] == "succeeded" and job["attempt"] == 1
+    assert w.stop() == 0
+
+
+def test_two_thousand_jobs_all_finish_none_twice(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          tally: {retry: {max_attempts: 3, backoff_base: 1s}}
+        """, workers=4), {"tally": TALLY}, secrets={"api-ops": TOKEN})
+    w.start()
+    try:
+        ids: list[str] = []
+        conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=60)
+        for i in range(2000):
+            conn.request("POST", "/plugin/tally/poll", body=json.dumps({"i": i}).encode(),
+                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            assert resp.status == 202, body
+            ids.append(body["job_id"])
+        conn.close()
+        assert len(set(ids)) == 2000
+
+        def drained() -> bool:
+            h = w.request("GET", "/healthz")[1]
+            return h["queue_depth"] == 0 and h["running"] == 0
+
+        wait_for("the queue to drain", drained, deadline=600, log=w.log, interval=0.5)
+    finally:
+        assert w.stop() == 0
+    db = sqlite3.connect(w.db)
+    statuses = dict(db.execute("select id, status from jobs").fetchall())
+    db.close()
+    assert set(statuses) == set(ids)
+    assert Counter(statuses.values()) == Counter({"succeeded": 2000})
+    tally = (w.base / "state" / "unconfined" / "tally" / "tally.txt").read_text().split()
+    runs = Counter(tally)
+    assert set(runs) == set(ids)
+    assert [job for job, n in runs.items() if n > 1] == []
+
+
+@pytest.mark.parametrize("mode,needle", [("garbage", "JSON"), ("truncated", "JSON"), ("nonutf8", "UTF-8"),
+                                         ("huge", "bytes")])
+def test_bad_plugin_output_fails_that_job_clearly_and_serve_keeps_serving(bad_world: ServeWorld, mode: str,
+                                                                         needle: str) -> None:
+    job = bad_world.wait_job(bad_world.trigger("bad", "poll", {"mode": mode}, TOKEN), TOKEN)
+    assert job["status"] in ("failed", "dead"), job
+    assert needle in job["last_error"] and "\n" not in job["last_error"], job["last_error"]
+    assert len(job["last_error"]) < 1000
+    ok = bad_world.wait_job(bad_world.trigger("bad", "poll", {"mode": "ok"}, TOKEN), TOKEN)
+    assert ok["status"] == "succeeded"
+    assert bad_world.request("GET", "/healthz")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def bad_world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    w = make_serve_world(tmp_path_factory.mktemp("bad"), _config("""\
+        plugins:
+          bad: {retry: {max_attempts: 1}}
+        """), {"bad": BAD}, secrets={"api-ops": TOKEN})
+    w.start()
+    yield w
+    assert w.stop() == 0
+    proc = run_ductile("job", "list", "--config", str(w.etc))
+    assert proc.returncode == 0
