@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +56,7 @@ class ApiContext:
     started: float = field(default_factory=time.monotonic)
 
 
-def error(status: int, message: str, fix: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error(status: int, message: str, fix: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "fix": fix}, status_code=status, headers=headers)
 
 

@@ -65,10 +65,10 @@ class Scheduler:
                                                     max_attempts=s.max_attempts, not_before=not_before)
                     if job_id is not None:
                         fired += 1
-                        log(_log, logging.INFO, f"schedule {s.field} fired", job_id=job_id, plugin=s.plugin,
+                        log(_log, logging.INFO, f"schedule {s.where} fired", job_id=job_id, plugin=s.plugin,
                             command=s.command, slot=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)))
             except DuctileError as err:
-                log(_log, logging.ERROR, f"schedule {s.field} could not fire: {err.one_line()}", plugin=s.plugin)
+                log(_log, logging.ERROR, f"schedule {s.where} could not fire: {err.one_line()}", plugin=s.plugin)
         if fired:
             self.on_enqueue()
         return fired

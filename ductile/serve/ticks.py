@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from ductile.config.model import Config
 from ductile.errors import ConfigError
@@ -28,7 +28,7 @@ from ductile.errors import ConfigError
 @dataclass(frozen=True)
 class Schedule:
     id: str           # stable while the schedule's definition is unchanged
-    field: str        # plugins.<name>.schedules[i], for messages
+    where: str        # plugins.<name>.schedules[i], for messages
     plugin: str
     command: str
     every: float | None
