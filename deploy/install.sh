@@ -229,7 +229,7 @@ that write them run as it):
   4. check:              runuser -u ductile -- ductile doctor --config /etc/ductile
   5. prove the wall, with the unit's two capabilities:
        setpriv --reuid=ductile --regid=ductile --init-groups --inh-caps=-all,+setuid,+setgid \\
-               --ambient-caps=+setuid,+setgid -- ductile account verify --config /etc/ductile
+               --ambient-caps=+setuid,+setgid --bounding-set=-all,+setuid,+setgid -- ductile account verify --config /etc/ductile
   6. start:              systemctl enable --now ductile.service   (journalctl -u ductile for the posture line)
 EOF
 [ "$WITH_ADMIN" -eq 1 ] && cat <<EOF
