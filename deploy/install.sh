@@ -173,6 +173,13 @@ if [ "$VENV_WANTED" -eq 1 ]; then
     fi
     run "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC"
     if [ "$DRY_RUN" -eq 0 ] && [ "$STAGING" -eq 0 ]; then
+        # find-python.sh checks the interpreter the venv links to; the venv's own
+        # directories (site-packages) must be reachable too
+        d=$VENV/lib
+        while [ "$d" != "/" ]; do
+            case "$(stat -c %A "$d")" in ?????????[xt]) ;; *) die "$d is not traversable by other users, so accounts cannot import the package (fix: chmod o+x $d)" ;; esac
+            d=$(dirname "$d")
+        done
         "$SRC/deploy/find-python.sh" "$VENV/bin/python" >/dev/null \
             || die "$VENV/bin/python is not executable by every account (fix: make $VENV and its parents world-traversable, chmod o+rx)"
     fi

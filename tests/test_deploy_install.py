@@ -192,3 +192,31 @@ def test_an_operators_rendered_file_is_kept_unless_replace(tmp_path: Path) -> No
     proc = install("--root", str(root), "--no-venv", "--replace")
     assert proc.returncode == 0, proc.stderr
     assert (root / "etc/tmpfiles.d/ductile.conf").read_text() == (SYSTEMD / "ductile.tmpfiles.conf").read_text()
+
+
+@pytest.mark.privileged
+@pytest.mark.needs_tool("systemd-sysusers")
+def test_staged_install_with_the_venv_runs_the_installed_package(tmp_path: Path) -> None:
+    requires_root()
+    root = tmp_path / "stage"
+    for run_no in (1, 2):  # the second run upgrades the package inside the existing venv
+        proc = install("--root", str(root))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "venv exists: /opt/ductile/venv" in proc.stdout
+    venv = root / "opt/ductile/venv"
+    assert os.readlink(root / "usr/local/bin/ductile") == "/opt/ductile/venv/bin/ductile"
+    assert stat.S_IMODE(os.stat(venv).st_mode) == 0o755
+    # dropped accounts run this interpreter and import this package: all of it is o+r, dirs o+x
+    for dirpath, _, files in os.walk(venv):
+        assert os.stat(dirpath).st_mode & 0o005 == 0o005, dirpath
+        for f in files:
+            st = os.lstat(Path(dirpath) / f)
+            assert stat.S_ISLNK(st.st_mode) or st.st_mode & 0o004, f"{dirpath}/{f}"
+    base = os.path.realpath(venv / "bin/python")
+    check = subprocess.run([str(REPO / "deploy/find-python.sh"), base], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    rendered = subprocess.run([str(venv / "bin/ductile"), "deploy", "render", "unit", "--config",
+                               str(REPO / "deploy/config/ductile.yaml"), "--config-dir", "/etc/ductile"],
+                              capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout == (SYSTEMD / "ductile.service").read_text()
