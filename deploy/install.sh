@@ -171,7 +171,17 @@ if [ "$VENV_WANTED" -eq 1 ]; then
     else
         run "$PY" -m venv "$ROOT$VENV"
     fi
-    run "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC"
+    # build from a scratch copy: an in-tree build would leave root-owned build/ and
+    # *.egg-info in the checkout, and a stale build/lib can carry deleted modules along
+    if [ "$DRY_RUN" -eq 1 ]; then
+        say "would run: $ROOT$VENV/bin/python -m pip install --upgrade <copy of $SRC>"
+    else
+        BUILD=$(mktemp -d)
+        trap 'rm -rf "$BUILD"' EXIT
+        tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+            --exclude=__pycache__ -cf - . | tar -C "$BUILD" -xf -
+        run "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$BUILD"
+    fi
     if [ "$DRY_RUN" -eq 0 ] && [ "$STAGING" -eq 0 ]; then
         # find-python.sh checks the interpreter the venv links to; the venv's own
         # directories (site-packages) must be reachable too

@@ -82,9 +82,10 @@ def test_dry_run_into_a_root_creates_nothing(tmp_path: Path) -> None:
     if shutil.which("systemd-sysusers") is None:
         pytest.skip("systemd-sysusers is not installed")
     root = tmp_path / "stage"
-    proc = install("--root", str(root), "--dry-run", "--no-venv", "--with-admin")
+    proc = install("--root", str(root), "--dry-run", "--with-admin")
     assert proc.returncode == 0, proc.stderr
     assert not root.exists()
+    assert f"would run: {root}/opt/ductile/venv/bin/python -m pip install" in proc.stdout
     assert f"would run: systemd-sysusers --root={root} ductile.conf" in proc.stdout
     assert f"would run: systemd-tmpfiles --create --root={root} ductile-admin.conf" in proc.stdout
     root.mkdir()
