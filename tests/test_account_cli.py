@@ -155,3 +155,30 @@ def test_example_config_verifies_clean() -> None:
             shutil.rmtree(sd, ignore_errors=True)
         if created and not any(Path("/var/lib/ductile-example/accounts").iterdir()):
             shutil.rmtree("/var/lib/ductile-example", ignore_errors=True)
+
+
+def test_doctor_posture_section(world: World) -> None:
+    report = json.loads(world.run("doctor", "--json").stdout)
+    posture = [f for f in report["findings"] if f["category"] == "privsep"]
+    assert any(f["field"] == "posture" and "enforce" in f["message"] for f in posture)
+    plugin = world.base / "plugins" / "probe" / "run.py"
+    source = plugin.read_text()
+    plugin.write_text(source.replace("#!/usr/bin/python3", "#!/root/.pyenv/shims/python3", 1))
+    try:
+        report = json.loads(world.run("doctor", "--json").stdout)
+    finally:
+        plugin.write_text(source)
+    warn = [f for f in report["findings"] if f["severity"] == "warning" and f["field"] == "plugins.probe"]
+    assert warn and "interpreter /root/.pyenv/shims/python3" in warn[0]["message"]
+
+
+def test_doctor_warns_about_secrets_while_unconfined() -> None:
+    require_root()
+    w = make_world(None, [], {"mark": "{requires_vault: true}"}, {"mark": MARKER_PLUGIN})
+    try:
+        report = json.loads(w.run("doctor", "--json", caps="").stdout)
+        fields = {f["field"]: f for f in report["findings"] if f["category"] == "privsep"}
+        assert "unconfined" in fields["posture"]["message"]
+        assert fields["secrets"]["severity"] == "warning" and "any plugin can read the age key" in fields["secrets"]["message"]
+    finally:
+        destroy(w)
