@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_ductile
+from conftest import assert_one_line_error, run_ductile, run_in_pty
 from vault_helpers import canary, snapshot, store_at, write_config
 
 
@@ -89,37 +88,12 @@ def test_set_refuses_a_terminal_on_stdin(cfg: Path) -> None:
     assert "tok" not in store_at(cfg).read().secrets
 
 
-def _drive_pty(argv: list[str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
-    """Run argv on a terminal; when a prompt appears, type its answer. Returns (exit code, all output)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ["NO_COLOR"] = "1"
-        os.execv(argv[0], argv)
-    out, pending = b"", list(answers)
-    while True:
-        ready, _, _ = select.select([fd], [], [], 60)
-        if not ready:  # a hung child: a failure, not a timing assertion
-            os.kill(pid, 9)
-            break
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-        if pending and pending[0][0] in out:
-            os.write(fd, pending.pop(0)[1])
-            out += b"\n<answered>\n"
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out
-
-
 def test_prompt_reads_the_value_hidden(cfg: Path) -> None:
     ok(vault(cfg, "init"))
     value = canary()
-    code, out = _drive_pty(
+    code, out = run_in_pty(
         [sys.executable, "-m", "ductile", "vault", "set", "tok", "--prompt", "--config", str(cfg)],
+        {"NO_COLOR": "1"},
         [(b"value for tok", value.encode() + b"\n"), (b"Repeat for confirmation", value.encode() + b"\n")])
     assert code == 0, out
     assert value.encode() not in out  # not echoed to the terminal
