@@ -11,7 +11,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test serve venv clean tools
+.PHONY: test serve venv clean tools deploy-files
 
 $(VPY):
 	@test -n "$(PYTHON)" || { deploy/find-python.sh >/dev/null; exit 1; }
@@ -40,6 +40,16 @@ test: $(STAMP) tools
 SERVE_ARGS ?=
 serve: $(STAMP)
 	$(VPY) -m ductile serve --demo --demo-dir .demo $(SERVE_ARGS)
+
+# deploy/systemd/ is rendered from deploy/config/*.yaml (tests/test_deploy_static.py fails
+# when they differ): edit the config or the renderer, then run this.
+deploy-files: $(STAMP)
+	$(VENV)/bin/ductile deploy render sysusers --config deploy/config/ductile.yaml --config-dir /etc/ductile > deploy/systemd/ductile.sysusers.conf
+	$(VENV)/bin/ductile deploy render tmpfiles --config deploy/config/ductile.yaml --config-dir /etc/ductile > deploy/systemd/ductile.tmpfiles.conf
+	$(VENV)/bin/ductile deploy render unit     --config deploy/config/ductile.yaml --config-dir /etc/ductile > deploy/systemd/ductile.service
+	$(VENV)/bin/ductile deploy render sysusers --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.sysusers.conf
+	$(VENV)/bin/ductile deploy render tmpfiles --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.tmpfiles.conf
+	$(VENV)/bin/ductile deploy render unit     --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.service
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo

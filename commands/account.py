@@ -94,7 +94,7 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
         f"runs as: {who}, source {acct['source']}: {acct['why']}",
         f"cwd/HOME: {info['cwd']}",
         f"env: {', '.join(info['env_keys'])}",
-        f"on fingerprint mismatch: {info['on_fingerprint_mismatch']}",
+        f"lock: {info['lock_state']}; on fingerprint mismatch: {info['on_fingerprint_mismatch']}",
     ]
     if info["cannot_reach"]:
         lines.append("cannot reach: " + "; ".join(info["cannot_reach"]))

@@ -26,12 +26,13 @@ def list_plugins(config_path: str | None, as_json: bool) -> None:
     Plugins refused by the trust checks are listed as skipped, with the reason and the fix.
     """
     from ductile.config import load_config
+    from ductile.lock import lock_states
     from ductile.plugins.inventory import discover_for_config, plugin_rows
     from ductile.render import emit_json, say, table
 
     loaded = load_config(config_path)
     discovery = discover_for_config(loaded.config)
-    rows = plugin_rows(loaded.config, discovery)
+    rows = plugin_rows(loaded.config, discovery, lock_states(loaded, discovery))
     if as_json:
         emit_json({
             "config": loaded.path,
@@ -85,3 +86,54 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
     if result.outcome.error is not None:
         say(f"ductile: job {result.outcome.status}: {result.outcome.error.one_line()}")
     ctx.exit(0 if result.outcome.status == "succeeded" else 1)
+
+
+@plugin.command("lock")
+@click.argument("name", required=False)
+@click.option("--all", "all_code", is_flag=False, flag_value="", default=None, metavar="[CODE]",
+              help="Preview locking every configured plugin; with the printed CODE, commit it.")
+@config_option
+@json_option
+def lock(name: str | None, all_code: str | None, config_path: str | None, as_json: bool) -> None:
+    """Record keyed fingerprints of a plugin's manifest and entrypoint in <config dir>/.checksums.
+
+    `plugin lock NAME` records one plugin. `plugin lock --all` previews + new / ~ changed /
+    - removed and prints a 5-character code; `plugin lock --all CODE` commits only if the
+    plugins still match what was previewed.
+    """
+    from ductile.config import load_config
+    from ductile.errors import UsageError
+    from ductile.lock import commit_all, lock_one, preview_all, vault_nonce
+    from ductile.plugins.inventory import discover_for_config
+    from ductile.render import emit_json, say
+
+    if (name is None) == (all_code is None):
+        raise UsageError("give either a plugin NAME or --all", where="plugin lock",
+                         fix="`ductile plugin lock echo` or `ductile plugin lock --all`")
+    loaded = load_config(config_path)
+    discovery = discover_for_config(loaded.config)
+    key = vault_nonce(loaded)
+    if name is not None:
+        fp, what = lock_one(loaded, discovery, key, name)
+        if as_json:
+            emit_json({"plugin": name, "change": what, "manifest_hash": fp.manifest_hash,
+                       "entrypoint_hash": fp.entrypoint_hash})
+        else:
+            say(f"locked {name} ({what}): entrypoint {fp.entrypoint_path}", err=False)
+        return
+    preview = commit_all(loaded, discovery, key, all_code) if all_code else preview_all(loaded, discovery, key)
+    d = preview.diff
+    if as_json:
+        emit_json({"lock_file": preview.lock_file, "code": preview.code, "committed": bool(all_code),
+                   "added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
+                   "unchanged": list(d.unchanged)})
+        return
+    for sign, label, names in (("+", "new", d.added), ("~", "changed", d.changed), ("-", "removed", d.removed)):
+        for n in names:
+            say(f"{sign} {label:<8} {n}", err=False)
+    if not (d.added or d.changed or d.removed):
+        say(f"no changes: {len(d.unchanged)} plugin(s) already locked", err=False)
+    if all_code:
+        say(f"wrote {preview.lock_file} ({len(preview.entries)} plugin(s))", err=False)
+    else:
+        say(f"confirmation code: {preview.code}  (commit with: ductile plugin lock --all {preview.code})", err=False)

@@ -182,3 +182,22 @@ def rotate_key(config_path: str | None) -> None:
     click.echo(f"the old key is at {outcome.old_key_file}: it no longer opens the vault or its backup; "
                f"shred it: shred -u {outcome.old_key_file}")
     click.echo("if the old key may have leaked, also roll every secret value (ductile vault set NAME)")
+
+
+@vault.command("audit")
+@click.option("--principal", default=None, help="Only rows about this principal.")
+@click.option("--limit", default=100, show_default=True, help="Newest N rows.")
+@config_option
+@json_option
+def audit(principal: str | None, limit: int, config_path: str | None, as_json: bool) -> None:
+    """Show the vault audit trail (operations, principals, actors, outcomes; never values)."""
+    from ductile.render import emit_json, table
+    from ductile.state.ledger import open_ledger
+
+    rows = open_ledger(config_path).audit.list_audit(limit=limit, principal=principal)
+    if as_json:
+        emit_json(rows)
+        return
+    table(["at", "op", "principal", "actor", "outcome", "detail"],
+          [(r["at"], r["op"], r["principal"] or "-", r["actor"], r["outcome"],
+            (r["detail"] or {}).get("detail", "") if isinstance(r["detail"], dict) else r["detail"] or "") for r in rows])

@@ -122,6 +122,13 @@ class NoDowngradeTarget(DuctileError):
     terminal = True
 
 
+class FingerprintMismatch(DuctileError):
+    """A vault principal's bytes no longer match its lock: it gets no secrets. Never retried."""
+
+    kind = "fingerprint_mismatch"
+    terminal = True
+
+
 class VaultError(DuctileError):
     """The vault or its key cannot be used."""
 

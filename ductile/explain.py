@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ductile.config import LoadedConfig
+from ductile.lock import lock_states
 from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import UNTRUSTED_TIER, resolve_account
 from ductile.privsep.env import build_env
@@ -40,6 +41,7 @@ def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Disc
     found = discovery.plugins.get(plugin)
     enforcing = assessment.enforcing
     resolved = resolve_account(cfg, plugin, enforcing)
+    lock = lock_states(loaded, discovery).get(plugin, "-") if found else "-"
     home = resolved.state_dir if resolved.confined else None
     env = build_env(gateway_env, cfg.service.plugin_env_passthrough, home)
     others = sorted(n for n, a in cfg.accounts.items() if n != resolved.name)
@@ -55,6 +57,7 @@ def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Disc
         "cwd": resolved.state_dir if resolved.confined else f"{cfg.state.path.rsplit('/', 1)[0]}/unconfined/{plugin}",
         "env_keys": sorted(env),
         "groups": [] if resolved.confined else None,
+        "lock_state": lock,
         "on_fingerprint_mismatch": downgrade_outcome(loaded, resolved.confined),
         "cannot_reach": ([f"age key {cfg.secrets.age_key_file}", f"config dir {loaded.directory}",
                           f"state DB {cfg.state.path}", f"vault {cfg.secrets.vault_file}"]

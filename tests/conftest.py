@@ -57,3 +57,34 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str,
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def run_in_pty(argv: list[str], env: dict[str, str] | None = None,
+               answers: list[tuple[bytes, bytes]] | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``argv`` on a pseudo-terminal (what an operator at a shell gets), answering each
+    prompt in ``answers`` [(text to wait for, reply)] in order. Returns (exit code, output)."""
+    import pty
+    import select
+
+    pending = list(answers or [])
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.environ.update(env or {})
+        os.execv(argv[0], argv)
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:  # a hung child is a failure, not a timing assertion
+            os.kill(pid, 9)
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if pending and pending[0][0] in out:
+            os.write(fd, pending.pop(0)[1])
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out

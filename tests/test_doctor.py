@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLES, run_ductile
+from conftest import EXAMPLES, run_ductile, run_in_pty
 
 
 def test_example_config_is_clean() -> None:
@@ -54,20 +53,7 @@ def test_plain_lines_when_not_a_tty_and_a_table_on_a_tty(tmp_path: Path) -> None
     plain = run_ductile("doctor", "--config", str(cfg))
     assert "ERROR" in plain.stdout and "plugin_roots[0]" in plain.stdout and "\x1b[" not in plain.stdout
     # on a terminal: a rich table (box drawing), still no colour with NO_COLOR
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ["NO_COLOR"] = "1"
-        os.environ["COLUMNS"] = "200"
-        os.execv(sys.executable, [sys.executable, "-m", "ductile", "doctor", "--config", str(cfg)])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.waitpid(pid, 0)
+    _, out = run_in_pty([sys.executable, "-m", "ductile", "doctor", "--config", str(cfg)],
+                        {"NO_COLOR": "1", "COLUMNS": "200"})
     text = out.decode()
     assert "plugin_roots[0]" in text and ("┃" in text or "│" in text)

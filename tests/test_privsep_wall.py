@@ -26,11 +26,10 @@ MODES = ["root", "cap-only"]
 @pytest.fixture(scope="module", params=MODES)
 def world(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     require_root()
-    offset = 0 if request.param == "root" else 20
     w = make_world(0 if request.param == "root" else None, ["default", "untrusted", "sibling"],
                    {"probe": "{run_as: default, timeouts: {poll: 30s}}",
                     "hang": "{run_as: untrusted, timeouts: {poll: 1s}}"},
-                   {"probe": PROBE_PLUGIN, "hang": HANG_PLUGIN}, id_offset=offset)
+                   {"probe": PROBE_PLUGIN, "hang": HANG_PLUGIN})
     w.mode = request.param  # type: ignore[attr-defined]
     yield w
     destroy(w)
@@ -112,8 +111,8 @@ def test_timeout_kills_the_whole_tree(world: World) -> None:
 
 # ---- refusals run nothing ---------------------------------------------------------------
 
-def _marker_world(gateway_uid: int | None, accounts: list[str], offset: int) -> World:
-    return make_world(gateway_uid, accounts, {"mark": "{}"}, {"mark": MARKER_PLUGIN}, id_offset=offset)
+def _marker_world(gateway_uid: int | None, accounts: list[str]) -> World:
+    return make_world(gateway_uid, accounts, {"mark": "{}"}, {"mark": MARKER_PLUGIN})
 
 
 @pytest.mark.parametrize("case", ["no-capability-with-accounts", "capability-without-accounts",
@@ -121,7 +120,7 @@ def _marker_world(gateway_uid: int | None, accounts: list[str], offset: int) -> 
 def test_each_refusal_runs_zero_plugins(case: str) -> None:
     require_root()
     gw = 0 if case in ("capability-without-accounts", "foreign-owned-key") else None
-    w = _marker_world(gw, [] if case == "capability-without-accounts" else ["default", "untrusted"], 40)
+    w = _marker_world(gw, [] if case == "capability-without-accounts" else ["default", "untrusted"])
     try:
         marker = w.base / "marker"
         os.chmod(w.base, 0o1777)  # anyone may create the marker, so only the gate can stop it
@@ -148,7 +147,7 @@ def test_each_refusal_runs_zero_plugins(case: str) -> None:
 
 def test_unconfined_override_runs_at_gateway_uid() -> None:
     require_root()
-    w = _marker_world(None, ["default"], 60)
+    w = _marker_world(None, ["default"])
     try:
         os.chmod(w.base, 0o1777)
         w.extra_config = "service: {unconfined: true, kill_grace: 1s}\n"

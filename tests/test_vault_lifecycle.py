@@ -138,7 +138,13 @@ def test_values_never_reach_the_sink_errors_or_reprs(world: tuple[VaultStore, Me
     assert value.encode() not in Path(store.vault_file).read_bytes()  # encrypted at rest
 
 
-def test_default_sink_is_a_sink_and_drops_rows() -> None:
-    sink: AuditSink = default_sink(Config())
-    assert isinstance(sink, NullAuditSink)
-    sink.record("set", "echo", "t", OK, "secret=tok")  # accepted, kept nowhere
+def test_default_sink_writes_the_state_db(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ductile.config.model import StateConfig
+    from ductile.state.db import open_state
+
+    db = str(tmp_path / "state" / "ductile.db")
+    sink: AuditSink = default_sink(Config(state=StateConfig(path=db)))
+    sink.record("set", "echo", "t", OK, "secret=tok")
+    [row] = open_state(db).audit.list_audit()
+    assert (row["op"], row["principal"], row["actor"], row["outcome"]) == ("set", "echo", "t", OK)
+    NullAuditSink().record("set", "echo", "t", OK, "kept nowhere")

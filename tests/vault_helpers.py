@@ -31,12 +31,15 @@ def canary() -> str:
     return "canary-" + secrets.token_hex(12)
 
 
-def snapshot(*dirs: Path) -> dict[str, str]:
-    """sha256 of every file under ``dirs`` (lock files included): proves 'byte-identical'."""
+def snapshot(*dirs: Path, skip_prefix: str | None = None) -> dict[str, str]:
+    """sha256 of every file under ``dirs`` (lock files included): proves 'byte-identical'.
+    ``skip_prefix`` leaves out files that are meant to change (the state DB's audit rows)."""
     out: dict[str, str] = {}
     for d in dirs:
         for dirpath, _, files in os.walk(d):
             for name in files:
+                if skip_prefix and name.startswith(skip_prefix):
+                    continue
                 p = os.path.join(dirpath, name)
                 out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out

@@ -32,10 +32,26 @@ def require_root() -> None:
         pytest.skip("needs setpriv (util-linux) to emulate a cap-only gateway")
 
 
-def free_ids(n: int, start: int = 0) -> list[int]:
-    """n numbers that are neither a uid nor a gid on this host."""
+_ALLOCATED: set[int] = set()
+
+
+def _in_use_by_processes() -> set[int]:
+    import psutil
+
+    return {p.info["uids"].real for p in psutil.process_iter(["uids"], ad_value=None) if p.info["uids"]}
+
+
+def free_ids(n: int) -> list[int]:
+    """n numbers that are neither a uid nor a gid here, nor used by a live process or an
+    earlier world of this session. Picked at random so test runs side by side (other
+    checkouts on one machine) do not kill each other's accounts."""
+    import random
+
+    busy = _in_use_by_processes() | _ALLOCATED
+    candidates = [i for i in UID_RANGE if i not in busy]
+    random.shuffle(candidates)
     out = []
-    for i in UID_RANGE[start:]:
+    for i in candidates:
         try:
             pwd.getpwuid(i)
             continue
@@ -48,6 +64,7 @@ def free_ids(n: int, start: int = 0) -> list[int]:
             pass
         out.append(i)
         if len(out) == n:
+            _ALLOCATED.update(out)
             return out
     raise RuntimeError("no free ids in the private range")
 
@@ -211,9 +228,9 @@ class World:
 
 
 def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, str],
-               plugin_sources: dict[str, str] | None = None, id_offset: int = 0) -> World:
+               plugin_sources: dict[str, str] | None = None) -> World:
     """gateway_uid None -> a fresh non-root uid (cap-only gateway); 0 -> root gateway."""
-    ids = free_ids(len(accounts) + 1, id_offset)
+    ids = free_ids(len(accounts) + 1)
     gw = ids[-1] if gateway_uid is None else gateway_uid
     base = Path(tempfile.mkdtemp(prefix="ductile-wall-", dir="/tmp"))
     os.chmod(base, 0o711)
@@ -223,11 +240,6 @@ def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, 
         os.chmod(base / d, mode)
     for d in ("etc", "etc/secret", "state"):
         os.chown(base / d, gw, gw)
-    for path, content in [(world.key, "AGE-SECRET-KEY-1FAKEFAKEFAKE\n"), (world.db, "not really sqlite"),
-                          (world.vault, "age-encryption.org/v1 fake")]:
-        path.write_text(content)
-        os.chmod(path, 0o600)
-        os.chown(path, gw, gw)
     for name, uid in world.accounts.items():
         sd = world.state_dir(name)
         sd.mkdir(mode=0o700)
@@ -245,6 +257,10 @@ def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, 
         (d / "run.py").write_text(source)
         os.chmod(d / "run.py", 0o755)
     world.write_config()
+    # a real key, vault and state DB, created by the gateway itself (so it owns them)
+    init = world.run("vault", "init")
+    assert init.returncode == 0, init.stderr
+    assert world.key.exists() and world.vault.exists() and world.db.exists()
     return world
 
 

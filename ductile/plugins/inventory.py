@@ -53,8 +53,8 @@ class PluginRow:
         }
 
 
-def plugin_rows(config: Config, discovery: Discovery) -> list[PluginRow]:
-    """Every plugin found, refused or configured, sorted by name."""
+def plugin_rows(config: Config, discovery: Discovery, locks: dict[str, str] | None = None) -> list[PluginRow]:
+    """Every plugin found, refused or configured, sorted by name; ``locks``: lock state by name."""
     rows: list[PluginRow] = []
 
     def settings(name: str) -> tuple[bool, bool, str]:
@@ -65,7 +65,8 @@ def plugin_rows(config: Config, discovery: Discovery) -> list[PluginRow]:
 
     for name, plugin in discovery.plugins.items():
         configured, enabled, grant = settings(name)
-        rows.append(PluginRow(name, "ok", configured, enabled, grant, "-", plugin.directory,
+        lock = (locks or {}).get(name, "-")
+        rows.append(PluginRow(name, "ok", configured, enabled, grant, "-" if lock == "no-lock" else lock, plugin.directory,
                               plugin.manifest.command_names))
     for skip in discovery.skipped:
         name = skip.name or f"? ({os.path.basename(os.path.dirname(skip.manifest_path))})"

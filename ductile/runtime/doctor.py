@@ -8,6 +8,7 @@ import os
 from ductile.config import LoadedConfig
 from ductile.findings import Finding
 from ductile.interpreter import world_executable
+from ductile.lock import lock_states
 from ductile.privsep.accounts import resolve_account
 from ductile.privsep.probe import interpreter_of
 from ductile.runtime.boot import Assessment, assess, discover
@@ -53,6 +54,7 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
             out.append(Finding("info", "privsep", act.path, f"at start the gateway will {act.describe()}", ""))
     if a.enforcing:
         discovery = discover(loaded)
+        locks = lock_states(loaded, discovery)
         for name, plugin in sorted(discovery.plugins.items()):
             pc = cfg.plugins.get(name)
             if pc is None or not pc.enabled:
@@ -62,4 +64,11 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
                 w = _interpreter_warning(name, plugin.entrypoint, resolved.name or "?")
                 if w:
                     out.append(w)
+                state = locks.get(name, "-")
+                if state in ("drifted", "unlocked", "unknown"):
+                    why = {"drifted": "its bytes differ from its lock", "unlocked": "it has no entry in the lock file",
+                           "unknown": "its lock state cannot be read (no access to the vault key?)"}[state]
+                    out.append(Finding("warning", "privsep", f"plugins.{name}",
+                                       f"plugin {name} is {state}: {why}, so its jobs run as `untrusted` (or fail without that tier)",
+                                       f"review the plugin, then `ductile plugin lock {name}`"))
     return out

@@ -9,6 +9,7 @@ A second spawn path would be a second door in the wall: don't add one.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -22,10 +23,13 @@ from ductile.errors import AccountDropFailed, DuctileError, PluginError
 from ductile.plugins.discovery import Plugin
 from ductile.plugins.protocol import build_request
 from ductile.privsep.accounts import ResolvedAccount, resolve_account
+from ductile.privsep.fingerprint import Binding
 from ductile.privsep.spawnspec import SpawnSpec, build_spawn_spec
 from ductile.runtime.boot import Runtime
 from ductile.runtime.outcome import Outcome, classify
 from ductile.runtime.spawn import spawn
+
+log = logging.getLogger("ductile.runtime")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class JobResult:
     spec: SpawnSpec | None
     pid: int | None = None
     secret_names: tuple[str, ...] = ()
+    binding: Binding | None = None
 
     def as_dict(self) -> dict[str, Any]:
         r = self.outcome.response
@@ -59,6 +64,8 @@ class JobResult:
             "state_updates": dict(r.state_updates) if r else {},
             "logs": [{"level": lg.level, "message": lg.message} for lg in r.logs] if r else [],
             "secrets_delivered": list(self.secret_names),
+            "lock": {"state": self.binding.state, "downgraded_from": self.binding.downgraded_from,
+                     "reason": self.binding.reason} if self.binding else None,
             "stderr_tail": self.outcome.stderr_tail[-4096:],
         }
 
@@ -67,15 +74,15 @@ class EventSink(Protocol):
     def __call__(self, type: str, payload: dict[str, Any]) -> None: ...
 
 
-Binder = Callable[[Plugin, ResolvedAccount], ResolvedAccount]
-Composer = Callable[[str, PluginConfig, Plugin], dict[str, str]]
+Binder = Callable[[Plugin, ResolvedAccount], Binding]
+Composer = Callable[[str, PluginConfig, Plugin, Binding], dict[str, str]]
 
 
-def _no_binding(plugin: Plugin, resolved: ResolvedAccount) -> ResolvedAccount:
-    return resolved
+def _no_binding(plugin: Plugin, resolved: ResolvedAccount) -> Binding:
+    return Binding(resolved, "no-lock")
 
 
-def _no_secrets(name: str, pc: PluginConfig, plugin: Plugin) -> dict[str, str]:
+def _no_secrets(name: str, pc: PluginConfig, plugin: Plugin, binding: Binding) -> dict[str, str]:
     return {}
 
 
@@ -115,26 +122,34 @@ class Executor:
                               where=plugin.manifest_path, fix="use one of its commands")
         return plugin, pc
 
-    def prepare(self, job: Job) -> tuple[Plugin, PluginConfig, ResolvedAccount, SpawnSpec]:
-        """Everything up to the spawn, without running anything (also used by explain)."""
+    def prepare(self, job: Job) -> tuple[Plugin, PluginConfig, Binding, SpawnSpec]:
+        """Everything up to the spawn, without running anything."""
         plugin, pc = self.plugin_for(job)
         rt = self.runtime
         resolved = resolve_account(rt.config, job.plugin, rt.enforcing)
-        resolved = self.bind(plugin, resolved)
-        spec = build_spawn_spec(resolved, plugin.entrypoint, rt.config.service, rt.gateway_env,
+        binding = self.bind(plugin, resolved)
+        if binding.downgraded_from is not None:
+            log.warning("privsep: fingerprint mismatch, account downgraded: plugin=%s from=%s to=%s (%s)",
+                        job.plugin, binding.downgraded_from, binding.account.name, binding.reason)
+            self.emit("plugin.account_downgraded", {"plugin": job.plugin, "from": binding.downgraded_from,
+                                                    "to": binding.account.name, "job_id": job.job_id,
+                                                    "reason": binding.reason})
+        spec = build_spawn_spec(binding.account, plugin.entrypoint, rt.config.service, rt.gateway_env,
                                 timeout=rt.config.timeout_for(job.plugin, job.command),
                                 unconfined_workdir=rt.unconfined_workdir(job.plugin),
                                 gateway_uid=rt.assessment.gateway_uid if rt.enforcing else None)
-        return plugin, pc, resolved, spec
+        return plugin, pc, binding, spec
 
     def run(self, job: Job, *, cancel: threading.Event | None = None) -> JobResult:
         """Run ``job`` once. Setting ``cancel`` kills the plugin through the spawn edge's kill
         path (the drop-aware one) and yields a non-terminal ``JobCancelled`` outcome."""
         resolved: ResolvedAccount | None = None
         spec: SpawnSpec | None = None
+        binding: Binding | None = None
         try:
-            plugin, pc, resolved, spec = self.prepare(job)
-            secrets = self.compose(job.plugin, pc, plugin)
+            plugin, pc, binding, spec = self.prepare(job)
+            resolved = binding.account
+            secrets = self.compose(job.plugin, pc, plugin, binding)
             if not spec.drops:
                 os.makedirs(spec.workdir, mode=0o700, exist_ok=True)
             request = build_request(
@@ -147,10 +162,10 @@ class Executor:
             raw = spawn(spec, request, on_start=pids.append, cancel=cancel)
             del request, secrets
             return JobResult(job, classify(spec, raw, job.plugin), resolved, spec, pids[0] if pids else None,
-                             secret_names=names)
+                             secret_names=names, binding=binding)
         except DuctileError as err:
             if isinstance(err, AccountDropFailed) and resolved is not None:
                 self.emit("plugin.drop_failed", {"job_id": job.job_id, "plugin": job.plugin, "account": resolved.name,
                                                  "uid": resolved.uid, "gid": resolved.gid, "error": err.message})
             # nothing ran: refusals before the spawn never get better by retrying
-            return JobResult(job, Outcome("failed", True, None, err, None), resolved, spec)
+            return JobResult(job, Outcome("failed", True, None, err, None), resolved, spec, binding=binding)

@@ -1,5 +1,6 @@
-"""``plugin run``: boot, then one job through the shared executor. No state DB is
-written here beyond what the plugin's own account writes; the response is returned."""
+"""``plugin run``: boot, then one job through the shared executor. The plugin gets its
+stored state and its ``state_updates`` are merged back; events it emits are recorded (not
+routed: pipelines run under ``serve``); vault compose is audited in the state DB."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
 from ductile.runtime.executor import Job, JobResult
 from ductile.runtime.wiring import make_executor
+from ductile.state.db import open_state
 
 
 def parse_payload(text: str) -> dict[str, Any]:
@@ -37,6 +39,16 @@ def parse_payload(text: str) -> dict[str, Any]:
 
 
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
-    runtime = boot(loaded)
-    executor = make_executor(runtime)
-    return executor.run(Job(plugin=plugin, command=command, payload=payload)), runtime
+    runtime = boot(loaded)  # refuses before anything runs or is opened
+    state = open_state(loaded.config.state.path)
+    executor = make_executor(runtime, state)
+    job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
+    result = executor.run(job)
+    response = result.outcome.response
+    if result.outcome.status == "succeeded" and response is not None:
+        with state.write():
+            if response.state_updates:
+                state.plugin_state.merge_state(plugin, response.state_updates)
+            for event in response.events:
+                state.events.record_event(event.type, event.payload, plugin=plugin)
+    return result, runtime

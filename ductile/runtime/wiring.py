@@ -1,11 +1,60 @@
 """Assemble an Executor for a booted Runtime: the one place that decides which secret
-composer, fingerprint binder and event sink the shared spawn path uses."""
+composer, fingerprint binder and event sink the shared spawn path uses. ``plugin run`` and
+``serve`` both get their executor here, so they cannot drift apart."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from ductile.config.model import PluginConfig
+from ductile.errors import FingerprintMismatch
+from ductile.lock import attest
+from ductile.plugins.discovery import Plugin
+from ductile.privsep.accounts import ResolvedAccount
+from ductile.privsep.fingerprint import Binding, bind_fingerprint
 from ductile.runtime.boot import Runtime
-from ductile.runtime.executor import EventSink, Executor, _ignore
+from ductile.runtime.executor import Executor
+from ductile.state.db import StateDB
+from ductile.vault.audit import ACTOR_GATEWAY, StateAuditSink
+from ductile.vault.compose import principal_for
+from ductile.vault.document import nonce
+from ductile.vault.lifecycle import compose_for_plugin
+from ductile.vault.store import VaultStore
+
+OP_FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+SECURITY_ALERT = "security_alert"
 
 
-def make_executor(runtime: Runtime, *, emit: EventSink = _ignore) -> Executor:
-    return Executor(runtime, emit=emit)
+def make_executor(runtime: Runtime, state: StateDB) -> Executor:
+    """An executor that attests every spawn against the lock (downgrading drifted confined
+    plugins), composes the plugin's granted secrets fresh per spawn (a roll is seen next
+    job) and refuses them to a principal that failed attestation, auditing every refusal
+    in ``state`` and storing security events there."""
+    store = VaultStore.from_config(runtime.config.secrets)
+    sink = StateAuditSink(state.audit)
+
+    def key() -> bytes:
+        doc = store.read()
+        return nonce(doc)
+
+    def bind(plugin: Plugin, resolved: ResolvedAccount) -> Binding:
+        lock_state, reason = attest(runtime.loaded, plugin, key)
+        return bind_fingerprint(resolved, lock_state, runtime.config, plugin.name, reason)
+
+    def compose(name: str, pc: PluginConfig, plugin: Plugin, binding: Binding) -> dict[str, str]:
+        if not binding.attested:
+            principal = principal_for(name, pc)
+            doc = store.read_if_present()
+            record = doc.principals.get(principal) if doc is not None else None
+            if record is not None and record.status == "active":
+                sink.record(OP_FINGERPRINT_MISMATCH, principal, ACTOR_GATEWAY, SECURITY_ALERT,
+                            f"plugin={name} lock={binding.state}")
+                raise FingerprintMismatch(
+                    f"plugin {name} is vault principal '{principal}' but failed attestation ({binding.reason or binding.state}): no secrets delivered",
+                    where=f"plugins.{name}", fix=f"review the change, then `ductile plugin lock {name}`")
+        return compose_for_plugin(store, name, pc, sink).secrets
+
+    def emit(type: str, payload: dict[str, Any]) -> None:
+        state.events.record_event(type, payload, plugin=payload.get("plugin"))  # payload names the job
+
+    return Executor(runtime, bind=bind, compose=compose, emit=emit)

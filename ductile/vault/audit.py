@@ -1,9 +1,8 @@
 """Where vault operations are recorded: names, actors and outcomes, never values.
 
 ``AuditSink`` is the seam: the vault calls ``record`` for every lifecycle operation and every
-compose failure or denial. The state database provides the durable sink (a ``vault_audit``
-table read by ``ductile vault audit``); until it is wired in, ``default_sink`` returns
-``NullAuditSink``, and tests use ``MemoryAuditSink``.
+compose failure or denial. ``StateAuditSink`` writes the state database's ``vault_audit``
+table (read by ``ductile vault audit``); tests use ``MemoryAuditSink``.
 """
 
 from __future__ import annotations
@@ -11,9 +10,12 @@ from __future__ import annotations
 import os
 import pwd
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ductile.config.model import Config
+
+if TYPE_CHECKING:
+    from ductile.state.audit import AuditLog
 
 # op names (lifecycle, then compose)
 OP_INIT = "init"
@@ -60,16 +62,28 @@ class MemoryAuditSink:
 
 
 class NullAuditSink:
-    """Drops every row: the sink used until the state database provides a durable one."""
+    """Drops every row (for pure tests only; commands and the gateway always audit)."""
 
     def record(self, op: str, principal: str, actor: str, outcome: str, detail: str) -> None:
         return None
 
 
+class StateAuditSink:
+    """The durable sink: one ``vault_audit`` row per call, in its own transaction."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def record(self, op: str, principal: str, actor: str, outcome: str, detail: str) -> None:
+        self.audit.record_audit(op, principal, actor, outcome, {"detail": detail} if detail else None)
+
+
 def default_sink(config: Config) -> AuditSink:
-    """The sink commands and the gateway use. Replaced by the state DB's ``vault_audit`` sink."""
-    del config  # the durable sink will open ``config.state.path``
-    return NullAuditSink()
+    """The state database's audit table. Opening it first means a vault operation that
+    cannot be audited is refused before it happens, not silently unrecorded."""
+    from ductile.state.db import open_state
+
+    return StateAuditSink(open_state(config.state.path).audit)
 
 
 def cli_actor() -> str:

@@ -1,0 +1,55 @@
+"""Render the systemd files (sysusers, tmpfiles, unit) from the config's accounts.
+
+One source of truth: each account's uid, gid and state_dir live in ``accounts:`` and are
+written into the artefacts from there, never copied by hand.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ductile.cliopts import config_option, json_option
+
+ARTEFACT_CHOICES = ("sysusers", "tmpfiles", "unit")  # ductile.deploy.ARTEFACTS, without importing it for --help
+
+
+@click.group()
+def deploy() -> None:
+    """Render the systemd files (sysusers, tmpfiles, unit) from the config's accounts."""
+
+
+@deploy.command("render")
+@click.argument("artefact", type=click.Choice(ARTEFACT_CHOICES))
+@config_option
+@click.option("--gateway-user", default="ductile", show_default=True, metavar="NAME",
+              help="The system user the gateway runs as; also names the unit and the .conf files.")
+@click.option("--config-dir", metavar="DIR", default=None,
+              help="Where the config directory will be on the host (default: the directory of the loaded "
+                   "config). Use it when rendering from a draft kept elsewhere.")
+@json_option
+def render(artefact: str, config_path: str | None, gateway_user: str, config_dir: str | None,
+           as_json: bool) -> None:
+    """Print ARTEFACT (sysusers, tmpfiles or unit) for this config on stdout.
+
+    \b
+    Install the output where it belongs, for example:
+      ductile deploy render sysusers > /etc/sysusers.d/ductile.conf
+      ductile deploy render tmpfiles > /etc/tmpfiles.d/ductile.conf
+      ductile deploy render unit     > /etc/systemd/system/ductile.service
+    """
+    import sys
+
+    from ductile.config.load import load_config
+    from ductile.deploy import install_path, layout_for
+    from ductile.deploy import render as render_artefact
+    from ductile.deploy.host import gateway_uid_for
+    from ductile.render import emit_json
+
+    loaded = load_config(config_path, gateway_uid=gateway_uid_for(gateway_user))
+    layout = layout_for(loaded, config_dir=config_dir, gateway_user=gateway_user)
+    text = render_artefact(artefact, layout)
+    if as_json:
+        emit_json({"artefact": artefact, "config": loaded.path, "install_path": install_path(artefact, layout),
+                   "text": text})
+    else:
+        sys.stdout.write(text)
