@@ -20,8 +20,7 @@ pytestmark = pytest.mark.privileged
 def test_serve_drops_scheduled_jobs_to_the_account_and_the_ledger_shows_its_uid(gateway: str) -> None:
     require_root()
     w = make_world(0 if gateway == "root" else None, ["default", "untrusted"],
-                   {"probe": "{run_as: default, schedules: [{every: 1s}]}"}, {"probe": PROBE_PLUGIN}, id_offset=200)
-    w.db.unlink()  # make_world leaves a decoy file; serve creates the real database
+                   {"probe": "{run_as: default, schedules: [{every: 1s}]}"}, {"probe": PROBE_PLUGIN})
     uid = w.accounts["default"]
     cmd = [PYTHON, "-m", "ductile", "serve", "--config", str(w.etc)]
     if w.gateway_uid:

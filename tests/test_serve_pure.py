@@ -18,6 +18,7 @@ from ductile.config.model import Config, PipelineConfig, PipelineStep, PluginCon
 from ductile.errors import (
     AccountDropFailed,
     BootRefused,
+    FingerprintMismatch,
     JobCancelled,
     NoDowngradeTarget,
     PluginError,
@@ -56,6 +57,7 @@ def _failed(err: Exception, terminal: bool, exit_code: int | None = 1) -> Outcom
     (_failed(NoDowngradeTarget("changed"), True, None), 1, Failed("changed", "no_downgrade_target")),
     (_failed(VaultPrincipalRequired("unknown"), True, None), 1, Failed("unknown", "vault_required")),
     (_failed(SpawnFailed("gone"), True, None), 1, Failed("gone", "spawn_failed")),
+    (_failed(FingerprintMismatch("drifted"), True, None), 1, Failed("drifted", "fingerprint_mismatch")),
     (_failed(PluginError("not configured"), True, None), 1, Failed("not configured", "plugin_unavailable")),
     (Outcome("timed_out", False, None, PluginTimeout("slow"), -9), 1, TimedOut("slow", NOW + 10)),
     (Outcome("timed_out", False, None, PluginTimeout("slow"), -9), 3, TimedOut("slow", None)),

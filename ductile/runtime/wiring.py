@@ -13,7 +13,7 @@ from ductile.plugins.discovery import Plugin
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.fingerprint import Binding, bind_fingerprint
 from ductile.runtime.boot import Runtime
-from ductile.runtime.executor import Executor
+from ductile.runtime.executor import EventSink, Executor
 from ductile.state.db import StateDB
 from ductile.vault.audit import ACTOR_GATEWAY, StateAuditSink
 from ductile.vault.compose import principal_for
@@ -25,11 +25,12 @@ OP_FINGERPRINT_MISMATCH = "fingerprint_mismatch"
 SECURITY_ALERT = "security_alert"
 
 
-def make_executor(runtime: Runtime, state: StateDB) -> Executor:
+def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = None) -> Executor:
     """An executor that attests every spawn against the lock (downgrading drifted confined
     plugins), composes the plugin's granted secrets fresh per spawn (a roll is seen next
     job) and refuses them to a principal that failed attestation, auditing every refusal
-    in ``state`` and storing security events there."""
+    in ``state`` and storing security events there. ``serve`` passes its own ``emit`` so
+    a job's security events are stored in the same transaction as the job's outcome."""
     store = VaultStore.from_config(runtime.config.secrets)
     sink = StateAuditSink(state.audit)
 
@@ -54,7 +55,7 @@ def make_executor(runtime: Runtime, state: StateDB) -> Executor:
                     where=f"plugins.{name}", fix=f"review the change, then `ductile plugin lock {name}`")
         return compose_for_plugin(store, name, pc, sink).secrets
 
-    def emit(type: str, payload: dict[str, Any]) -> None:
+    def record(type: str, payload: dict[str, Any]) -> None:
         state.events.record_event(type, payload, plugin=payload.get("plugin"))  # payload names the job
 
-    return Executor(runtime, bind=bind, compose=compose, emit=emit)
+    return Executor(runtime, bind=bind, compose=compose, emit=emit if emit is not None else record)

@@ -37,7 +37,7 @@ class Gateway:
     def __init__(self, booted: Booted, redactor: Redactor | None = None) -> None:
         self.b = booted
         rt = booted.runtime
-        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, emit=emit))
+        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit))
         self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake)
         self.ctx = ApiContext(booted.db, rt, TokenTable(booted.secrets.tokens), dict(booted.secrets.webhook_keys),
                               wake=self.dispatcher.wake, running=self.dispatcher.running)

@@ -9,7 +9,7 @@
     timed_out, last attempt                  TimedOut(None)             timed_out
 
 A terminal error is read from ``outcome.terminal`` (exit 78, ``retry: false``, refused drop,
-no downgrade target, vault required, refusals before the spawn), never from message text.
+no downgrade target, vault required, a principal that failed attestation, refusals before the spawn), never from message text.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ductile.config.model import RetryConfig
 from ductile.errors import (
     AccountDropFailed,
     DuctileError,
+    FingerprintMismatch,
     JobCancelled,
     NoDowngradeTarget,
     PluginError,
@@ -36,7 +37,8 @@ def terminal_reason(error: DuctileError | None, exit_code: int | None) -> str:
         return "exit_code_78"
     table: tuple[tuple[type[DuctileError], str], ...] = (
         (AccountDropFailed, "drop_failed"), (NoDowngradeTarget, "no_downgrade_target"),
-        (VaultPrincipalRequired, "vault_required"), (SpawnFailed, "spawn_failed"),
+        (VaultPrincipalRequired, "vault_required"), (FingerprintMismatch, "fingerprint_mismatch"),
+        (SpawnFailed, "spawn_failed"),
         (PluginError, "plugin_unavailable"), (PluginFailed, "plugin_retry_false"),
     )
     for cls, reason in table:
