@@ -159,7 +159,7 @@ class ServeWorld:
     def start(self, *, wait: bool = True, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
               prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         self.runs += 1
-        full_env = {k: v for k, v in os.environ.items() if k not in ("DUCTILE_DEBUG", "NOTIFY_SOCKET")}
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DUCTILE_DEBUG", "NOTIFY_SOCKET", "DUCTILE_LISTEN")}
         full_env.update({"NO_COLOR": "1", **(env or {})})
         with open(self.log_path, "wb") as fh:
             self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "ductile", "serve", "--config", str(self.etc),

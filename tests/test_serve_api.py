@@ -4,6 +4,7 @@ scopes, and what never reaches the log."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -237,3 +238,25 @@ def test_boot_refusal_is_one_line_and_runs_nothing(tmp_path: Path) -> None:
     if w.db.exists():  # the database may be created before the vault refuses; it must hold no job
         with sqlite3.connect(w.db) as conn:
             assert conn.execute("select count(*) from jobs").fetchone()[0] == 0
+
+
+def test_sd_notify_ready_and_stopping_reach_systemd(tmp_path: Path) -> None:
+    import socket as socketlib
+
+    name = f"ductile-serve-test-{os.getpid()}"
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)
+        listener.settimeout(60)
+        w = make_serve_world(tmp_path, """\
+            service: {unconfined: true}
+            plugins: {echo: {}}
+            api: {listen: "127.0.0.1:@PORT@"}
+            """, {"echo": ECHO})
+        w.start(env={"NOTIFY_SOCKET": "@" + name})
+        try:
+            ready = listener.recv(4096).decode()
+            assert "READY=1" in ready and "STATUS=serving: unconfined" in ready
+        finally:
+            code = w.stop()
+        assert code == 0
+        assert "STOPPING=1" in listener.recv(4096).decode()

@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from servehelp import ServeWorld, free_port, wait_for
 
 
@@ -77,3 +79,38 @@ def _healthy(world: ServeWorld, proc: subprocess.Popen[bytes], err: Path) -> boo
         return world.request("GET", "/healthz")[0] == 200
     except OSError:
         return False
+
+
+@pytest.mark.privileged
+def test_demo_as_a_plain_user_runs_unconfined_and_says_so(tmp_path: Path) -> None:
+    """What a developer without root gets from `make serve` (emulated from root with setpriv)."""
+    from wallworld import destroy, free_ids, require_root, World
+
+    require_root()
+    uid = free_ids(1)[0]
+    parent = Path(tempfile.mkdtemp(prefix="ductile-demo-user-", dir="/tmp"))
+    os.chmod(parent, 0o711)
+    os.chown(parent, uid, uid)
+    demo, port = parent / "demo", free_port()
+    world = ServeWorld(demo, port, "")
+    out, err = parent / "out", parent / "err"
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "DUCTILE_LISTEN": f"127.0.0.1:{port}"}
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--",
+           sys.executable, "-m", "ductile", "serve", "--demo", "--demo-dir", str(demo)]
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=env, cwd="/")
+    world.proc = proc
+    try:
+        wait_for("the user's demo to answer", lambda: _healthy(world, proc, err), log=lambda: err.read_text())
+        banner = out.read_text()
+        assert "UNCONFINED" in banner and f"plugins run as you (uid {uid})" in banner
+        token = re.search(r"^  token    (\S+)$", banner, re.MULTILINE).group(1)  # type: ignore[union-attr]
+        job = world.wait_job(world.trigger("echo", "poll", {}, token), token)
+        assert job["status"] == "succeeded" and job["account"] == "unconfined" and job["uid"] == uid
+        assert '"posture": "unconfined"' in err.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        destroy(World(parent, uid, {}))

@@ -197,3 +197,27 @@ def test_redactor_masks_secret_values_in_messages_fields_and_tracebacks() -> Non
     first = json.loads(text.splitlines()[0])
     assert first["header"] == f"Bearer {logs.REDACTED}" and first["n"] == 1 and first["level"] == "info"
     logging.getLogger().handlers.clear()
+
+
+def test_scheduler_runs_a_missed_slot_once_and_never_repeats_one(tmp_path: Path) -> None:
+    from ductile.serve.scheduler import Scheduler
+    from ductile.state import open_state
+
+    now = [1005.0]
+    every = Schedule("p#0:x", "plugins.p.schedules[0]", "p", "poll", 10.0, None, 0.0, 2, {"k": 1})
+    cron = Schedule("p#1:y", "plugins.p.schedules[1]", "p", "poll", None, "* * * * *", 0.0, 2)
+    woken: list[int] = []
+    with open_state(str(tmp_path / "s.db")) as db:
+        sched = Scheduler(db, [every, cron], on_enqueue=lambda: woken.append(1), clock=lambda: now[0])
+        assert sched.tick() == 1                  # every: fires at once; cron: baseline only
+        assert sched.tick() == 0                  # same slot: nothing
+        now[0] = 1009.9
+        assert sched.tick() == 0
+        now[0] = 1000.0 + 3600 * 5                # five hours down
+        assert sched.tick() == 2                  # one run per schedule, not 360 + 300
+        again = Scheduler(db, [every, cron], on_enqueue=lambda: None, clock=lambda: now[0])
+        assert again.tick() == 0                  # a restart in the same slot repeats nothing
+        jobs = db.jobs.list_jobs(limit=100)
+        assert len(jobs) == 3 and all(j.max_attempts == 2 for j in jobs)
+        assert {json.dumps(j.payload) for j in jobs} == {'{"k": 1}', "{}"}
+        assert len(woken) == 2
