@@ -221,3 +221,14 @@ def test_scheduler_runs_a_missed_slot_once_and_never_repeats_one(tmp_path: Path)
         assert len(jobs) == 3 and all(j.max_attempts == 2 for j in jobs)
         assert {json.dumps(j.payload) for j in jobs} == {'{"k": 1}', "{}"}
         assert len(woken) == 2
+
+
+def test_terminal_logs_are_readable_lines_without_repeating_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    stream = io.StringIO()
+    logs.setup("info", stream=stream, tty=True)
+    logs.log(logging.getLogger("ductile.test"), logging.INFO, "posture=enforce cell=x", posture="enforce", job_id="j1")
+    text = stream.getvalue()
+    logging.getLogger().handlers.clear()
+    assert "posture=enforce cell=x" in text and "job_id=j1" in text
+    assert text.count("posture=enforce") == 1 and not text.lstrip().startswith("{")

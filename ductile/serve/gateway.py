@@ -94,9 +94,15 @@ class Gateway:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
-    def wait(self) -> None:
+    def wait(self) -> int:
+        """Block until a signal (0) or until the HTTP listener died under us (1: a gateway
+        whose API silently vanished is worse than one that stops and says so)."""
         while not self._stop.wait(0.5):
-            pass
+            if self._server_thread is not None and not self._server_thread.is_alive():
+                log(_log, logging.ERROR, "the HTTP listener stopped unexpectedly; shutting down",
+                    fix="see the error above; restart the gateway")
+                return 1
+        return 0
 
     # -- drain -------------------------------------------------------------------------
 
@@ -134,9 +140,10 @@ def run(booted: Booted, redactor: Redactor | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain. Returns the exit code."""
     gw = Gateway(booted, redactor)
     gw.install_signal_handlers()
+    code = 1
     try:
         gw.start()
-        gw.wait()
+        code = gw.wait()
     finally:
         gw.shutdown()
-    return 0
+    return code

@@ -78,7 +78,9 @@ class TextFormatter(logging.Formatter):
         text = record.getMessage()
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            text += "  " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            extra = [f"{k}={v}" for k, v in fields.items() if v is not None and f"{k}={v}" not in text]
+            if extra:
+                text += "  " + " ".join(extra)
         if record.exc_text:
             text += "\n" + record.exc_text
         return text
