@@ -198,7 +198,7 @@ def test_confined_spec_drops_and_chdirs_after_the_drop() -> None:
     spec = build_spawn_spec(r, "/opt/p/echo/run", ServiceConfig(), GATEWAY_ENV, timeout=9, unconfined_workdir="/u")
     assert spec.argv == (ENV_TRAMPOLINE, "-C", "/var/lib/d/default", "--", "/opt/p/echo/run")
     assert (spec.uid, spec.gid, spec.groups, spec.umask) == (61001, 61002, (), 0o077)
-    assert spec.popen_cwd == "/" and spec.workdir == "/var/lib/d/default"
+    assert spec.popen_cwd is None and spec.workdir == "/var/lib/d/default"
     assert spec.env["HOME"] == spec.env["XDG_CACHE_HOME"] == "/var/lib/d/default"
     assert "DUCTILE_VAULT_KEY" not in spec.env and "LD_PRELOAD" not in spec.env
     assert spec.timeout == 9 and spec.max_stdout == ServiceConfig().max_plugin_output

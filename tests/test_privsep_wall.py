@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -190,3 +191,61 @@ def test_spawn_spec_passes_extra_groups() -> None:
     spec = build_spawn_spec(ResolvedAccount("a", 61001, 61001, "/d", "granted"), "/e", ServiceConfig(), {},
                             timeout=1, unconfined_workdir="/u")
     assert _drop_kwargs(spec) == {"user": 61001, "group": 61001, "extra_groups": []}
+
+
+# ---- spawn failures are told apart --------------------------------------------------------
+
+def test_drop_refused_is_account_drop_failed_and_terminal() -> None:
+    """A gateway without the capability that tries anyway gets EPERM before exec."""
+    require_root()
+    code = (
+        "import json\n"
+        "from ductile.config.model import ServiceConfig\n"
+        "from ductile.privsep.accounts import ResolvedAccount\n"
+        "from ductile.privsep.spawnspec import build_spawn_spec\n"
+        "from ductile.runtime.spawn import spawn\n"
+        "from ductile.errors import DuctileError\n"
+        "spec = build_spawn_spec(ResolvedAccount('a', 61998, 61998, '/tmp', 'granted'), '/bin/true', ServiceConfig(), {},"
+        " timeout=5, unconfined_workdir='/')\n"
+        "try:\n"
+        "    spawn(spec, b'{}')\n"
+        "    print(json.dumps({'kind': None}))\n"
+        "except DuctileError as err:\n"
+        "    print(json.dumps({'kind': err.kind, 'terminal': err.terminal, 'line': err.one_line()}))\n"
+    )
+    proc = subprocess.run(["setpriv", "--reuid=61997", "--regid=61997", "--clear-groups", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd="/", timeout=60)
+    out = json.loads(proc.stdout)
+    assert out["kind"] == "drop_failed" and out["terminal"] is True
+    assert "refused the drop to uid 61998" in out["line"] and "CAP_SETUID" in out["line"]
+
+
+def test_unreachable_state_dir_is_named_as_such(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    require_root()
+    from ductile.config.model import ServiceConfig
+    from ductile.privsep.accounts import ResolvedAccount
+    from ductile.privsep.spawnspec import build_spawn_spec
+    from ductile.runtime.outcome import classify
+    from ductile.runtime.spawn import spawn
+
+    hidden = tmp_path / "closed" / "acct"  # pytest's tmp_path is under 0700 dirs: unreachable for 61996
+    hidden.mkdir(parents=True)
+    os.chown(hidden, 61996, 61996)
+    spec = build_spawn_spec(ResolvedAccount("a", 61996, 61996, str(hidden), "granted"), "/bin/true", ServiceConfig(),
+                            {}, timeout=5, unconfined_workdir="/")
+    outcome = classify(spec, spawn(spec, b"{}"), "p")
+    assert outcome.status == "failed" and outcome.terminal
+    assert outcome.error is not None and "is not reachable by account a" in outcome.error.message
+    assert outcome.error.where == "accounts.a.state_dir"
+
+
+def test_entrypoint_the_account_cannot_execute_is_named_as_such(world: World) -> None:
+    entry = world.base / "plugins" / "probe" / "run.py"
+    os.chmod(entry, 0o700)
+    try:
+        proc = world.plugin_run("probe", {})
+    finally:
+        os.chmod(entry, 0o755)
+    out = json.loads(proc.stdout)
+    assert out["outcome"]["status"] == "failed" and out["outcome"]["terminal"] is True
+    assert "not executable by account default" in out["outcome"]["error"]["message"]

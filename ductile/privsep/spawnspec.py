@@ -27,7 +27,10 @@ class SpawnSpec:
     env: dict[str, str] = field(repr=False)
     entrypoint: str
     workdir: str                 # where the plugin runs (its HOME when confined)
-    popen_cwd: str               # what Popen itself chdirs to before the drop
+    # What Popen itself chdirs to, before any drop. None for confined spawns: CPython
+    # reports any pre-exec failure with ``filename=cwd`` when cwd is set, which would hide a
+    # refused drop (filename None) behind a bogus directory name; env -C does the chdir.
+    popen_cwd: str | None
     uid: int | None              # None: no drop (unconfined)
     gid: int | None
     groups: tuple[int, ...]      # supplementary groups after the drop: always empty
@@ -60,7 +63,7 @@ def build_spawn_spec(resolved: ResolvedAccount, entrypoint: str, service: Servic
         return SpawnSpec(
             argv=(ENV_TRAMPOLINE, "-C", resolved.state_dir, "--", *command),
             env=build_env(gateway_env, service.plugin_env_passthrough, resolved.state_dir),
-            workdir=resolved.state_dir, popen_cwd="/", uid=resolved.uid, gid=resolved.gid, groups=(),
+            workdir=resolved.state_dir, popen_cwd=None, uid=resolved.uid, gid=resolved.gid, groups=(),
             account=resolved.name, **common,  # type: ignore[arg-type]
         )
     return SpawnSpec(

@@ -100,6 +100,9 @@ def classify_start_error(spec: SpawnSpec, err: OSError) -> Exception:
             fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root",
         )
     target = err.filename or spec.argv[0]
+    if spec.popen_cwd is not None and err.filename == spec.popen_cwd:
+        return SpawnFailed(f"cannot enter the plugin's working directory {target}: {err.strerror}", where=target,
+                           fix="make it a directory the gateway can enter")
     if err.errno == errno.ENOENT:
         return SpawnFailed(f"{target} does not exist", where=spec.entrypoint, fix="check the plugin's entrypoint")
     if err.errno == errno.EACCES:
