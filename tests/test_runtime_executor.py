@@ -38,7 +38,7 @@ def runtime(tmp_path: Path) -> Runtime:
 
 
 def test_refused_drop_emits_plugin_drop_failed_and_is_terminal(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(spec, request, on_start=None):  # type: ignore[no-untyped-def]
+    def refuse(spec, request, on_start=None, cancel=None):  # type: ignore[no-untyped-def]
         assert spec.uid == 61001 and spec.groups == ()
         raise AccountDropFailed("the kernel refused the drop to uid 61001 gid 61001: Operation not permitted",
                                 where="accounts.default")
