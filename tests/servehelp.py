@@ -77,7 +77,7 @@ SLEEPER = f'''\
 
 BAD = f'''\
     #!{PY}
-    """Misbehaves on request: garbage, truncated JSON, non-UTF-8, 10 MB, or a proper answer."""
+    """Misbehaves on request: garbage, truncated JSON, non-UTF-8, 10 MB, errors, or a proper answer."""
     import json, sys
     mode = json.load(sys.stdin)["payload"].get("mode")
     out = sys.stdout.buffer
@@ -87,6 +87,14 @@ BAD = f'''\
         out.write(b'{{"status": "ok", "result": {{"half": ')
     elif mode == "nonutf8":
         out.write(b'{{"status": "ok", "result": "\\xff\\xfe\\xfa"}}')
+    elif mode == "exit78":
+        out.write(json.dumps({{"status": "error", "error": "misconfigured"}}).encode())
+        sys.stdout.flush()
+        sys.exit(78)
+    elif mode == "noretry":
+        out.write(json.dumps({{"status": "error", "error": "gone for good", "retry": False}}).encode())
+    elif mode == "error":
+        out.write(json.dumps({{"status": "error", "error": "try later"}}).encode())
     elif mode == "huge":
         out.write(b'{{"status": "ok", "result": "' + b"x" * (10 * 1024 * 1024) + b'"}}')
     else:
@@ -246,3 +254,20 @@ def make_serve_world(tmp: Path, config_body: str, plugins: dict[str, str] | None
         make_vault(world.etc, secrets)
     world.write_config()
     return world
+
+
+# one job at a time or it says so: mkdir is atomic, so a second concurrent run finds the dir
+SOLO = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    lock = req["payload"]["lock"]
+    try:
+        os.mkdir(lock)
+    except FileExistsError:
+        json.dump({{"status": "ok", "result": {{"overlap": True}}}}, sys.stdout)
+        sys.exit(0)
+    time.sleep(0.2)
+    os.rmdir(lock)
+    json.dump({{"status": "ok", "result": {{"overlap": False}}}}, sys.stdout)
+'''

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import run_ductile
-from servehelp import BAD, ECHO, SLEEPER, TALLY, ServeWorld, make_serve_world, wait_for
+from servehelp import BAD, ECHO, SLEEPER, SOLO, TALLY, ServeWorld, make_serve_world, wait_for
 
 TOKEN = "durable-token-" + "d4" * 16
 
@@ -176,10 +176,43 @@ def test_bad_plugin_output_fails_that_job_clearly_and_serve_keeps_serving(bad_wo
 def bad_world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     w = make_serve_world(tmp_path_factory.mktemp("bad"), _config("""\
         plugins:
-          bad: {retry: {max_attempts: 1}}
+          bad: {retry: {max_attempts: 2, backoff_base: 200ms}}
         """), {"bad": BAD}, secrets={"api-ops": TOKEN})
     w.start()
     yield w
     assert w.stop() == 0
     proc = run_ductile("job", "list", "--config", str(w.etc))
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("mode,status,attempts,reason", [
+    ("exit78", "failed", 1, "exit_code_78"),       # terminal: never retried
+    ("noretry", "failed", 1, "plugin_retry_false"),
+    ("error", "dead", 2, "attempts_exhausted"),    # retried with backoff, then dead
+])
+def test_retry_policy_end_to_end(bad_world: ServeWorld, mode: str, status: str, attempts: int, reason: str) -> None:
+    job = bad_world.wait_job(bad_world.trigger("bad", "poll", {"mode": mode}, TOKEN), TOKEN)
+    assert (job["status"], job["attempt"], len(job["attempts"])) == (status, attempts, attempts), job
+    db = sqlite3.connect(bad_world.db)
+    last = db.execute("select reason from job_transitions where job_id = ? order by id desc limit 1",
+                      (job["id"],)).fetchone()[0]
+    db.close()
+    assert last == reason
+
+
+def test_a_plugin_that_is_not_concurrency_safe_runs_one_job_at_a_time(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          solo: {}
+        """, workers=4), {"solo": SOLO}, secrets={"api-ops": TOKEN})
+    (w.plugins / "solo" / "manifest.yaml").write_text(
+        (w.plugins / "solo" / "manifest.yaml").read_text() + "concurrency_safe: false\n")
+    w.start()
+    try:
+        lock = str(w.base / "solo-busy")
+        ids = [w.trigger("solo", "poll", {"lock": lock}, TOKEN) for _ in range(6)]
+        results = [w.wait_job(i, TOKEN) for i in ids]
+    finally:
+        assert w.stop() == 0
+    assert all(r["status"] == "succeeded" for r in results)
+    assert [r["result"]["overlap"] for r in results] == [False] * 6
