@@ -260,3 +260,35 @@ def test_sd_notify_ready_and_stopping_reach_systemd(tmp_path: Path) -> None:
             code = w.stop()
         assert code == 0
         assert "STOPPING=1" in listener.recv(4096).decode()
+
+
+def test_an_event_loop_stops_at_max_event_depth_and_records_why(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, """\
+        service: {unconfined: true, max_event_depth: 2}
+        plugins: {echo: {}}
+        pipelines:
+          - {name: loop, on: echo.done, steps: [{uses: echo}]}
+        api:
+          listen: 127.0.0.1:@PORT@
+          tokens: [{name: ops, secret_ref: api-ops, scopes: ["*"]}]
+        """, {"echo": ECHO}, secrets={"api-ops": OPS})
+    w.start()
+    try:
+        root = w.trigger("echo", "poll", {}, OPS)
+        chain = [w.wait_job(root, OPS)]
+        for depth in (1, 2):
+            parent = chain[-1]["id"]
+            child = wait_for(f"the depth-{depth} job", lambda: next(
+                (j for j in w.request("GET", "/jobs?plugin=echo&limit=50", token=OPS)[1]["jobs"]
+                 if j["parent_job_id"] == parent), None), log=w.log)
+            chain.append(w.wait_job(child["id"], OPS))
+        assert [j["event_depth"] for j in chain] == [0, 1, 2]
+        events = [e["type"] for e in chain[-1]["events"]]
+        assert events == ["echo.done", "pipeline.depth_exceeded"]
+        why = chain[-1]["events"][1]["payload"]["why"]
+        assert "max_event_depth 2" in why
+        assert w.request("GET", "/healthz")[1]["queue_depth"] == 0
+        assert len(w.request("GET", "/jobs?plugin=echo", token=OPS)[1]["jobs"]) == 3
+        assert "pipeline loop stopped" in w.log()
+    finally:
+        assert w.stop() == 0
