@@ -232,3 +232,28 @@ def test_terminal_logs_are_readable_lines_without_repeating_fields(monkeypatch: 
     logging.getLogger().handlers.clear()
     assert "posture=enforce cell=x" in text and "job_id=j1" in text
     assert text.count("posture=enforce") == 1 and not text.lstrip().startswith("{")
+
+
+def test_an_unexpected_api_exception_is_one_json_500_and_one_log_line() -> None:
+    import asyncio
+
+    from ductile.serve.api import CatchAll
+
+    async def boom(scope, receive, send):  # type: ignore[no-untyped-def]
+        raise RuntimeError("kaput")
+
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.request", "body": b""}
+
+    stream = io.StringIO()
+    logs.setup("info", stream=stream, tty=False)
+    asyncio.run(CatchAll(boom)({"type": "http", "method": "GET", "path": "/x", "headers": []}, receive, send))
+    logging.getLogger().handlers.clear()
+    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"])["fix"]
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "RuntimeError: kaput" in lines[0] and "Traceback" not in lines[0]

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ductile import __version__
 from ductile.errors import DuctileError
@@ -208,7 +209,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, str(exc.detail), "see the API documentation")
 
 
-def build_app(ctx: ApiContext) -> Starlette:
+class CatchAll:
+    """The outermost layer: an unexpected exception becomes a JSON 500 and ONE log line (a
+    traceback only at log_level debug), never a stack trace from the server's own logger."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for one request
+            debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+            _log.error(f"internal error answering {scope.get('method')} {scope.get('path')}: "
+                       f"{type(exc).__name__}: {exc}", exc_info=debug)
+            if not started:
+                await error(500, "internal error", "see the gateway log; rerun with log_level: debug for a traceback")(
+                    scope, receive, send)
+
+
+def build_app(ctx: ApiContext) -> CatchAll:
     from ductile.serve.webhooks import webhook_routes
 
     api = Api(ctx)
@@ -220,4 +251,4 @@ def build_app(ctx: ApiContext) -> Starlette:
         Route("/jobs", api.jobs, methods=["GET"]),
         *webhook_routes(ctx),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return CatchAll(Starlette(routes=routes, exception_handlers={HTTPException: _http_error}))
