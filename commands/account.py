@@ -61,7 +61,9 @@ def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, 
         table(["account", "uid", "check", "target", "verdict", "detail"], rows)
         breaches = sum(len(a.breaches) for a in report.accounts)
         skipped = sum(len(a.unverified) for a in report.accounts) + sum(1 for a in report.accounts if a.not_run)
-        verdict = "BREACHED" if breaches else ("INCOMPLETE" if skipped else "HELD")
+        verdict = "BREACHED" if breaches else ("INCOMPLETE" if skipped or not report.accounts else "HELD")
+        if not report.accounts:
+            click.echo("no accounts are configured: there is no wall to verify")
         click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run "
                    f"(posture {report.assessment.verdict.posture}, gateway uid {report.assessment.gateway_uid})")
     ctx.exit(report.exit_code())

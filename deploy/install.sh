@@ -203,9 +203,12 @@ else
     say "skipped: $VENV (--no-venv); the unit's ExecStart expects $VENV/bin/ductile"
 fi
 
-# 3. the units
+# 3. the units, and the manual pages their Documentation= lines point at
 for inst in "${INSTANCES[@]}"; do
     place "$SHIPPED/$inst.service" "$ROOT/etc/systemd/system/$inst.service" 0644
+done
+for page in "$SRC"/man/*.[15]; do
+    place "$page" "$ROOT/usr/local/share/man/man${page##*.}/$(basename "$page")" 0644
 done
 if [ "$STAGING" -eq 1 ]; then
     say "skipped: systemctl daemon-reload (staging into $ROOT)"

@@ -94,7 +94,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("DUCTILE_DEBUG", "") not in ("", "0", "false")
+    """Same truth values click uses for the --debug envvar, so the two never disagree."""
+    return "--debug" in argv or os.environ.get("DUCTILE_DEBUG", "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
 
 
 def main(argv: list[str] | None = None, prog_name: str = "ductile") -> Any:

@@ -182,3 +182,10 @@ def test_doctor_warns_about_secrets_while_unconfined() -> None:
         assert fields["secrets"]["severity"] == "warning" and "any plugin can read the age key" in fields["secrets"]["message"]
     finally:
         destroy(w)
+
+
+def test_verify_with_no_accounts_is_not_a_pass(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("plugin_roots: []\napi: {enabled: false}\n")
+    proc = subprocess.run([PYTHON, "-m", "ductile", "account", "verify", "--config", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no accounts are configured" in proc.stdout and "HELD" not in proc.stdout

@@ -155,6 +155,9 @@ def test_staged_install_builds_the_layout_and_is_idempotent(tmp_path: Path) -> N
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, uid, gid), rel
     assert (root / "etc/systemd/system/ductile.service").read_text() == (SYSTEMD / "ductile.service").read_text()
     assert stat.S_IMODE(os.stat(root / "etc/systemd/system/ductile.service").st_mode) == 0o644
+    # the pages named by the unit's Documentation= are installed with it
+    for page in (REPO / "man").glob("*.[15]"):
+        assert (root / f"usr/local/share/man/man{page.suffix[1:]}" / page.name).read_bytes() == page.read_bytes()
     # the summary reports what is on disk; the next steps never include placing a secret
     assert "/var/lib/ductile/accounts/default" in first.stdout and "0700 ductile-default" in first.stdout
     assert "skipped: systemctl daemon-reload (staging" in first.stdout

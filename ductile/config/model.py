@@ -141,7 +141,7 @@ class PluginConfig:
     requires_vault: bool = spec(False, doc="Fail the job closed when the principal or vault is missing.")
     schedules: tuple[ScheduleConfig, ...] = spec((), doc="When to run the plugin on its own.")
     timeouts: dict[str, float] = spec(
-        default_factory=dict, doc="Per-command timeouts (default poll 60s, handle 120s, others 60s).",
+        default_factory=dict, doc="Per-command timeouts (default poll 60s, handle 120s, health 10s, init 30s, others 60s).",
         kind="duration", minimum=0.01, key_pattern=COMMAND_NAME,
     )
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")

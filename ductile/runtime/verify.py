@@ -51,10 +51,11 @@ class VerifyReport:
     accounts: tuple[AccountReport, ...]
 
     def exit_code(self) -> int:
-        """1 on any breach; 2 when something could not be checked; 0 only when all held."""
+        """1 on any breach; 2 when something could not be checked (or nothing was); 0 only
+        when every check of at least one account held."""
         if any(a.breaches for a in self.accounts):
             return 1
-        if any(a.not_run or a.unverified for a in self.accounts):
+        if not self.accounts or any(a.not_run or a.unverified for a in self.accounts):
             return 2
         return 0
 
