@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ductile.config.model import Config
-from ductile.errors import BootRefused, DuctileError, VaultError
+from ductile.errors import BootRefused, DuctileError
 from ductile.state.db import StateDB
 
 
@@ -27,12 +27,9 @@ class VaultSource:
         self._doc: object | None = None
 
     def resolve(self, name: str) -> str:
-        try:
-            from ductile.vault.refs import resolve_secret_ref
-            from ductile.vault.store import VaultStore
-        except ImportError:
-            raise VaultError("this build of ductile has no vault support", where=f"secret_ref {name}",
-                             fix="install a ductile release that includes `ductile vault`") from None
+        from ductile.vault.refs import resolve_secret_ref  # pyrage loads only when a ref is needed
+        from ductile.vault.store import VaultStore
+
         if self._doc is None:
             self._doc = VaultStore.from_config(self.config.secrets).read()
         return resolve_secret_ref(self._doc, name)  # type: ignore[arg-type]
