@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ductile.errors import DuctileError, UsageError
+from ductile.interpreter import world_executable
 
 DEMO_PLUGINS = ("echo", "counter", "notify")
 UID_RANGE = range(62100, 63000)   # private: clear of system ids and of the test suite's range
@@ -55,22 +56,6 @@ def examples_dir() -> Path:
         raise DemoError(f"the demo plugins are not in {here}", where="--demo",
                         fix="run `make serve` from a ductile source checkout")
     return here
-
-
-def reachable_by_all(path: str) -> bool:
-    """Every directory to ``path`` is o+x and the file o+x: an account can execute it."""
-    try:
-        real = os.path.realpath(path)
-        if not os.stat(real).st_mode & stat.S_IXOTH:
-            return False
-        d = os.path.dirname(real)
-        while d != "/":
-            if not os.stat(d).st_mode & stat.S_IXOTH:
-                return False
-            d = os.path.dirname(d)
-    except OSError:
-        return False
-    return True
 
 
 def free_ids(n: int, taken: Iterable[int] = ()) -> list[int]:
@@ -154,7 +139,8 @@ def _config_text(accounts: dict[str, int], base: Path) -> str:
 
 def _create(base: Path, enforcing: bool) -> tuple[dict[str, int], str]:
     from ductile.vault import lifecycle
-    from ductile.vault.audit import NullAuditSink
+    from ductile.state.db import open_state
+    from ductile.vault.audit import StateAuditSink
     from ductile.vault.store import VaultStore
 
     _mkdir(base, 0o711)
@@ -167,11 +153,11 @@ def _create(base: Path, enforcing: bool) -> tuple[dict[str, int], str]:
         accounts = dict(zip(("default", "untrusted"), free_ids(2)))
         for name, uid in accounts.items():
             _mkdir(base / "accounts" / name, 0o700, owner=uid)
-    interpreter = sys.executable if reachable_by_all(sys.executable) else None
+    interpreter = sys.executable if world_executable(sys.executable) else None
     _copy_plugins(plugins, interpreter)
     token = random_secrets.token_urlsafe(32)
     store = VaultStore(key_file=str(secret / "age.key"), vault_file=str(state / "vault.age"))
-    sink = NullAuditSink()
+    sink = StateAuditSink(open_state(str(state / "ductile.db")).audit)  # the demo's setup is audited too
     lifecycle.init_vault(store, sink, "demo")
     lifecycle.set_secret(store, TOKEN_REF, token, [], sink, "demo")
     lifecycle.set_secret(store, HOOK_REF, random_secrets.token_hex(32), [], sink, "demo")
