@@ -233,6 +233,7 @@ def test_walk_depth_is_bounded_and_says_so(tmp_path: Path) -> None:
     assert f.severity == "warning" and "levels deep" in f.message
 
 
+@pytest.mark.privileged
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root; the rule is table-tested too")
 def test_plugin_owned_by_an_account_is_skipped(tmp_path: Path) -> None:
     root = make_root(tmp_path)
