@@ -241,7 +241,7 @@ def lock_states(loaded: LoadedConfig, discovery: Discovery) -> dict[str, str]:
         key = vault_nonce(loaded)
     except DuctileError:
         return {n: ("unlocked" if n not in entries else "unknown") for n in discovery.plugins}
-    out = {}
+    out: dict[str, str] = {}
     for n, p in discovery.plugins.items():
         try:
             out[n] = lock_state(current(key, p), entries.get(n), True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import sqlite3
 import stat
 
@@ -125,10 +127,22 @@ def events(world: World, type_: str) -> list[dict]:  # type: ignore[type-arg]
         conn.close()
 
 
-pytestmark_priv = pytest.mark.privileged
+privileged = pytest.mark.privileged
 
 
-@pytestmark_priv
+@contextmanager
+def drifted(world: World, plugin: str = "probe") -> Iterator[None]:
+    """The plugin's entrypoint with one extra comment line, restored afterwards."""
+    entry = world.base / "plugins" / plugin / "run.py"
+    original = entry.read_bytes()
+    entry.write_bytes(original + b"# drift\n")
+    try:
+        yield
+    finally:
+        entry.write_bytes(original)
+
+
+@privileged
 def test_lock_all_preview_then_commit_and_stale_code_refused(world: World) -> None:
     checksums = world.etc / ".checksums"
     checksums.unlink(missing_ok=True)
@@ -155,7 +169,7 @@ def test_lock_all_preview_then_commit_and_stale_code_refused(world: World) -> No
     assert rows == {"other": "locked", "probe": "locked"}
 
 
-@pytestmark_priv
+@privileged
 def test_a_flipped_byte_downgrades_the_next_job_to_untrusted(world: World) -> None:
     assert lock(world, "probe").returncode == 0 and lock(world, "other").returncode == 0
     uid, _ = uid_of_probe(world)
@@ -182,7 +196,7 @@ def test_a_flipped_byte_downgrades_the_next_job_to_untrusted(world: World) -> No
     assert uid == world.accounts["ops"]
 
 
-@pytestmark_priv
+@privileged
 def test_without_an_untrusted_tier_the_job_fails_terminally(world: World) -> None:
     assert lock(world, "probe").returncode == 0
     text = (world.etc / "config.yaml").read_text()
@@ -190,22 +204,19 @@ def test_without_an_untrusted_tier_the_job_fails_terminally(world: World) -> Non
     line = f"  untrusted: {{uid: {uid}, gid: {uid}, state_dir: {world.state_dir('untrusted')}}}\n"
     assert line in text
     (world.etc / "config.yaml").write_text(text.replace(line, ""))
-    entry = world.base / "plugins" / "probe" / "run.py"
-    original = entry.read_bytes()
-    entry.write_bytes(original + b"# drift\n")
     try:
-        proc = world.plugin_run("probe", {})
+        with drifted(world):
+            proc = world.plugin_run("probe", {})
         out = json.loads(proc.stdout)
         assert proc.returncode == 1
         assert out["outcome"]["status"] == "failed" and out["outcome"]["terminal"] is True
         assert out["outcome"]["error"]["kind"] == "no_downgrade_target" and out["pid"] is None
         assert "no `untrusted` account" in proc.stderr
     finally:
-        entry.write_bytes(original)
         (world.etc / "config.yaml").write_text(text)
 
 
-@pytestmark_priv
+@privileged
 def test_a_drifted_vault_principal_gets_no_secrets(world: World) -> None:
     from test_vault_delivery import vault_cli
 
@@ -214,10 +225,7 @@ def test_a_drifted_vault_principal_gets_no_secrets(world: World) -> None:
     assert lock(world, "probe").returncode == 0
     ok = json.loads(world.plugin_run("probe", {}).stdout)
     assert ok["secrets_delivered"] == ["probe-token"]
-    entry = world.base / "plugins" / "probe" / "run.py"
-    original = entry.read_bytes()
-    entry.write_bytes(original + b"# drift\n")
-    try:
+    with drifted(world):
         proc = world.plugin_run("probe", {})
         out = json.loads(proc.stdout)
         assert out["outcome"]["status"] == "failed" and out["outcome"]["terminal"] is True
@@ -225,11 +233,9 @@ def test_a_drifted_vault_principal_gets_no_secrets(world: World) -> None:
         assert "s3cr3t-value" not in proc.stdout + proc.stderr
         rows = json.loads(vault_cli(world, "audit", "--json", "--principal", "probe").stdout)
         assert rows[0]["op"] == "fingerprint_mismatch" and rows[0]["outcome"] == "security_alert"
-    finally:
-        entry.write_bytes(original)
 
 
-@pytestmark_priv
+@privileged
 def test_lock_file_keeps_owner_and_mode_when_rewritten_as_root() -> None:
     require_root()
     w = make_world(0, ["default", "untrusted"], {"probe": "{}"}, {"probe": PROBE_PLUGIN})
@@ -245,7 +251,7 @@ def test_lock_file_keeps_owner_and_mode_when_rewritten_as_root() -> None:
         destroy(w)
 
 
-@pytestmark_priv
+@privileged
 def test_no_vault_no_lock() -> None:
     require_root()
     w = make_world(0, ["default"], {"probe": "{}"}, {"probe": PROBE_PLUGIN})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from wallworld import PYTHON, World, destroy, make_world, require_root
+from wallworld import World, destroy, make_world, require_root
 
 pytestmark = pytest.mark.privileged
 
@@ -60,13 +60,7 @@ def world(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 
 def vault_cli(w: World, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = ["vault", *args]
-    if w.gateway_uid == 0:
-        return subprocess.run([PYTHON, "-m", "ductile", *cmd, "--config", str(w.etc)],
-                              capture_output=True, text=True, input=input, env={"PATH": "/usr/bin:/bin"}, cwd="/")
-    return subprocess.run(["setpriv", f"--reuid={w.gateway_uid}", f"--regid={w.gateway_uid}", "--clear-groups", "--",
-                           PYTHON, "-m", "ductile", *cmd, "--config", str(w.etc)],
-                          capture_output=True, text=True, input=input, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    return w.run("vault", *args, input=input)
 
 
 def test_confined_plugin_receives_exactly_its_grants(world: World) -> None:

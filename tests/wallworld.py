@@ -209,7 +209,7 @@ class World:
         (self.etc / "config.yaml").write_text(self.config_text())
         os.chown(self.etc / "config.yaml", self.gateway_uid, self.gateway_uid)
 
-    def run(self, *args: str, cap_only: bool | None = None, caps: str = "+setuid,+setgid",
+    def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """The real CLI, as this world's gateway: root, or a non-root uid holding only ``caps``."""
         cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
@@ -220,7 +220,7 @@ class World:
             if caps:
                 prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
             cmd = prefix + ["--"] + cmd
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", input=input)
 
     def plugin_run(self, plugin: str, payload: dict[str, Any] | None = None, command: str = "poll",
                    **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ductile.config import LoadedConfig
+from ductile.config import Config, LoadedConfig
 from ductile.errors import BootRefused
 from ductile.plugins.discovery import Discovery, Plugin
 from ductile.plugins.inventory import discover_for_config
@@ -48,7 +48,7 @@ class Runtime:
     gateway_env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> Config:
         return self.loaded.config
 
     @property

@@ -79,13 +79,13 @@ def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
     if failed is not None:
         return Outcome("failed", True, None, failed, raw.returncode, stderr)
     if raw.cancelled:
-        err = JobCancelled("stopped by the gateway before it finished (shutdown deadline)", where=where,
-                           fix="nothing: the job is re-queued without charging the attempt")
-        return Outcome("failed", False, None, err, raw.returncode, stderr)
+        cancelled = JobCancelled("stopped by the gateway before it finished (shutdown deadline)", where=where,
+                                 fix="nothing: the job is re-queued without charging the attempt")
+        return Outcome("failed", False, None, cancelled, raw.returncode, stderr)
     if raw.timed_out:
-        err = PluginTimeout(f"timed out after {spec.timeout:g}s and was killed", where=where,
-                            fix="raise plugins.<name>.timeouts.<command> or make the command faster")
-        return Outcome("timed_out", False, None, err, raw.returncode, stderr)
+        timeout = PluginTimeout(f"timed out after {spec.timeout:g}s and was killed", where=where,
+                              fix="raise plugins.<name>.timeouts.<command> or make the command faster")
+        return Outcome("timed_out", False, None, timeout, raw.returncode, stderr)
     try:
         response = decode_response(raw.stdout, truncated=raw.stdout_truncated, limit=spec.max_stdout)
     except ProtocolError as err:

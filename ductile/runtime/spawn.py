@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ductile.errors import AccountDropFailed, SpawnFailed
 from ductile.privsep.spawnspec import SpawnSpec
@@ -53,7 +54,7 @@ _running_lock = threading.Lock()
 _running: Counter[int] = Counter()
 
 
-def _drop_kwargs(spec: SpawnSpec) -> dict[str, object]:
+def _drop_kwargs(spec: SpawnSpec) -> dict[str, Any]:
     if not spec.drops:
         return {}
     return {"user": spec.uid, "group": spec.gid, "extra_groups": list(spec.groups)}
@@ -64,7 +65,7 @@ def _helper(spec: SpawnSpec, args: list[str]) -> None:
     try:
         subprocess.run([KILL_HELPER, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, cwd="/", close_fds=True,
-                       timeout=10, **_drop_kwargs(spec))  # type: ignore[call-overload]
+                       timeout=10, **_drop_kwargs(spec))
     except (OSError, subprocess.TimeoutExpired):
         pass
 
@@ -119,7 +120,7 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
         proc = subprocess.Popen(  # noqa: S603 - argv is built by build_spawn_spec, never a shell
             list(spec.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=spec.env, cwd=spec.popen_cwd, close_fds=True, process_group=0, umask=spec.umask,
-            **_drop_kwargs(spec),  # type: ignore[arg-type]
+            **_drop_kwargs(spec),
         )
     except OSError as err:
         raise classify_start_error(spec, err) from None

@@ -26,7 +26,6 @@ import os
 import pwd
 import secrets as random_secrets
 import shlex
-import shutil
 import stat
 import sys
 import textwrap
