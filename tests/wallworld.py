@@ -20,7 +20,16 @@ from typing import Any
 
 import pytest
 
-UID_RANGE = range(61100, 61999)
+def _uid_range() -> range:
+    """The private id range this checkout's worlds draw from. Suites that run side by side on
+    one machine set DUCTILE_TEST_UIDS=LOW-HIGH to disjoint ranges, so an account-wide sweep in
+    one suite can never hit a process of another."""
+    text = os.environ.get("DUCTILE_TEST_UIDS", "61100-61999")
+    low, _, high = text.partition("-")
+    return range(int(low), int(high) + 1)
+
+
+UID_RANGE = _uid_range()
 IS_ROOT = os.geteuid() == 0
 PYTHON = sys.executable
 
