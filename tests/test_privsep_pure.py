@@ -13,9 +13,9 @@ from ductile.config.model import AccountConfig, Config, PluginConfig, ServiceCon
 from ductile.errors import AccountDropFailed, ConfigError
 from ductile.privsep.accounts import ResolvedAccount, resolve_account
 from ductile.privsep.caps import has_drop_capability, parse_status
-from ductile.privsep.env import ALLOWLIST, LC_NAMES, build_env
+from ductile.privsep.env import SET_BY_GATEWAY, ALLOWLIST, LC_NAMES, build_env
 from ductile.privsep.gate import evaluate_boot_gate
-from ductile.privsep.spawnspec import ENV_TRAMPOLINE, build_spawn_spec
+from ductile.privsep.spawnspec import TRAMPOLINE, TRAMPOLINE_NAME, build_spawn_spec
 
 ROOT_STATUS = """Name:\tpython3
 Uid:\t0\t0\t0\t0
@@ -171,14 +171,21 @@ GATEWAY_ENV = {"PATH": "/usr/bin", "HOME": "/root", "TZ": "UTC", "LANG": "C.UTF-
 
 def test_env_is_an_exact_allowlist() -> None:
     env = build_env(GATEWAY_ENV, [], "/var/lib/d/a")
-    assert set(env) == {"PATH", "HOME", "TZ", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME"}
+    assert set(env) == {"PATH", "HOME", "TZ", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "PYTHONNOUSERSITE"}
     assert env["HOME"] == env["XDG_CACHE_HOME"] == "/var/lib/d/a"
     assert "LC_FOO" not in env  # no prefix match
 
 
+def test_env_sets_private_tmp_nousersite_and_its_own_path() -> None:
+    """The gateway's TMPDIR (/tmp: shared by every account) and PATH never reach a plugin."""
+    env = build_env(GATEWAY_ENV, ["TMPDIR", "PATH", "HOME"], "/var/lib/d/a", "/usr/bin:/bin")
+    assert env["TMPDIR"] == "/var/lib/d/a/tmp" and env["PATH"] == "/usr/bin:/bin"
+    assert env["HOME"] == "/var/lib/d/a" and env["PYTHONNOUSERSITE"] == "1"
+
+
 def test_env_passthrough_and_fallback_path() -> None:
     env = build_env({"HTTPS_PROXY": "p"}, [" HTTPS_PROXY ", ""], None)
-    assert env == {"HTTPS_PROXY": "p", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert env == {"HTTPS_PROXY": "p", "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
 
 
 def test_allowlist_has_the_thirteen_lc_names() -> None:
@@ -188,7 +195,7 @@ def test_allowlist_has_the_thirteen_lc_names() -> None:
 @given(st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=5), max_size=20))
 def test_env_never_contains_anything_outside_the_allowlist(gw: dict[str, str]) -> None:
     env = build_env(gw, [], "/h")
-    assert set(env) <= set(ALLOWLIST) | {"XDG_CACHE_HOME"}
+    assert set(env) <= set(ALLOWLIST) | set(SET_BY_GATEWAY)
 
 
 # ---- credential building ----------------------------------------------------------------
@@ -196,9 +203,10 @@ def test_env_never_contains_anything_outside_the_allowlist(gw: dict[str, str]) -
 def test_confined_spec_drops_and_chdirs_after_the_drop() -> None:
     r = ResolvedAccount("default", 61001, 61002, "/var/lib/d/default", "default")
     spec = build_spawn_spec(r, "/opt/p/echo/run", ServiceConfig(), GATEWAY_ENV, timeout=9, unconfined_workdir="/u")
-    assert spec.argv == (ENV_TRAMPOLINE, "-C", "/var/lib/d/default", "--", "/opt/p/echo/run")
+    assert spec.argv[:2] == (TRAMPOLINE, "-c")
+    assert spec.argv[3:] == (TRAMPOLINE_NAME, "/var/lib/d/default", "/opt/p/echo/run")
     assert (spec.uid, spec.gid, spec.groups, spec.umask) == (61001, 61002, (), 0o077)
-    assert spec.popen_cwd is None and spec.workdir == "/var/lib/d/default"
+    assert spec.workdir == "/var/lib/d/default"
     assert spec.env["HOME"] == spec.env["XDG_CACHE_HOME"] == "/var/lib/d/default"
     assert "DUCTILE_VAULT_KEY" not in spec.env and "LD_PRELOAD" not in spec.env
     assert spec.timeout == 9 and spec.max_stdout == ServiceConfig().max_plugin_output
@@ -208,8 +216,9 @@ def test_confined_spec_drops_and_chdirs_after_the_drop() -> None:
 def test_unconfined_spec_has_no_identity() -> None:
     spec = build_spawn_spec(ResolvedAccount.unconfined(), "/opt/p/e/run", ServiceConfig(), GATEWAY_ENV,
                             timeout=1, unconfined_workdir="/var/lib/ductile/unconfined/e")
-    assert spec.argv == ("/opt/p/e/run",) and spec.uid is None and spec.gid is None and not spec.drops
-    assert spec.popen_cwd == spec.workdir == "/var/lib/ductile/unconfined/e"
+    assert spec.argv[3:] == (TRAMPOLINE_NAME, "/var/lib/ductile/unconfined/e", "/opt/p/e/run")
+    assert spec.uid is None and spec.gid is None and not spec.drops
+    assert spec.workdir == "/var/lib/ductile/unconfined/e"
 
 
 def test_spec_building_validates_first() -> None:

@@ -16,7 +16,7 @@ import pytest
 from wallworld import (HANG_PLUGIN, IS_ROOT, MARKER_PLUGIN, PROBE_PLUGIN, World, destroy, live_processes, make_world,
                        require_root)
 
-from ductile.privsep.env import ALLOWLIST
+from ductile.privsep.env import ALLOWLIST, SET_BY_GATEWAY
 
 pytestmark = pytest.mark.privileged
 
@@ -74,9 +74,11 @@ def test_only_stdio_open_cwd_is_state_dir_umask_077(world: World) -> None:
 def test_env_is_exactly_the_allowlist(world: World) -> None:
     env = probe(world)["outcome"]["result"]["env"]
     # the gateway here runs with PATH, LANG, TZ, NO_COLOR: NO_COLOR is not on the list
-    assert set(env) == {"PATH", "LANG", "TZ", "HOME", "XDG_CACHE_HOME"} | ({"LC_CTYPE"} & set(env))
-    assert set(env) - {"XDG_CACHE_HOME"} <= set(ALLOWLIST)
+    assert set(env) == {"PATH", "LANG", "TZ", "HOME", "XDG_CACHE_HOME", "TMPDIR", "PYTHONNOUSERSITE"} | (
+        {"LC_CTYPE"} & set(env))
+    assert set(env) <= set(ALLOWLIST) | set(SET_BY_GATEWAY) | {"LC_CTYPE"}
     assert env["HOME"] == env["XDG_CACHE_HOME"] == str(world.state_dir("default"))
+    assert env["TMPDIR"] == str(world.state_dir("default") / "tmp") and env["PYTHONNOUSERSITE"] == "1"
 
 
 def test_secrets_and_siblings_are_denied_own_dir_writable(world: World) -> None:
@@ -182,15 +184,11 @@ def test_omitting_extra_groups_would_leak_the_gateways_groups() -> None:
 
 
 def test_spawn_spec_passes_extra_groups() -> None:
-    """The spawn edge must hand Popen an explicit (empty) extra_groups for every drop."""
-    from ductile.privsep.accounts import ResolvedAccount
-    from ductile.config.model import ServiceConfig
-    from ductile.privsep.spawnspec import build_spawn_spec
-    from ductile.runtime.spawn import _drop_kwargs
+    """The launcher must hand Popen an explicit (empty) extra_groups for every drop."""
+    from ductile.runtime.launch import drop_kwargs
 
-    spec = build_spawn_spec(ResolvedAccount("a", 61001, 61001, "/d", "granted"), "/e", ServiceConfig(), {},
-                            timeout=1, unconfined_workdir="/u")
-    assert _drop_kwargs(spec) == {"user": 61001, "group": 61001, "extra_groups": []}
+    assert drop_kwargs(61001, 61001) == {"user": 61001, "group": 61001, "extra_groups": []}
+    assert drop_kwargs(None, None) == {}
 
 
 # ---- spawn failures are told apart --------------------------------------------------------

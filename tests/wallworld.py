@@ -176,6 +176,37 @@ MARKER_PLUGIN = textwrap.dedent('''\
 ''')
 
 
+WORLD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC"}
+CGROUP2 = Path("/sys/fs/cgroup/unified") if os.path.isfile("/sys/fs/cgroup/unified/cgroup.procs") else Path("/sys/fs/cgroup")
+
+
+def delegated_cgroup(owner: int) -> Path:
+    """A cgroup v2 directory handed to ``owner`` exactly as systemd's Delegate=yes does
+    (the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads)."""
+    import secrets as _secrets
+
+    path = CGROUP2 / f"dtst-{_secrets.token_hex(4)}"
+    path.mkdir()
+    for p in (path, path / "cgroup.procs", path / "cgroup.subtree_control", path / "cgroup.threads"):
+        os.chown(p, owner, owner)
+    return path
+
+
+def remove_cgroup(path: Path) -> None:
+    """Kill everything left in ``path`` and below, and remove it (tests leave no cgroup)."""
+    from ductile.privsep.cgroup import kill_tree
+
+    kill_tree(str(path))
+    assert not path.exists(), f"cgroup {path} could not be removed"
+
+
+def in_cgroup(path: Path | None, cmd: list[str]) -> list[str]:
+    """``cmd`` started inside the cgroup ``path`` (how systemd starts a delegated unit)."""
+    if path is None:
+        return cmd
+    return ["/bin/sh", "-c", f'echo $$ > {path}/cgroup.procs && exec "$@"', "in-cgroup", *cmd]
+
+
 @dataclass
 class World:
     base: Path
@@ -183,6 +214,7 @@ class World:
     accounts: dict[str, int]  # name -> uid (gid == uid)
     extra_config: str = ""
     plugins: dict[str, str] = field(default_factory=dict)
+    cgroup: Path | None = None  # the gateway starts in this (delegated) cgroup
 
     @property
     def etc(self) -> Path:
@@ -218,18 +250,22 @@ class World:
         (self.etc / "config.yaml").write_text(self.config_text())
         os.chown(self.etc / "config.yaml", self.gateway_uid, self.gateway_uid)
 
-    def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """The real CLI, as this world's gateway: root, or a non-root uid holding only ``caps``."""
+    def command(self, *args: str, caps: str = "+setuid,+setgid") -> list[str]:
+        """argv of the real CLI as this world's gateway: root, or a non-root uid holding only
+        ``caps`` — started inside ``self.cgroup`` when the world delegates one."""
         cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC"}
         if self.gateway_uid != 0:
             uid = self.gateway_uid
             prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             if caps:
                 prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
             cmd = prefix + ["--"] + cmd
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", input=input)
+        return in_cgroup(self.cgroup, cmd)
+
+    def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args, caps=caps), capture_output=True, text=True, timeout=timeout,
+                              env=WORLD_ENV, cwd="/", input=input)
 
     def plugin_run(self, plugin: str, payload: dict[str, Any] | None = None, command: str = "poll",
                    **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -276,4 +312,6 @@ def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, 
 def destroy(world: World) -> None:
     for uid in list(world.accounts.values()) + ([world.gateway_uid] if world.gateway_uid else []):
         kill_uid(uid)
+    if world.cgroup is not None:
+        remove_cgroup(world.cgroup)
     shutil.rmtree(world.base, ignore_errors=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
-from ductile.config.units import parse_duration, parse_size
+from ductile.config.units import parse_duration, parse_percent, parse_size
 
 Path = tuple[str | int, ...]
 
@@ -169,7 +169,7 @@ class Decoder:
             bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
                 f"at least {lo}" if lo is not None else f"at most {hi}")
             why = f" — {meta['why']}" if meta.get("why") else ""
-            rule = "unit-range" if meta.get("kind") in ("duration", "size") else ""
+            rule = "unit-range" if meta.get("kind") in ("duration", "size", "percent") else ""
             self.problem(path, f"must be {bounds}, got {shown}{why}", f"set a value {bounds}", rule)
 
     def _scalar(self, hint: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
@@ -198,6 +198,14 @@ class Decoder:
                 return None
             self._range(size, meta, path, str(value))
             return size
+        if hint is int and kind == "percent":
+            try:
+                percent = parse_percent(value)
+            except ValueError as err:
+                self.problem(path, str(err), "write a whole number followed by %")
+                return None
+            self._range(percent, meta, path, str(value))
+            return percent
         if hint is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 self.problem(path, f"must be an integer, got {type_name(value)} {value!r}", "write a whole number")

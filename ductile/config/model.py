@@ -26,6 +26,7 @@ HEADER_NAME = r"^[A-Za-z0-9-]+$"
 #   path      str, relative to the file that declares it -> absolute
 #   abspath   str that must already be absolute (account state_dir)
 #   listen    "host:port"                 cron   five-field cron text
+#   percent   "50%" -> int 50 (a share of one CPU; 200% is two CPUs)
 
 
 def spec(
@@ -86,6 +87,19 @@ class ServiceConfig:
         4, doc="How many pipeline hops an event chain may take before it is stopped.", minimum=1, maximum=64,
     )
     log_level: Literal["debug", "info", "warning", "error"] = spec("info", doc="Log threshold.")
+    # -- containment of each job (SPEC §5.9) --
+    containment: Literal["auto", "cgroup", "sweep"] = spec(
+        "auto", doc="How a job's processes are ended: a cgroup v2 per job (cgroup), a sweep of the account's "
+                    "leftover processes (sweep), or cgroup where a writable cgroup v2 subtree exists (auto).",
+    )
+    cgroup_root: str | None = spec(
+        None, doc="The cgroup v2 directory job cgroups are created under (default: the gateway's own cgroup, "
+                  "delegated by systemd's Delegate=yes).", kind="abspath",
+    )
+    plugin_path: tuple[str, ...] = spec(
+        ("/usr/local/bin", "/usr/bin", "/bin"), doc="PATH given to plugins; directories an account cannot "
+        "traverse are left out.", kind="abspath",
+    )
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,22 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    memory: int | None = spec(
+        None, doc="Memory ceiling per job (cgroup memory.max; RLIMIT_AS where the controller is not delegated).",
+        kind="size", minimum=1024 * 1024, maximum=1024**4,
+    )
+    pids: int | None = spec(
+        None, doc="Most processes and threads per job (cgroup pids.max; RLIMIT_NPROC, per account, otherwise).",
+        minimum=1, maximum=4_194_304,
+    )
+    cpu: int | None = spec(
+        None, doc="CPU share per job as a percentage of one CPU, e.g. 50% or 200% (cgroup cpu.max only).",
+        kind="percent", minimum=1, maximum=100_000,
+    )
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     enabled: bool = spec(True, doc="Disabled plugins are never run.")
     run_as: str | None = spec(None, doc="Account grant; must name a defined account.", pattern=ACCOUNT_NAME)
@@ -146,6 +176,7 @@ class PluginConfig:
     )
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
     config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
+    limits: LimitsConfig | None = spec(None, doc="Per-job resource limits: memory, pids, cpu.")
 
 
 @dataclass(frozen=True)

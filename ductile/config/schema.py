@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from ductile.config.decode import CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, hints_of, is_optional
 from ductile.config.model import Config
-from ductile.config.units import DURATION_PATTERN, SIZE_PATTERN
+from ductile.config.units import DURATION_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
 
 SCHEMA_ID = "https://ductile.invalid/schema/config.json"
 
@@ -25,6 +25,8 @@ def _leaf(hint: Any, meta: dict[str, Any]) -> dict[str, Any]:
         return {"type": "string", "pattern": DURATION_PATTERN}
     if hint is int and kind == "size":
         return {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": SIZE_PATTERN}]}
+    if hint is int and kind == "percent":
+        return {"type": "string", "pattern": PERCENT_PATTERN}
     if hint is int:
         out: dict[str, Any] = {"type": "integer"}
         if meta.get("minimum") is not None:

@@ -61,6 +61,8 @@ def _plain(hint: Any, meta: Any, value: Any) -> Any:
         return {k: _plain(args[1] if len(args) > 1 else Any, meta, v) for k, v in value.items()}
     if meta.get("kind") == "duration" and isinstance(value, (int, float)):
         return format_duration(value)
+    if meta.get("kind") == "percent" and isinstance(value, int):
+        return f"{value}%"
     return value
 
 

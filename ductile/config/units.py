@@ -38,6 +38,16 @@ def parse_size(value: int | str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2) or ""]
 
 
+PERCENT_PATTERN = r"^\d+%$"
+
+
+def parse_percent(value: str) -> int:
+    """``"50%"`` -> 50; ValueError naming the accepted form otherwise."""
+    if not isinstance(value, str) or not re.fullmatch(PERCENT_PATTERN, value.strip()):
+        raise ValueError(f"{value!r} is not a percentage; write e.g. 50% (one CPU is 100%)")
+    return int(value.strip()[:-1])
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds`` (inverse of parse_duration for round values)."""
     ms = round(seconds * 1000)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ductile.errors import BootRefused
 from ductile.privsep.caps import ProcStatus, has_drop_capability, parse_status
 
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -78,6 +79,17 @@ def clear_inheritable() -> None:
     for d in data:
         d.inheritable = 0
     _check(libc.capset(ctypes.byref(header), data), "capset (clear inheritable)")
+
+
+def set_child_subreaper() -> None:
+    """Orphans of our children (a plugin's double-fork daemon) re-parent to the gateway
+    instead of PID 1: the gateway can find and reap them (see runtime/jobcontain.py)."""
+    _check(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_no_new_privs() -> None:
+    """no_new_privs on the calling *thread* (Landlock needs it on the thread that restricts)."""
+    _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 @dataclass(frozen=True)

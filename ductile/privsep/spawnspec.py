@@ -1,24 +1,91 @@
 """Credential building: everything the spawn edge needs, decided here as plain data (SPEC §5.5).
 
-A confined plugin is exec'd through ``/usr/bin/env -C <state_dir> -- <entrypoint>``:
-CPython's ``Popen(cwd=...)`` changes directory *before* it drops privileges, so a cap-only
-gateway (which cannot enter an account's 0700 directory) would fail, and a root gateway
-would silently hide an untraversable parent. ``env -C`` changes directory after the drop,
-as the account, and then execs the entrypoint with no extra argv.
+Every plugin is exec'd through a small ``/bin/sh`` trampoline, started in a new session
+(``launch.py``):
+
+    /bin/sh -c <script> ductile-spawn <workdir> <entrypoint>
+
+The script first blocks on ``read -r go``. The shell reads stdin one byte at a time, so
+nothing past ``go\\n`` is consumed: meanwhile the gateway moves the process into the job's
+cgroup, and only then writes ``go\\n`` followed by the request. A plugin that forks as its
+first instruction is already contained. Then the script lowers the job's rlimits
+(``ulimit``: no ``preexec_fn``, no Python between fork and exec), changes into the working
+directory *as the account* (CPython's ``Popen(cwd=)`` would chdir before the drop: a
+cap-only gateway cannot enter an account's 0700 directory, and a root gateway would hide
+an untraversable parent), makes the private ``tmp/`` when it is missing, and execs the
+entrypoint with no extra argv.
+
+Each step that can fail exits with its own status and a ``ductile-spawn:`` line on stderr,
+so ``outcome.trampoline_failure`` can tell a refused drop, an unreachable state_dir and an
+entrypoint the account cannot execute apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ductile.config.model import ServiceConfig
 from ductile.privsep.accounts import ResolvedAccount
-from ductile.privsep.env import build_env
+from ductile.privsep.env import FALLBACK_PATH, PRIVATE_TMP, build_env
 
-ENV_TRAMPOLINE = "/usr/bin/env"
+TRAMPOLINE = "/bin/sh"
+TRAMPOLINE_NAME = "ductile-spawn"   # the trampoline's $0: every line it (or sh) prints starts with it
 STDERR_TAIL = 64 * 1024
 UMASK = 0o077
+
+# exit statuses of the trampoline, before the plugin runs
+EXIT_HANDSHAKE = 121   # stdin closed before "go": the gateway gave up on this spawn
+EXIT_LIMIT = 122       # an rlimit could not be set
+EXIT_TMPDIR = 123      # the private TMPDIR could not be made
+EXIT_WORKDIR = 125     # cd into the state_dir failed (as the account)
+EXIT_NOEXEC = 126      # sh: the entrypoint (or its #! interpreter) is not executable
+EXIT_NOTFOUND = 127    # sh: the entrypoint (or its #! interpreter) does not exist
+
+# ulimit's flag per rlimit; NPROC is -u in bash/ksh/zsh and -p in dash/busybox: try both
+_ULIMIT = {"core": ("-c",), "as": ("-v",), "nproc": ("-u", "-p")}
+RLIMIT_LABEL = {"core": "RLIMIT_CORE", "as": "RLIMIT_AS", "nproc": "RLIMIT_NPROC"}
+
+
+def _fail(code: int, text: str) -> str:
+    return f"{{ printf '%s\\n' \"{TRAMPOLINE_NAME}: {text}\" >&2; exit {code}; }}"
+
+
+def trampoline_script(rlimits: tuple[tuple[str, int], ...]) -> str:
+    """The shell program, with the job's rlimits (integers only) written in."""
+    lines = [f'read -r go && [ "$go" = go ] || exit {EXIT_HANDSHAKE}']
+    for name, value in rlimits:
+        arg = str(value // 1024 if name == "as" else int(value))  # ulimit -v counts KiB
+        tries = " || ".join(f"ulimit {flag} {arg} 2>/dev/null" for flag in _ULIMIT[name])
+        lines.append(f"{tries} || " + _fail(EXIT_LIMIT, f"cannot set {RLIMIT_LABEL[name]} to {arg}"))
+    lines += [
+        'cd -- "$1" 2>/dev/null || ' + _fail(EXIT_WORKDIR, "cannot enter the working directory $1"),
+        f"[ -d {PRIVATE_TMP} ] || mkdir -m 0700 {PRIVATE_TMP} 2>/dev/null || "
+        + _fail(EXIT_TMPDIR, f"cannot create the private TMPDIR $1/{PRIVATE_TMP}"),
+        "unset OLDPWD PWD",  # cd sets them; the environment stays the allowlist
+        "shift",
+        'exec "$@"',
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What encloses one job beyond the drop, decided before the spawn (SPEC §5.9, §5.10)
+    and carried out by the spawn edge. The default encloses nothing but the session."""
+
+    path: str = FALLBACK_PATH                          # PATH for the plugin
+    cgroup_parent: str | None = None                   # cgroup mode: the gateway's instance directory
+    cgroup_files: tuple[tuple[str, str], ...] = ()     # limits written into the job cgroup
+    rlimits: tuple[tuple[str, int], ...] = (("core", 0),)
+    lock_path: str | None = None                       # the account's lock, held shared while the job runs
+    landlock: Any = None                               # a landlock.Ruleset, or None
+    limits: dict[str, str] = field(default_factory=dict)  # limit -> what enforces it, for reports
+
+    @property
+    def mode(self) -> str:
+        return "cgroup" if self.cgroup_parent else "sweep"
 
 
 @dataclass(frozen=True)
@@ -27,10 +94,6 @@ class SpawnSpec:
     env: dict[str, str] = field(repr=False)
     entrypoint: str
     workdir: str                 # where the plugin runs (its HOME when confined)
-    # What Popen itself chdirs to, before any drop. None for confined spawns: CPython
-    # reports any pre-exec failure with ``filename=cwd`` when cwd is set, which would hide a
-    # refused drop (filename None) behind a bogus directory name; env -C does the chdir.
-    popen_cwd: str | None
     uid: int | None              # None: no drop (unconfined)
     gid: int | None
     groups: tuple[int, ...]      # supplementary groups after the drop: always empty
@@ -40,6 +103,7 @@ class SpawnSpec:
     max_stdout: int
     stderr_tail: int
     account: str | None
+    confinement: Confinement = field(default_factory=Confinement)
 
     @property
     def drops(self) -> bool:
@@ -48,26 +112,22 @@ class SpawnSpec:
 
 def build_spawn_spec(resolved: ResolvedAccount, entrypoint: str, service: ServiceConfig,
                      gateway_env: Mapping[str, str], *, timeout: float, unconfined_workdir: str,
-                     gateway_uid: int | None = None, program: tuple[str, ...] | None = None) -> SpawnSpec:
+                     gateway_uid: int | None = None, program: tuple[str, ...] | None = None,
+                     confinement: Confinement | None = None) -> SpawnSpec:
     """The one place a plugin's credentials, argv, env and limits are decided.
 
     ``program`` replaces the bare entrypoint for ductile's own probes (interpreter + script);
     plugins are always exec'd as their entrypoint alone.
     """
     resolved.validate(gateway_uid)
+    conf = confinement or Confinement()
     command = program or (entrypoint,)
-    common = dict(entrypoint=entrypoint, umask=UMASK, timeout=timeout, kill_grace=service.kill_grace,
-                  max_stdout=service.max_plugin_output, stderr_tail=STDERR_TAIL)
-    if resolved.confined:
-        assert resolved.state_dir is not None  # validate() guarantees it
-        return SpawnSpec(
-            argv=(ENV_TRAMPOLINE, "-C", resolved.state_dir, "--", *command),
-            env=build_env(gateway_env, service.plugin_env_passthrough, resolved.state_dir),
-            workdir=resolved.state_dir, popen_cwd=None, uid=resolved.uid, gid=resolved.gid, groups=(),
-            account=resolved.name, **common,  # type: ignore[arg-type]
-        )
+    workdir = resolved.state_dir if resolved.confined else unconfined_workdir
+    assert workdir is not None  # validate() guarantees a confined state_dir
     return SpawnSpec(
-        argv=command, env=build_env(gateway_env, service.plugin_env_passthrough, unconfined_workdir),
-        workdir=unconfined_workdir, popen_cwd=unconfined_workdir, uid=None, gid=None, groups=(),
-        account=None, **common,  # type: ignore[arg-type]
+        argv=(TRAMPOLINE, "-c", trampoline_script(conf.rlimits), TRAMPOLINE_NAME, workdir, *command),
+        env=build_env(gateway_env, service.plugin_env_passthrough, workdir, conf.path),
+        entrypoint=entrypoint, workdir=workdir, uid=resolved.uid, gid=resolved.gid, groups=(), umask=UMASK,
+        timeout=timeout, kill_grace=service.kill_grace, max_stdout=service.max_plugin_output,
+        stderr_tail=STDERR_TAIL, account=resolved.name if resolved.confined else None, confinement=conf,
     )

@@ -3,6 +3,7 @@
     load config -> discover plugins -> probe capability (edge) -> evaluate_boot_gate (pure)
       -> refuse | unconfined | enforce: harden own process (edge), snapshot (edge),
          plan_reconcile (pure), apply all-or-refuse (edge)
+      -> containment: cgroup instance or sweep, subreaper, account locks (runtime/confine.py)
 
 ``plugin run`` and ``serve`` both call ``boot``; ``doctor`` and ``account explain`` call
 ``assess`` which runs the same pure steps without side effects.
@@ -21,7 +22,10 @@ from ductile.plugins.inventory import discover_for_config
 from ductile.privsep import fsapply, kernel
 from ductile.privsep.gate import GateVerdict, evaluate_boot_gate
 from ductile.privsep.reconcile import Action, Plan, paths_to_snapshot, plan_reconcile
+from ductile.privsep.accounts import ResolvedAccount
+from ductile.privsep.spawnspec import Confinement
 from ductile.privsep.surface import account_dirs, secret_surface
+from ductile.runtime.confine import Containment, setup_containment
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Runtime:
     applied: tuple[Action, ...] = ()
     hardening: kernel.Hardening | None = None
     gateway_env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+    containment: Containment | None = None
 
     @property
     def config(self) -> Config:
@@ -65,7 +70,21 @@ class Runtime:
 
     def posture_line(self) -> str:
         v = self.assessment.verdict
-        return f"posture={v.posture} cell={v.cell} gateway_uid={self.assessment.gateway_uid}: {v.message}"
+        line = f"posture={v.posture} cell={v.cell} gateway_uid={self.assessment.gateway_uid}: {v.message}"
+        if self.containment is not None:
+            line += f"; {self.containment.describe()}"
+        return line
+
+    def confinement_for(self, plugin: str, resolved: ResolvedAccount) -> Confinement | None:
+        """What encloses a job of ``plugin`` run as ``resolved`` (None before containment is set up)."""
+        if self.containment is None:
+            return None
+        return self.containment.confinement_for(self.config, plugin, resolved)
+
+    def close(self) -> None:
+        """Remove this process's job cgroups; safe to call twice."""
+        if self.containment is not None:
+            self.containment.close()
 
 
 def reconcile_plan(loaded: LoadedConfig, gateway_uid: int, can_chown: bool) -> Plan:
@@ -104,4 +123,5 @@ def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
         runtime.hardening = kernel.harden_gateway()
         assert assessment.plan is not None
         runtime.applied = tuple(fsapply.apply_plan(assessment.plan))
+    runtime.containment = setup_containment(loaded.config, enforcing=assessment.enforcing)
     return runtime

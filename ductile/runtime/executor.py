@@ -137,7 +137,8 @@ class Executor:
         spec = build_spawn_spec(binding.account, plugin.entrypoint, rt.config.service, rt.gateway_env,
                                 timeout=rt.config.timeout_for(job.plugin, job.command),
                                 unconfined_workdir=rt.unconfined_workdir(job.plugin),
-                                gateway_uid=rt.assessment.gateway_uid if rt.enforcing else None)
+                                gateway_uid=rt.assessment.gateway_uid if rt.enforcing else None,
+                                confinement=rt.confinement_for(job.plugin, binding.account))
         return plugin, pc, binding, spec
 
     def run(self, job: Job, *, cancel: threading.Event | None = None) -> JobResult:

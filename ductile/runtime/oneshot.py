@@ -40,10 +40,13 @@ def parse_payload(text: str) -> dict[str, Any]:
 
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
     runtime = boot(loaded)  # refuses before anything runs or is opened
-    state = open_state(loaded.config.state.path)
-    executor = make_executor(runtime, state)
-    job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
-    result = executor.run(job)
+    try:
+        state = open_state(loaded.config.state.path)
+        executor = make_executor(runtime, state)
+        job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
+        result = executor.run(job)
+    finally:
+        runtime.close()
     response = result.outcome.response
     if result.outcome.status == "succeeded" and response is not None:
         with state.write():

@@ -13,12 +13,15 @@ from typing import Any, Literal
 
 from ductile.errors import DuctileError, JobCancelled, PluginFailed, PluginTimeout, ProtocolError, SpawnFailed
 from ductile.plugins.protocol import Response, decode_response, is_terminal
-from ductile.privsep.spawnspec import ENV_TRAMPOLINE, SpawnSpec
+from ductile.privsep.spawnspec import (EXIT_HANDSHAKE, EXIT_LIMIT, EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_TMPDIR,
+                                       EXIT_WORKDIR, TRAMPOLINE_NAME, SpawnSpec)
 from ductile.runtime.spawn import RawResult
 
 Status = Literal["succeeded", "failed", "timed_out"]
 EX_CONFIG = 78
-_ENV_PREFIX = re.compile(rf"^(?:{re.escape(ENV_TRAMPOLINE)}|env): (.*)$", re.MULTILINE)
+_TRAMPOLINE_EXITS = (EXIT_HANDSHAKE, EXIT_LIMIT, EXIT_TMPDIR, EXIT_WORKDIR, EXIT_NOEXEC, EXIT_NOTFOUND)
+# "ductile-spawn: <what>" from the script, "ductile-spawn: 1: exec: <path>: <why>" from sh
+_TRAMPOLINE_LINE = re.compile(rf"^{re.escape(TRAMPOLINE_NAME)}: (?:\d+: )?(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -48,28 +51,37 @@ def last_line(data: bytes, limit: int = 300) -> str:
 
 
 def trampoline_failure(spec: SpawnSpec, raw: RawResult) -> SpawnFailed | None:
-    """``env -C dir -- entrypoint`` exits 125/126/127 with its own message when the chdir
-    or exec fails *as the account*; a plugin that ran would not print env's prefix."""
-    if not spec.drops or raw.stdout or raw.returncode not in (125, 126, 127):
+    """The trampoline exits with its own status and a ``ductile-spawn:`` line when a step
+    before the plugin fails *as the account* (see spawnspec); a plugin that ran and
+    answered would have written stdout."""
+    if raw.stdout or raw.returncode not in _TRAMPOLINE_EXITS:
         return None
-    m = _ENV_PREFIX.search(raw.stderr_tail.decode("utf-8", "replace"))
+    m = _TRAMPOLINE_LINE.search(raw.stderr_tail.decode("utf-8", "replace"))
     if not m:
         return None
     detail = m.group(1).strip()
-    who = f"account {spec.account} (uid {spec.uid})"
-    if raw.returncode == 125 and "change directory" in detail:
-        return SpawnFailed(f"state_dir {spec.workdir} is not reachable by {who}: {detail}",
-                           where=f"accounts.{spec.account}.state_dir",
+    who = f"account {spec.account} (uid {spec.uid})" if spec.drops else "the gateway (unconfined)"
+    code = raw.returncode
+    if code == EXIT_WORKDIR:
+        where = f"accounts.{spec.account}.state_dir" if spec.drops else spec.workdir
+        return SpawnFailed(f"state_dir {spec.workdir} is not reachable by {who}: {detail}", where=where,
                            fix=f"provision it 0700 {spec.uid}:{spec.gid} with o+x (0711) parents; `ductile account verify` checks it")
-    if raw.returncode == 126:
+    if code == EXIT_TMPDIR:
+        return SpawnFailed(f"the private TMPDIR of {who} cannot be made: {detail}", where=f"{spec.workdir}/tmp",
+                           fix=f"remove whatever is at {spec.workdir}/tmp (it must be a directory the account owns)")
+    if code == EXIT_LIMIT:
+        return SpawnFailed(f"a resource limit could not be applied for {who}: {detail}", where=spec.entrypoint,
+                           fix="lower plugins.<name>.limits (an rlimit can only be lowered)")
+    if code == EXIT_HANDSHAKE:
+        return SpawnFailed("the plugin was not started: the gateway did not complete the start handshake",
+                           where=spec.entrypoint, fix="see the gateway's log for the error before this one")
+    if code == EXIT_NOEXEC:
         return SpawnFailed(f"{spec.entrypoint} (or its #! interpreter) is not executable by {who}: {detail}",
                            where=spec.entrypoint,
                            fix="make the plugin directory and its parents o+x, the entrypoint o+rx, and use an interpreter "
                                "every account can reach (not one under /root)")
-    if raw.returncode == 127:
-        return SpawnFailed(f"{spec.entrypoint} or its #! interpreter was not found when run as {who}: {detail}",
-                           where=spec.entrypoint, fix="check the entrypoint's #! line")
-    return None
+    return SpawnFailed(f"{spec.entrypoint} or its #! interpreter was not found when run as {who}: {detail}",
+                       where=spec.entrypoint, fix="check the entrypoint's #! line")
 
 
 def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
@@ -82,6 +94,10 @@ def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
         cancelled = JobCancelled("stopped by the gateway before it finished (shutdown deadline)", where=where,
                                  fix="nothing: the job is re-queued without charging the attempt")
         return Outcome("failed", False, None, cancelled, raw.returncode, stderr)
+    if raw.oom_killed and raw.returncode != 0:
+        oom = PluginFailed(f"killed by its memory limit ({spec.confinement.limits.get('memory', 'memory.max')})",
+                           where=f"plugins.{plugin}.limits.memory", terminal=False)
+        return Outcome("failed", False, None, oom, raw.returncode, stderr)
     if raw.timed_out:
         timeout = PluginTimeout(f"timed out after {spec.timeout:g}s and was killed", where=where,
                               fix="raise plugins.<name>.timeouts.<command> or make the command faster")

@@ -1,19 +1,28 @@
-"""The spawn edge: execute a SpawnSpec. The only module that starts plugin processes.
+"""The spawn edge: execute a SpawnSpec. The only module that runs plugin processes.
 
-One call = one process group: the request goes in on stdin, stdout is read up to its cap
-(overflow kills the job), stderr keeps a 64 KiB tail, all three pipes are serviced from one
-``selectors`` loop so no pipe can deadlock. A timeout sends SIGTERM to the group, waits
-``kill_grace``, then SIGKILL. A ``cancel`` event set by the caller (serve's shutdown deadline)
-kills the group at once, the same way.
+One call = one job, contained from its first instruction to its last process:
+
+  1. take the account's lock shared (``jobcontain``): every ductile process on the host now
+     knows a job of this account runs, so nobody sweeps the account under it;
+  2. cgroup mode: create the job's cgroup with its limits;
+  3. start the trampoline (``launch``: dropped, new session, no tty; under Landlock when the
+     spec carries a ruleset, from a short-lived thread that restricted itself first);
+  4. move it into the job's cgroup, then write ``go\\n`` and the request — the plugin's
+     first instruction runs inside the cgroup;
+  5. service stdin/stdout/stderr from one ``selectors`` loop (stdout capped: overflow kills
+     the job; stderr keeps a 64 KiB tail); a timeout sends SIGTERM to the process group,
+     ``kill_grace`` later SIGKILL; a ``cancel`` event (serve's shutdown deadline) kills at
+     once. The wait is bounded by the wall clock (timeout + kill_grace + a margin), never
+     by the plugin's cooperation;
+  6. end the job, whatever happened: ``cgroup.kill`` and remove the cgroup; or, in sweep
+     mode, kill every process of the account if no other job of it runs anywhere
+     (``LOCK_EX|LOCK_NB``), else the job's own session; then reap inherited orphans.
 
 Killing when the gateway is cap-only: without CAP_KILL a gateway cannot signal processes of
-another uid (kill(2) needs a matching uid). Rather than widen the unit with CAP_KILL — which
-would let the gateway signal *any* process on the host — the gateway falls back to a kill
-helper spawned through the same drop as the plugin (``/bin/kill -SIG -- -PGID`` as the
-account): it can signal exactly what the plugin itself could, nothing more. After a
-timeout, if no other job of that account is running, the helper also runs ``kill -KILL -1``
-as the account, which reaches grandchildren that escaped the process group (setsid,
-double fork). Accounts are dedicated to ductile, so that sweep hits only its plugins.
+another uid. Rather than widen the unit with CAP_KILL — which would let the gateway signal
+*any* process on the host — it falls back to a kill helper started through the same drop as
+the plugin (``/bin/kill -SIG -- -PGID`` as the account): it can signal exactly what the
+plugin itself could, nothing more. ``cgroup.kill`` needs no signal permission at all.
 """
 
 from __future__ import annotations
@@ -25,16 +34,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ductile.errors import AccountDropFailed, SpawnFailed
+from ductile.privsep import cgroup
 from ductile.privsep.spawnspec import SpawnSpec
+from ductile.runtime import jobcontain
+from ductile.runtime.launch import forget, launch, run_helper
 
-KILL_HELPER = "/bin/kill"
 LINGER_AFTER_EXIT = 0.5  # seconds to keep draining pipes once the leader has exited
+KILL_MARGIN = 5.0        # seconds past timeout + kill_grace before the gateway stops waiting
+HANDSHAKE = b"go\n"
 _CHUNK = 65536
 
 
@@ -46,28 +57,25 @@ class RawResult:
     stderr_tail: bytes = field(repr=False)
     timed_out: bool
     pid: int
-    swept: bool = False           # an account-wide sweep ran after a kill
+    swept: bool = False           # an account-wide sweep ran at the end of the job
     cancelled: bool = False       # the caller's cancel event killed it (not the plugin's fault)
+    leftovers: int = 0            # processes still alive when the job ended, killed then
+    oom_killed: bool = False      # the job's cgroup hit memory.max
+    abandoned: bool = False       # the leader outlived every kill and the wall-clock bound
 
 
-_running_lock = threading.Lock()
-_running: Counter[int] = Counter()
-
-
-def _drop_kwargs(spec: SpawnSpec) -> dict[str, Any]:
-    if not spec.drops:
-        return {}
-    return {"user": spec.uid, "group": spec.gid, "extra_groups": list(spec.groups)}
-
-
-def _helper(spec: SpawnSpec, args: list[str]) -> None:
-    """Run /bin/kill dropped to the plugin's account (see module doc)."""
-    try:
-        subprocess.run([KILL_HELPER, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, cwd="/", close_fds=True,
-                       timeout=10, **_drop_kwargs(spec))
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+def classify_start_error(spec: SpawnSpec, err: OSError) -> Exception:
+    """Popen failed before the trampoline ran: a refused drop, or no /bin/sh."""
+    if isinstance(err, PermissionError) and err.filename is None and spec.drops:
+        return AccountDropFailed(
+            f"the kernel refused the drop to uid {spec.uid} gid {spec.gid}: {err.strerror}",
+            where=f"accounts.{spec.account}",
+            fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root",
+        )
+    target = err.filename or spec.argv[0]
+    if err.errno == errno.ENOENT:
+        return SpawnFailed(f"{target} does not exist", where=str(target), fix="install a POSIX shell at /bin/sh")
+    return SpawnFailed(f"could not start {target}: {err.strerror}", where=spec.entrypoint, fix="see the error")
 
 
 def signal_group(spec: SpawnSpec, pgid: int, sig: int) -> None:
@@ -78,90 +86,129 @@ def signal_group(spec: SpawnSpec, pgid: int, sig: int) -> None:
         return
     except PermissionError:
         if spec.drops:
-            _helper(spec, ["-" + signal.Signals(sig).name.removeprefix("SIG"), "--", f"-{pgid}"])
+            run_helper([jobcontain.KILL_HELPER, "-" + signal.Signals(sig).name.removeprefix("SIG"), "--", f"-{pgid}"],
+                       uid=spec.uid, gid=spec.gid)
 
 
-def sweep_account(spec: SpawnSpec) -> bool:
-    """Kill every remaining process of the account, if no other job of it is running."""
-    if not spec.drops or spec.uid is None:
-        return False
-    with _running_lock:
-        if _running[spec.uid] > 1:
-            return False
-        _helper(spec, ["-KILL", "--", "-1"])
-    return True
-
-
-def classify_start_error(spec: SpawnSpec, err: OSError) -> Exception:
-    """Popen failed before the plugin ran: say which of drop / exec / cwd it was."""
-    if isinstance(err, PermissionError) and err.filename is None and spec.drops:
-        return AccountDropFailed(
-            f"the kernel refused the drop to uid {spec.uid} gid {spec.gid}: {err.strerror}",
-            where=f"accounts.{spec.account}",
-            fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root",
-        )
-    target = err.filename or spec.argv[0]
-    if spec.popen_cwd is not None and err.filename == spec.popen_cwd:
-        return SpawnFailed(f"cannot enter the plugin's working directory {target}: {err.strerror}", where=target,
-                           fix="make it a directory the gateway can enter")
-    if err.errno == errno.ENOENT:
-        return SpawnFailed(f"{target} does not exist", where=spec.entrypoint, fix="check the plugin's entrypoint")
-    if err.errno == errno.EACCES:
-        return SpawnFailed(f"{target} is not executable by the gateway: {err.strerror}", where=spec.entrypoint,
-                           fix="chmod a+rx the entrypoint and make its directories traversable")
-    return SpawnFailed(f"could not start {target}: {err.strerror}", where=spec.entrypoint, fix="see the error")
+def _start(spec: SpawnSpec) -> subprocess.Popen[bytes]:
+    return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env)
 
 
 def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,
           cancel: threading.Event | None = None) -> RawResult:
     """Run one plugin process to completion (or kill) and return what it said.
-    Setting ``cancel`` kills the process group (and sweeps the account) as a timeout would."""
+    Setting ``cancel`` kills the job as a timeout would, at once."""
+    conf = spec.confinement
+    lock: jobcontain.AccountLock | None = None
+    job_cg: cgroup.JobCgroup | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    raw: RawResult | None = None
     try:
-        proc = subprocess.Popen(  # noqa: S603 - argv is built by build_spawn_spec, never a shell
-            list(spec.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=spec.env, cwd=spec.popen_cwd, close_fds=True, process_group=0, umask=spec.umask,
-            **_drop_kwargs(spec),
-        )
-    except OSError as err:
-        raise classify_start_error(spec, err) from None
-    if spec.uid is not None:
-        with _running_lock:
-            _running[spec.uid] += 1
-    try:
+        if conf.lock_path is not None:
+            try:
+                lock = jobcontain.AccountLock(conf.lock_path)
+            except OSError as err:
+                raise SpawnFailed(f"cannot open the account lock {conf.lock_path}: {err.strerror}",
+                                  where=conf.lock_path, fix="the state directory must be writable by the gateway") from None
+            lock.hold_shared()
+        if conf.cgroup_parent is not None:
+            try:
+                job_cg = cgroup.new_job(conf.cgroup_parent, conf.cgroup_files)
+            except OSError as err:
+                raise SpawnFailed(f"cannot create the job's cgroup under {conf.cgroup_parent}: {err.strerror}",
+                                  where=conf.cgroup_parent, fix="check the cgroup subtree (ductile doctor)") from None
+        try:
+            proc = _start(spec)
+        except OSError as err:
+            raise classify_start_error(spec, err) from None
+        if job_cg is not None:
+            try:
+                job_cg.place(proc.pid)
+            except OSError as err:  # the plugin has not run: it is still waiting for "go"
+                raise SpawnFailed(f"cannot move the job into its cgroup {job_cg.path}: {err.strerror}",
+                                  where=job_cg.path, fix="the gateway must be able to write cgroup.procs of its "
+                                  "subtree (systemd Delegate=yes)") from None
         if on_start is not None:
             on_start(proc.pid)
-        return _communicate(spec, proc, request, cancel)
+        raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg)
     finally:
-        if spec.uid is not None:
-            with _running_lock:
-                _running[spec.uid] -= 1
+        ended = _end_job(spec, proc, job_cg, lock)
+    assert raw is not None
+    return RawResult(raw.returncode, raw.stdout, raw.stdout_truncated, raw.stderr_tail, raw.timed_out, raw.pid,
+                     ended.swept, raw.cancelled, ended.leftovers, ended.oom, raw.abandoned)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    swept: bool = False
+    leftovers: int = 0
+    oom: bool = False
+
+
+def _end_job(spec: SpawnSpec, proc: subprocess.Popen[bytes] | None, job_cg: cgroup.JobCgroup | None,
+             lock: jobcontain.AccountLock | None) -> _Ended:
+    """Every process the job created dies here (success, failure, timeout, cancel)."""
+    ended = _Ended()
+    try:
+        if proc is not None and proc.poll() is None and proc.stdin is not None:
+            try:  # a spawn that failed before "go": the trampoline exits without running the plugin
+                proc.stdin.close()
+            except OSError:
+                pass
+        if job_cg is not None:
+            oom = job_cg.oom_killed()
+            ended = _Ended(False, job_cg.end(), oom)
+        elif proc is not None:
+            if spec.drops and lock is not None and lock.try_exclusive():
+                assert spec.uid is not None and spec.gid is not None
+                ended = _Ended(True, jobcontain.sweep_account(spec.uid, spec.gid))
+            else:
+                ended = _Ended(False, jobcontain.kill_session(proc.pid, spec.uid, spec.gid))
+        if proc is not None:
+            _collect(proc)
+    finally:
+        if lock is not None:
+            lock.close()
+        jobcontain.reap_orphans()
+    return ended
+
+
+def _collect(proc: subprocess.Popen[bytes]) -> None:
+    """Reap the leader if it is gone; a leader that outlived every kill is left to the
+    orphan reaper (``forget``) rather than blocking the gateway."""
+    try:
+        proc.wait(timeout=KILL_MARGIN)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        forget(proc)
 
 
 def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
-                 cancel: threading.Event | None = None) -> RawResult:
+                 cancel: threading.Event | None, job_cg: cgroup.JobCgroup | None) -> RawResult:
     assert proc.stdin and proc.stdout and proc.stderr
     pgid = proc.pid
     sel = selectors.DefaultSelector()
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         os.set_blocking(pipe.fileno(), False)
     pending = memoryview(request)
-    if pending:
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
+    sel.register(proc.stdin, selectors.EVENT_WRITE)
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
     out = bytearray()
     err_tail = bytearray()
-    truncated = timed_out = cancelled = False
+    truncated = timed_out = cancelled = abandoned = False
     start = time.monotonic()
     deadline = start + spec.timeout
+    hard_deadline = deadline + spec.kill_grace + KILL_MARGIN
     term_sent_at: float | None = None
     killed = False
     exited_at: float | None = None
 
     def kill_now() -> None:
         nonlocal killed
+        if job_cg is not None:
+            job_cg.kill()
         if not killed:
             signal_group(spec, pgid, signal.SIGKILL)
             killed = True
@@ -172,6 +219,10 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
             exited_at = now
         if exited_at is not None and now - exited_at > LINGER_AFTER_EXIT:
             kill_now()  # grandchildren holding our pipes open
+            break
+        if exited_at is None and now >= hard_deadline:
+            timed_out, abandoned = not cancelled, True  # every kill failed: stop waiting, end the job
+            kill_now()
             break
         if cancel is not None and not cancelled and exited_at is None and cancel.is_set():
             cancelled = True
@@ -226,6 +277,10 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
             pass
     if timed_out or truncated or cancelled:
         kill_now()
-    returncode = proc.wait()
-    swept = sweep_account(spec) if (timed_out or truncated or cancelled) else False
-    return RawResult(returncode, bytes(out), truncated, bytes(err_tail), timed_out, proc.pid, swept, cancelled)
+    try:
+        returncode = proc.wait(timeout=KILL_MARGIN)
+    except subprocess.TimeoutExpired:
+        abandoned = True
+        returncode = -signal.SIGKILL
+    return RawResult(returncode, bytes(out), truncated, bytes(err_tail), timed_out, proc.pid, False, cancelled,
+                     abandoned=abandoned)

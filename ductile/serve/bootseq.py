@@ -1,9 +1,11 @@
 """serve's boot, in SPEC §8 order, as one function that either returns everything the
 gateway needs or raises one ``DuctileError`` before a single plugin has run:
 
-    load + validate config -> discover plugins -> single-instance lock
-      -> open state (WAL) + recover jobs a crash left running
+    load + validate config -> discover plugins -> single-instance lock -> open state (WAL)
       -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
+      -> containment; sweep every account's leftovers (a killed gateway's orphans)
+      -> recover jobs a crash left running (after the sweep: a re-queued job never runs
+         beside the orphan of its previous attempt)
       -> schedules (cron checked) -> gateway secrets from the vault -> bind the listener
 
 Messages meant for the log (recovered jobs) are returned, not logged, so a refusal is
@@ -34,10 +36,12 @@ class Booted:
     secrets: GatewaySecrets = field(repr=False)
     listener: socket.socket | None
     recovered: list[tuple[str, str]] = field(default_factory=list)
+    swept: list[tuple[str, int | None]] = field(default_factory=list)  # (account, leftovers killed | None: busy)
 
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
+        self.runtime.close()
         self.db.close()
         self.lock.release()
 
@@ -74,17 +78,22 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     lock = InstanceLock.for_state(config.state.path).acquire()
     db: StateDB | None = None
     listener: socket.socket | None = None
+    runtime: Runtime | None = None
     try:
         db = open_state(config.state.path)
-        recovered = db.jobs.recover_after_crash()
         runtime = boot(loaded, discovery=discovery)
+        assert runtime.containment is not None
+        swept = runtime.containment.sweep_accounts(config)
+        recovered = db.jobs.recover_after_crash()
         schedules = schedules_of(config)
         secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))
         listener = bind(config.api.listen) if config.api.enabled else None
-        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered)
+        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered, swept)
     except BaseException:
         if listener is not None:
             listener.close()
+        if runtime is not None:
+            runtime.close()
         if db is not None:
             db.close()
         lock.release()

@@ -130,6 +130,12 @@ class Gateway:
             server.should_exit = True  # type: ignore[attr-defined]
             if self._server_thread is not None:
                 self._server_thread.join(10)
+        rt = self.b.runtime
+        if rt.containment is not None:
+            for account, n in rt.containment.sweep_accounts(cfg):
+                if n:
+                    log(_log, logging.WARNING, f"shutdown sweep: killed {n} leftover process(es) of account {account}",
+                        account=account, killed=n)
         log(_log, logging.INFO, f"stopped: {self.dispatcher.finished} job(s) finished, "
             f"{self.dispatcher.requeued} re-queued", finished=self.dispatcher.finished,
             requeued=self.dispatcher.requeued)

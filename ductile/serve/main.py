@@ -24,6 +24,18 @@ def run_serve(config_path: str | None, *, demo_dir: str | None = None, show_toke
     logs.log(_log, logging.WARNING if verdict.level == "warning" else logging.INFO, booted.runtime.posture_line(),
              posture=verdict.posture, cell=verdict.cell, gateway_uid=booted.runtime.assessment.gateway_uid,
              config=booted.loaded.path)
+    rt = booted.runtime
+    if rt.containment is not None:
+        for path, held in rt.containment.stale:
+            logs.log(_log, logging.WARNING, f"removed the job cgroup {path} of a gateway that is gone ({held} process(es) killed)",
+                     cgroup=path, killed=held)
+    for account, n in booted.swept:
+        if n:
+            logs.log(_log, logging.WARNING, f"boot sweep: killed {n} leftover process(es) of account {account}",
+                     account=account, killed=n)
+        elif n is None:
+            logs.log(_log, logging.INFO, f"boot sweep: account {account} has a job running elsewhere; not swept",
+                     account=account)
     for job_id, status in booted.recovered:
         logs.log(_log, logging.WARNING, f"job {job_id} was running when the last gateway stopped; now {status}",
                  job_id=job_id, status=status)

@@ -1,0 +1,167 @@
+"""Containment for one gateway process: decided at boot from the same pure planner doctor
+uses, set up once (cgroup instance, subreaper, lock directory), turned into a per-job
+``Confinement`` (the data the spawn edge carries out), and torn down at exit.
+
+``assess_containment`` reads facts and decides without changing anything (doctor,
+``account explain``); ``setup_containment`` carries the decision out (``plugin run``,
+``serve``, ``account verify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ductile.config.model import Config, PluginConfig
+from ductile.errors import BootRefused
+from ductile.privsep import cgroup, kernel
+from ductile.privsep.accounts import ResolvedAccount
+from ductile.privsep.containment import CgroupPlan, LimitPlan, ModeDecision, choose_mode, plan_cgroup, plan_limits
+from ductile.privsep.env import DirFacts, plugin_path
+from ductile.privsep.spawnspec import Confinement
+from ductile.runtime import jobcontain
+
+log = logging.getLogger("ductile.runtime")
+
+
+@dataclass(frozen=True)
+class ContainmentView:
+    """The decision, as doctor and the posture line show it."""
+
+    plan: CgroupPlan
+    decision: ModeDecision
+
+
+def assess_containment(config: Config) -> ContainmentView:
+    """Which mode this process would run jobs in, without changing anything."""
+    configured = config.service.containment
+    if configured == "sweep":
+        plan = CgroupPlan(False, "service.containment is sweep")
+    else:
+        plan = plan_cgroup(cgroup.read_facts(config.service.cgroup_root))
+    return ContainmentView(plan, choose_mode(configured, plan))
+
+
+def _hard_limits() -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for name, res in (("nproc", resource.RLIMIT_NPROC), ("as", resource.RLIMIT_AS)):
+        hard = resource.getrlimit(res)[1]
+        out[name] = None if hard == resource.RLIM_INFINITY else hard
+    return out
+
+
+def _chain(path: str) -> list[DirFacts] | None:
+    """stat of every directory from / down to ``path`` (resolved), None if it is missing."""
+    try:
+        real = os.path.realpath(path)
+        parts = [p for p in real.split("/") if p]
+        out = []
+        cur = "/"
+        for part in [""] + parts:
+            cur = os.path.join(cur, part) if part else "/"
+            st = os.stat(cur)
+            out.append((st.st_mode, st.st_uid, st.st_gid))
+        return out
+    except OSError:
+        return None
+
+
+def account_path(dirs: Sequence[str], uid: int | None, gid: int | None) -> str:
+    chains = {d: c for d in dirs if (c := _chain(d))}
+    return plugin_path(dirs, uid, gid, chains)
+
+
+@dataclass
+class Containment:
+    view: ContainmentView
+    instance: cgroup.Instance | None = None
+    lock_dir: str | None = None
+    hard: dict[str, int | None] = field(default_factory=dict)
+    stale: list[tuple[str, int]] = field(default_factory=list)   # (cgroup, processes) killed at setup
+
+    @property
+    def mode(self) -> str:
+        return "cgroup" if self.instance is not None else "sweep"
+
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        return self.instance.controllers if self.instance is not None else ()
+
+    def describe(self) -> str:
+        """The containment part of the posture line."""
+        if self.instance is not None:
+            ctl = ",".join(self.instance.controllers) or "none"
+            return f"containment=cgroup ({self.instance.path}; controllers: {ctl})"
+        return f"containment=sweep ({self.view.decision.reason})"
+
+    def limits_for(self, pc: PluginConfig | None) -> LimitPlan:
+        lim = pc.limits if pc is not None else None
+        return plan_limits(lim.memory if lim else None, lim.pids if lim else None, lim.cpu if lim else None,
+                           self.controllers, self.hard)
+
+    def confinement_for(self, config: Config, plugin: str, resolved: ResolvedAccount) -> Confinement:
+        limits = self.limits_for(config.plugins.get(plugin))
+        lock = None
+        if resolved.confined and self.lock_dir is not None and resolved.uid is not None:
+            lock = jobcontain.lock_path(self.lock_dir, resolved.uid)
+        return Confinement(
+            path=account_path(config.service.plugin_path, resolved.uid, resolved.gid),
+            cgroup_parent=self.instance.path if self.instance is not None else None,
+            cgroup_files=limits.cgroup_files, rlimits=limits.rlimits, lock_path=lock, limits=limits.enforced,
+        )
+
+    def sweep_accounts(self, config: Config) -> list[tuple[str, int | None]]:
+        """Kill the leftovers of every account no job runs for anywhere on the host (boot
+        and shutdown). Returns (account, processes killed — None: a job of it runs)."""
+        out: list[tuple[str, int | None]] = []
+        if self.lock_dir is None:
+            return out
+        for name, acct in sorted(config.accounts.items()):
+            out.append((name, jobcontain.sweep_if_alone(jobcontain.lock_path(self.lock_dir, acct.uid), acct.uid, acct.gid)))
+        jobcontain.reap_orphans()
+        return out
+
+    def close(self) -> None:
+        if self.instance is not None:
+            try:
+                self.instance.close()
+            except OSError as err:  # the next gateway on this base removes it (reap_stale)
+                log.warning("could not remove the cgroup %s: %s", self.instance.path, err.strerror)
+            self.instance = None
+
+
+def setup_containment(config: Config, *, enforcing: bool) -> Containment:
+    """Carry out the decision: clean up after dead gateways on the same base, create this
+    process's instance, become a subreaper (enforce), make the lock directory. Raises
+    BootRefused when ``service.containment: cgroup`` cannot be honoured."""
+    view = assess_containment(config)
+    instance = None
+    stale: list[tuple[str, int]] = []
+    error = ""
+    if view.plan.usable and view.plan.base is not None and config.service.containment != "sweep":
+        stale = cgroup.reap_stale(view.plan.base)
+        try:
+            instance = cgroup.prepare(view.plan)
+        except OSError as err:
+            error = f"cannot set up job cgroups under {view.plan.base}: {err.strerror}"
+    decision = choose_mode(config.service.containment, view.plan, error)
+    if decision.refused:
+        raise BootRefused(f"service.containment is cgroup but {decision.reason}", where="service.containment",
+                          fix=decision.fix)
+    lock_dir = None
+    if enforcing:
+        kernel.set_child_subreaper()
+        if config.accounts:
+            lock_dir = jobcontain.lock_dir_for(config.state.path)
+            try:
+                jobcontain.ensure_lock_dir(lock_dir)
+            except OSError as err:
+                if instance is not None:
+                    instance.close()
+                raise BootRefused(f"cannot create the account lock directory {lock_dir}: {err.strerror}",
+                                  where="state.path", fix="the state directory must exist and be writable by the "
+                                  "gateway") from None
+    return Containment(ContainmentView(view.plan, decision), instance, lock_dir, _hard_limits(), stale)

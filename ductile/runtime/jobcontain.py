@@ -1,0 +1,176 @@
+"""The sweep edge: per-account locks shared by every ductile process on the host, the
+account-wide sweep, the kill of one job's session, and reaping orphans the gateway
+inherited as a child subreaper. Process facts come from psutil.
+
+Why a lock file and not a counter: ``plugin run``, ``account verify`` and ``serve`` are
+separate processes. A counter inside one of them cannot know that another is running a
+job of the same account, so a sweep after one job would kill the other's. Every job
+instead holds ``LOCK_SH`` on ``<state dir>/locks/uid-<uid>.lock`` while it runs; a sweep
+takes ``LOCK_EX|LOCK_NB`` and only then kills every process of the account. The files
+live in the gateway's own 0700 directory: an account cannot take the lock itself to keep
+its leftovers alive.
+
+Why ``kill -KILL -1`` run *as the account* (the kill helper): it is the only complete
+sweep (it reaches processes that left the process group and the session, and double-fork
+daemons re-parented anywhere), and it can signal exactly what the account could, nothing
+more — a cap-only gateway has no CAP_KILL and needs no more.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from types import TracebackType
+
+import psutil
+
+from ductile.runtime.launch import registry, run_helper
+
+KILL_HELPER = "/bin/kill"
+LOCK_DIR = "locks"
+
+
+def lock_dir_for(state_path: str) -> str:
+    return os.path.join(os.path.dirname(state_path), LOCK_DIR)
+
+
+def lock_path(lock_dir: str, uid: int) -> str:
+    return os.path.join(lock_dir, f"uid-{uid}.lock")
+
+
+def _give_to_parent_owner(path: str) -> None:
+    """Root creating in the gateway's directory: hand the entry to the directory's owner,
+    so the cap-only gateway can open what a root ``plugin run`` created."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(os.path.dirname(path))
+    if st.st_uid != 0:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def ensure_lock_dir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    _give_to_parent_owner(path)
+
+
+class AccountLock:
+    """One open description of an account's lock file (flock locks belong to it)."""
+
+    def __init__(self, path: str) -> None:
+        created = not os.path.exists(path)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        if created:
+            _give_to_parent_owner(path)
+
+    def hold_shared(self) -> None:
+        """A job of this account runs (blocks only while a sweep is killing)."""
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def try_exclusive(self) -> bool:
+        """True when no job of the account runs anywhere on the host (converts a held
+        shared lock; the kernel drops it first)."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> AccountLock:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def account_processes(uid: int) -> list[int]:
+    """Live (non-zombie) processes whose real uid is ``uid``."""
+    out = []
+    for p in psutil.process_iter(["uids", "status"], ad_value=None):
+        uids, status = p.info["uids"], p.info["status"]
+        if uids is not None and uids.real == uid and status != psutil.STATUS_ZOMBIE:
+            out.append(p.pid)
+    return out
+
+
+def sweep_account(uid: int, gid: int) -> int:
+    """Kill every process of the account (kill -KILL -1 as the account). Returns how many
+    there were. Call only while holding the account's lock exclusively."""
+    left = account_processes(uid)
+    if left:
+        run_helper([KILL_HELPER, "-KILL", "--", "-1"], uid=uid, gid=gid)
+    return len(left)
+
+
+def sweep_if_alone(path: str, uid: int, gid: int) -> int | None:
+    """Sweep the account unless a job of it runs somewhere (None then)."""
+    with AccountLock(path) as lock:
+        if not lock.try_exclusive():
+            return None
+        return sweep_account(uid, gid)
+
+
+def session_members(leader: int, uid: int) -> list[int]:
+    """Live processes of ``uid`` still in the job's session or process group (the leader's
+    pid is both ids: every job starts a new session)."""
+    out = []
+    for p in psutil.process_iter(["status", "uids"], ad_value=None):
+        if p.info["status"] == psutil.STATUS_ZOMBIE or p.info["uids"] is None or p.info["uids"].real != uid:
+            continue
+        try:
+            if os.getsid(p.pid) == leader or os.getpgid(p.pid) == leader:
+                out.append(p.pid)
+        except OSError:
+            continue
+    return out
+
+
+def kill_pids(pids: list[int], uid: int | None, gid: int | None) -> None:
+    """SIGKILL ``pids``: directly where permitted, else through the kill helper as the account."""
+    denied = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            denied.append(pid)
+    if denied and uid is not None:
+        run_helper([KILL_HELPER, "-KILL", "--", *map(str, denied)], uid=uid, gid=gid)
+
+
+def kill_session(leader: int, uid: int | None, gid: int | None) -> int:
+    members = session_members(leader, os.geteuid() if uid is None else uid)
+    kill_pids(members, uid, gid)
+    return len(members)
+
+
+def reap_orphans() -> int:
+    """Collect zombie children the gateway inherited as a subreaper (never one a Popen
+    still waits for). Returns how many."""
+    lock, tracked = registry()
+    reaped = 0
+    with lock:
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return 0
+        for child in children:
+            if child.pid in tracked:
+                continue
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    continue
+                if os.waitpid(child.pid, os.WNOHANG)[0]:
+                    reaped += 1
+            except (psutil.Error, ChildProcessError):
+                continue
+    return reaped
