@@ -78,12 +78,14 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
     import os
 
     from ductile.config import load_config
-    from ductile.explain import explain_plugin
+    from ductile.explain import containment_info, explain_plugin
     from ductile.render import emit_json
     from ductile.runtime.boot import assess, discover
+    from ductile.runtime.confine import assess_containment, hard_limits
 
     loaded = load_config(config_path)
-    info = explain_plugin(loaded, assess(loaded), discover(loaded), plugin, dict(os.environ))
+    contained = containment_info(loaded, plugin, assess_containment(loaded.config), hard_limits())
+    info = explain_plugin(loaded, assess(loaded), discover(loaded), plugin, dict(os.environ), contained)
     if as_json:
         emit_json(info)
         return
@@ -101,4 +103,8 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
     if info["cannot_reach"]:
         lines.append("cannot reach: " + "; ".join(info["cannot_reach"]))
     lines.append("can write: " + "; ".join(info["can_write"]))
+    c = info["containment"]
+    lines.append(f"containment: {c['mode']} ({c['reason']}); every process of a job ends with it")
+    for name, how in c["limits"].items():
+        lines.append(f"limit {name}: {how}")
     click.echo("\n".join(lines))

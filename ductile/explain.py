@@ -11,6 +11,7 @@ from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import UNTRUSTED_TIER, resolve_account
 from ductile.privsep.env import build_env
 from ductile.runtime.boot import Assessment
+from ductile.runtime.confine import ContainmentView
 
 
 def _why(loaded: LoadedConfig, plugin: str, enforcing: bool, source: str) -> str:
@@ -33,8 +34,16 @@ def downgrade_outcome(loaded: LoadedConfig, confined: bool) -> str:
     return f"downgraded to account `untrusted` (uid {untrusted.uid}), event plugin.account_downgraded"
 
 
+def containment_info(loaded: LoadedConfig, plugin: str, view: ContainmentView,
+                     hard: dict[str, int | None]) -> dict[str, Any]:
+    d = view.decision
+    limits = view.limits_for(loaded.config.plugins.get(plugin), hard)
+    return {"mode": d.mode, "reason": d.reason, "refused": d.refused, "controllers": list(view.controllers),
+            "limits": dict(limits.enforced), "rlimits": {name: value for name, value in limits.rlimits}}
+
+
 def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Discovery, plugin: str,
-                   gateway_env: dict[str, str]) -> dict[str, Any]:
+                   gateway_env: dict[str, str], containment: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = loaded.config
     v = assessment.verdict
     pc = cfg.plugins.get(plugin)
@@ -63,6 +72,7 @@ def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Disc
                           f"state DB {cfg.state.path}", f"vault {cfg.secrets.vault_file}"]
                          + [f"account {o}'s {cfg.accounts[o].state_dir}" for o in others]) if resolved.confined else [],
         "can_write": [resolved.state_dir] if resolved.confined else ["whatever the gateway uid can write"],
+        "containment": containment,
     }
 
 

@@ -21,6 +21,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_tool(name): needs a host tool; under CI a skip is a failure")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No cgroup survives the suite: a gateway killed -9 by a test leaves its job cgroups
+    to the next gateway on the same base; remove those whose owner is gone now."""
+    if os.geteuid() == 0:
+        from ductile.privsep.cgroup import reap_stale
+        from wallworld import CGROUP2
+
+        reap_stale(str(CGROUP2))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield

@@ -256,7 +256,7 @@ class World:
         cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
         if self.gateway_uid != 0:
             uid = self.gateway_uid
-            prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            prefix = [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             if caps:
                 prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
             cmd = prefix + ["--"] + cmd

@@ -34,6 +34,20 @@ class ContainmentView:
     plan: CgroupPlan
     decision: ModeDecision
 
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        """Controllers job cgroups would get (what setup enables)."""
+        return self.plan.enable if self.decision.mode == "cgroup" else ()
+
+    def limits_for(self, pc: PluginConfig | None, hard: dict[str, int | None]) -> LimitPlan:
+        return limits_of(pc, self.controllers, hard)
+
+
+def limits_of(pc: PluginConfig | None, controllers: tuple[str, ...], hard: dict[str, int | None]) -> LimitPlan:
+    lim = pc.limits if pc is not None else None
+    return plan_limits(lim.memory if lim else None, lim.pids if lim else None, lim.cpu if lim else None,
+                       controllers, hard)
+
 
 def assess_containment(config: Config) -> ContainmentView:
     """Which mode this process would run jobs in, without changing anything."""
@@ -45,7 +59,7 @@ def assess_containment(config: Config) -> ContainmentView:
     return ContainmentView(plan, choose_mode(configured, plan))
 
 
-def _hard_limits() -> dict[str, int | None]:
+def hard_limits() -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for name, res in (("nproc", resource.RLIMIT_NPROC), ("as", resource.RLIMIT_AS)):
         hard = resource.getrlimit(res)[1]
@@ -82,25 +96,25 @@ class Containment:
     hard: dict[str, int | None] = field(default_factory=dict)
     stale: list[tuple[str, int]] = field(default_factory=list)   # (cgroup, processes) killed at setup
 
-    @property
-    def mode(self) -> str:
-        return "cgroup" if self.instance is not None else "sweep"
+    instance_path: str = ""                 # kept after close, for the posture line
+    controllers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.instance is not None:
+            self.instance_path, self.controllers = self.instance.path, self.instance.controllers
 
     @property
-    def controllers(self) -> tuple[str, ...]:
-        return self.instance.controllers if self.instance is not None else ()
+    def mode(self) -> str:
+        return self.view.decision.mode
 
     def describe(self) -> str:
         """The containment part of the posture line."""
-        if self.instance is not None:
-            ctl = ",".join(self.instance.controllers) or "none"
-            return f"containment=cgroup ({self.instance.path}; controllers: {ctl})"
+        if self.mode == "cgroup":
+            return f"containment=cgroup ({self.instance_path}; controllers: {','.join(self.controllers) or 'none'})"
         return f"containment=sweep ({self.view.decision.reason})"
 
     def limits_for(self, pc: PluginConfig | None) -> LimitPlan:
-        lim = pc.limits if pc is not None else None
-        return plan_limits(lim.memory if lim else None, lim.pids if lim else None, lim.cpu if lim else None,
-                           self.controllers, self.hard)
+        return limits_of(pc, self.controllers, self.hard)
 
     def confinement_for(self, config: Config, plugin: str, resolved: ResolvedAccount) -> Confinement:
         limits = self.limits_for(config.plugins.get(plugin))
@@ -164,4 +178,4 @@ def setup_containment(config: Config, *, enforcing: bool) -> Containment:
                 raise BootRefused(f"cannot create the account lock directory {lock_dir}: {err.strerror}",
                                   where="state.path", fix="the state directory must exist and be writable by the "
                                   "gateway") from None
-    return Containment(ContainmentView(view.plan, decision), instance, lock_dir, _hard_limits(), stale)
+    return Containment(ContainmentView(view.plan, decision), instance, lock_dir, hard_limits(), stale)
