@@ -64,6 +64,8 @@ def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, 
         verdict = "BREACHED" if breaches else ("INCOMPLETE" if skipped or not report.accounts else "HELD")
         if not report.accounts:
             click.echo("no accounts are configured: there is no wall to verify")
+        c = report.containment
+        click.echo(f"containment: {c.get('mode')} ({c.get('reason')})")
         click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run "
                    f"(posture {report.assessment.verdict.posture}, gateway uid {report.assessment.gateway_uid})")
     ctx.exit(report.exit_code())

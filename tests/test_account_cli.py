@@ -46,11 +46,29 @@ def test_verify_holds_every_check(world: World) -> None:
         assert ("own state_dir", "WRITABLE") in verdicts
         assert ("capabilities", "ZERO") in verdicts and ("setuid(0)", "REFUSED") in verdicts
         assert all(c["ok"] is True for c in a["checks"]), a["checks"]
+        for check in (("session", "NEW SESSION"), ("controlling terminal", "NONE"), ("TIOCSTI", "REFUSED"),
+                      ("leftover processes", "KILLED")):
+            assert check in verdicts, (a["name"], check)
+    assert report["containment"]["mode"] == ("cgroup" if world.gateway_uid == 0 else "sweep"), report["containment"]
     ops = {c["label"]: c["verdict"] for c in by_name["ops"]["checks"]}
     assert ops["plugin probe"] == "EXECUTABLE" and ops["plugin probe interpreter"] == "EXECUTABLE"
     assert "plugin mark" in {c["label"] for c in by_name["default"]["checks"]}
     if world.gateway_uid:
         assert ("setuid(gateway)", "REFUSED") in {(c["label"], c["verdict"]) for c in by_name["ops"]["checks"]}
+
+
+def test_verify_proves_containment_from_an_operators_terminal(world: World) -> None:
+    """Under a pty (where /dev/tty would be the operator's terminal) the probe still has
+    none, cannot TIOCSTI, and the daemon it leaves is killed; the mode is named."""
+    from conftest import run_in_pty
+    from wallworld import WORLD_ENV
+
+    code, raw = run_in_pty(world.command("account", "verify", "ops"), env=WORLD_ENV, timeout=120)
+    text = raw.decode(errors="replace")
+    assert code == 0, text
+    assert "wall HELD" in text and "containment: " in text, text
+    for verdict in ("NEW SESSION", "NONE", "REFUSED", "KILLED"):
+        assert verdict in text, (verdict, text)
 
 
 def test_verify_reports_a_breach_and_exits_1(world: World) -> None:

@@ -41,6 +41,11 @@ TimeoutStopSec={stop_timeout}s
 UMask=0077
 # A core dump of the gateway would hold decrypted secrets.
 LimitCORE=0
+# Every job gets a cgroup of its own under this unit's cgroup, killed with cgroup.kill
+# when the job ends, however its processes forked or setsid'd (service.containment).
+# Delegate=yes hands the subtree (and its controllers, for plugins.<name>.limits) to the
+# gateway's user; without it the gateway falls back to sweeping each account's leftovers.
+Delegate=yes
 """
 
 CONFINED = """\
@@ -52,8 +57,9 @@ CONFINED = """\
 # binary. systemd grants them as *ambient* capabilities, which every child would inherit
 # (and a plugin holding CAP_SETUID could setuid(0)), so the gateway clears its ambient and
 # inheritable sets and sets no_new_privs before it spawns anything: plugins start with no
-# capabilities at all. No CAP_KILL either: a timed-out plugin is signalled by a helper
-# dropped to the plugin's own account, and systemd sweeps the cgroup on stop.
+# capabilities at all. No CAP_KILL either: a job ends with cgroup.kill on its own cgroup
+# (Delegate=yes), a timed-out plugin is signalled by a helper dropped to the plugin's own
+# account, and systemd sweeps the unit's cgroup on stop.
 #
 # Everything below also confines the plugins: they are children of this unit.
 """ + COMMON_HEAD + """\
@@ -81,7 +87,6 @@ PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
-ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 PrivateMounts=yes
@@ -98,6 +103,9 @@ PrivateMounts=yes
 # - PrivateNetwork=: the API listens and plugins talk to the network.
 # - SystemCallFilter=~@privileged: that group holds setgroups, setresuid and capset, the
 #   drop itself.
+# - ProtectControlGroups=: it mounts /sys/fs/cgroup read-only, the delegated subtree too,
+#   so jobs could not get cgroups of their own. Only the subtree Delegate=yes chowned to
+#   the gateway is writable; the rest of the hierarchy stays root's.
 
 # --- Kernel surface.
 LockPersonality=yes

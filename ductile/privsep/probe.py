@@ -3,17 +3,25 @@ plugin would try and reports what the kernel said. Standard library only; it mus
 import ductile, because it runs with the account's view of the filesystem.
 
 Request on stdin: {"deny": [{"label", "path"}], "writable": path, "exec": [{"label", "path"}],
-"gateway_uid": int, "expect": {"uid", "gid"}}. Response on stdout: {"checks": [...], "facts": {...}}.
-Every check states what was attempted; a check that could not be attempted says so.
+"gateway_uid": int, "gateway_sid": int, "expect": {"uid", "gid"}}. Response on stdout:
+{"checks": [...], "facts": {...}}. Every check states what was attempted; a check that could
+not be attempted says so.
+
+Containment: the probe starts a setsid'd double-fork escapee (its pid is in ``facts``) that
+the gateway must kill when the probe's job ends, and tries the terminal: ``/dev/tty`` and
+``TIOCSTI`` on its standard descriptors.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import sys
+import termios
+import time
 from typing import Any
 
 Check = dict[str, Any]
@@ -126,6 +134,58 @@ def try_exec(label: str, path: str) -> list[Check]:
     return out
 
 
+def try_session(gateway_sid: int | None) -> Check:
+    sid, pid = os.getsid(0), os.getpid()
+    ok = sid == pid and sid != gateway_sid
+    return check("session", f"getsid={sid}", "NEW SESSION", "NEW SESSION" if ok else "GATEWAY'S SESSION", ok,
+                 f"pid={pid} gateway sid={gateway_sid}")
+
+
+def try_terminal() -> list[Check]:
+    out = []
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+        os.close(fd)
+        out.append(check("controlling terminal", "/dev/tty", "NONE", "OPENED", False,
+                         "the account could reach the operator's terminal"))
+    except OSError as err:
+        ok = err.errno == errno.ENXIO
+        out.append(check("controlling terminal", "/dev/tty", "NONE", "NONE" if ok else "ERROR", ok if ok else None, ename(err)))
+    injected = []
+    for fd in (0, 1, 2):
+        try:
+            fcntl.ioctl(fd, termios.TIOCSTI, b" ")
+            injected.append(str(fd))
+        except OSError:
+            continue
+    out.append(check("TIOCSTI", "fds 0,1,2", "REFUSED", "INJECTED" if injected else "REFUSED", not injected,
+                     f"keystrokes pushed through fd {','.join(injected)}" if injected else ""))
+    return out
+
+
+def start_escapee() -> int | None:
+    """A daemon the way a hostile plugin makes one: fork, setsid, fork, close stdio."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                os.close(r)
+                for fd in (0, 1, 2):
+                    os.close(fd)
+                os.write(w, str(os.getpid()).encode())
+                os.close(w)
+                time.sleep(120)
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 32)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return int(data) if data else None
+
+
 def main() -> None:
     req = json.load(sys.stdin)
     st = status_fields()
@@ -151,8 +211,15 @@ def main() -> None:
     gw = req.get("gateway_uid")
     if gw not in (None, 0):
         checks.append(try_setuid("setuid(gateway)", gw))
-    facts = {"resuid": resuid, "resgid": resgid, "groups": groups, "cwd": os.getcwd(), "no_new_privs": st.get("NoNewPrivs"),
-             "env_keys": sorted(os.environ), "caps": caps}
+    checks.append(try_session(req.get("gateway_sid")))
+    checks.extend(try_terminal())
+    try:
+        with open("/proc/self/cgroup") as fh:
+            cgroup = fh.read().strip()
+    except OSError as err:
+        cgroup = f"unreadable: {ename(err)}"
+    facts = {"escapee": start_escapee(), "cgroup": cgroup, "resuid": resuid, "resgid": resgid, "groups": groups,
+             "cwd": os.getcwd(), "no_new_privs": st.get("NoNewPrivs"), "env_keys": sorted(os.environ), "caps": caps}
     json.dump({"status": "ok", "result": {"checks": checks, "facts": facts}}, sys.stdout)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 
 from ductile.config import LoadedConfig
-from ductile.findings import Finding
+from ductile.findings import Finding, Severity
 from ductile.interpreter import world_executable
 from ductile.lock import lock_states
 from ductile.privsep.accounts import resolve_account
 from ductile.privsep.probe import interpreter_of
 from ductile.runtime.boot import Assessment, assess, discover
+from ductile.runtime.confine import ContainmentView, assess_containment, hard_limits
+from ductile.vault.compose import principal_for
 
 
 def _interpreter_warning(plugin: str, entrypoint: str, account: str) -> Finding | None:
@@ -71,4 +73,47 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
                     out.append(Finding("warning", "privsep", f"plugins.{name}",
                                        f"plugin {name} is {state}: {why}, so its jobs run as `untrusted` (or fail without that tier)",
                                        f"review the plugin, then `ductile plugin lock {name}`"))
+    return out
+
+
+def containment_findings(loaded: LoadedConfig, view: ContainmentView | None = None,
+                         hard: dict[str, int | None] | None = None) -> list[Finding]:
+    """The containment mode this host gives (SPEC §5.9), what enforces each configured limit,
+    and accounts shared by plugins with different vault principals."""
+    cfg = loaded.config
+    view = view or assess_containment(cfg)
+    hard = hard_limits() if hard is None else hard
+    d = view.decision
+    out: list[Finding] = []
+    if d.refused:
+        out.append(Finding("error", "containment", "service.containment",
+                           f"service.containment is cgroup but {d.reason}: the gateway would refuse to start", d.fix))
+    elif d.mode == "sweep":
+        out.append(Finding("warning", "containment", "service.containment",
+                           f"containment: sweep — {d.reason}; a job's leftovers are killed only when no other job of its "
+                           "account runs, and limits fall back to rlimits",
+                           "give the gateway a cgroup v2 subtree: Delegate=yes in its unit (`ductile deploy render unit`), "
+                           "or service.cgroup_root"))
+    else:
+        out.append(Finding("info", "containment", "service.containment", f"containment: cgroup — {d.reason}", ""))
+    for name, pc in sorted(cfg.plugins.items()):
+        if pc.limits is None:
+            continue
+        for limit, how in view.limits_for(pc, hard).enforced.items():
+            severity: Severity = "warning" if how.startswith("NOT ENFORCED") else "info"
+            out.append(Finding(severity, "containment", f"plugins.{name}.limits.{limit}", f"{limit}: {how}",
+                               "delegate the controller to the gateway (systemd Delegate=yes)" if severity == "warning" else ""))
+    if cfg.accounts:
+        shared: dict[str, set[str]] = {}
+        for name, pc in sorted(cfg.plugins.items()):
+            resolved = resolve_account(cfg, name, True)
+            if pc.enabled and resolved.confined and resolved.name:
+                shared.setdefault(resolved.name, set()).add(principal_for(name, pc))
+        for account, principals in sorted(shared.items()):
+            if len(principals) > 1:
+                out.append(Finding("warning", "privsep", f"accounts.{account}",
+                                   f"account {account} runs plugins of {len(principals)} vault principals "
+                                   f"({', '.join(sorted(principals))}): they share a uid, so one plugin's job can read "
+                                   "another's request and secrets (ptrace, /proc/<pid>/fd/0)",
+                                   "give each secret-holding plugin an account of its own (plugins.<name>.run_as)"))
     return out

@@ -1,30 +1,38 @@
 """``account verify``: the wall test as an operator command (SPEC §5.8).
 
 For each account, a probe (``ductile/privsep/probe.py``) is spawned through the same
-``build_spawn_spec`` + ``spawn`` as every plugin and reports what the kernel let it do.
-The request (what to try) is built here from the config; the judging is the probe's own
-verdicts. A probe that could not run yields NOT RUN checks — never a pass.
+``build_spawn_spec`` + ``spawn`` as every plugin, under the same containment, and reports
+what the kernel let it do. The request (what to try) is built here from the config; the
+judging is the probe's own verdicts, plus one the gateway makes after the probe's job
+ended: the daemon the probe left behind (fork, setsid, fork) must be gone. A probe that
+could not run yields NOT RUN checks — never a pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from ductile.config import LoadedConfig
 from ductile.errors import DuctileError
 from ductile.interpreter import account_reachable_python
+from ductile.plugins.discovery import Discovery
 from ductile.privsep import kernel
 from ductile.privsep.accounts import ResolvedAccount, account, resolve_account
 from ductile.privsep.spawnspec import build_spawn_spec
 from ductile.runtime.boot import Assessment, assess, discover
+from ductile.runtime.confine import Containment, assess_containment, setup_containment
 from ductile.runtime.outcome import classify
 from ductile.runtime.spawn import spawn
 
 PROBE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "privsep", "probe.py")
 PROBE_TIMEOUT = 30.0
+ESCAPEE_GRACE = 5.0  # seconds for a killed escapee to die (a zombie counts as dead)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class AccountReport:
 class VerifyReport:
     assessment: Assessment
     accounts: tuple[AccountReport, ...]
+    containment: dict[str, Any] = field(default_factory=dict)
 
     def exit_code(self) -> int:
         """1 on any breach; 2 when something could not be checked (or nothing was); 0 only
@@ -64,10 +73,11 @@ class VerifyReport:
         return {"posture": v.posture, "cell": v.cell, "gateway_uid": self.assessment.gateway_uid,
                 "accounts": [{"name": a.name, "uid": a.uid, "gid": a.gid, "not_run": a.not_run, "checks": list(a.checks),
                               "facts": a.facts} for a in self.accounts],
-                "breaches": sum(len(a.breaches) for a in self.accounts)}
+                "breaches": sum(len(a.breaches) for a in self.accounts), "containment": self.containment}
 
 
-def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, str]], gateway_uid: int) -> dict[str, Any]:
+def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, str]], gateway_uid: int,
+                  gateway_sid: int | None = None) -> dict[str, Any]:
     """What the probe running as account ``name`` must be denied, may write, must execute."""
     cfg = loaded.config
     deny = [{"label": "age key", "path": cfg.secrets.age_key_file},
@@ -80,12 +90,36 @@ def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, 
     acct = cfg.accounts[name]
     return {"deny": deny, "writable": acct.state_dir,
             "exec": [{"label": f"plugin {p}", "path": path} for p, path in entrypoints],
-            "gateway_uid": gateway_uid, "expect": {"uid": acct.uid, "gid": acct.gid}}
+            "gateway_uid": gateway_uid, "gateway_sid": gateway_sid, "expect": {"uid": acct.uid, "gid": acct.gid}}
 
 
 def _not_run(resolved: ResolvedAccount, why: str) -> AccountReport:
     assert resolved.name and resolved.uid and resolved.gid
     return AccountReport(resolved.name, resolved.uid, resolved.gid, (), not_run=why)
+
+
+def escapee_check(pid: Any, mode: str, swept: bool) -> dict[str, Any]:
+    """The probe's daemon must not outlive the probe's job. In sweep mode with another job
+    of the account running somewhere, the sweep waits for that job: not checked, not a pass."""
+    label, expect = "leftover processes", "KILLED"
+    if not isinstance(pid, int):
+        return {"label": label, "path": "fork+setsid daemon", "expect": expect, "verdict": "NOT STARTED", "ok": None,
+                "detail": "the probe could not start its daemon"}
+    deadline = time.monotonic() + ESCAPEE_GRACE
+    while True:
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if not gone and mode == "sweep" and not swept:
+        return {"label": label, "path": f"fork+setsid daemon pid {pid}", "expect": expect, "verdict": "DEFERRED",
+                "ok": None, "detail": "another job of this account runs; it is swept when that job ends"}
+    return {"label": label, "path": f"fork+setsid daemon pid {pid}", "expect": expect,
+            "verdict": "KILLED" if gone else "SURVIVED", "ok": gone,
+            "detail": f"containment {mode}" + ("" if gone else ": a daemon outlived its job")}
 
 
 def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> VerifyReport:
@@ -97,15 +131,31 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
     discovery = discover(loaded)
     assessment = assess(loaded)
     targets = [account(cfg, n, "granted") for n in sorted(names or cfg.accounts)]
-    reports = []
     python = account_reachable_python()
     why = ""
     if not assessment.capability:
         why = "this process cannot drop privileges (run as root or with CAP_SETUID+CAP_SETGID)"
     elif python is None:
         why = "no Python interpreter is reachable by accounts (see deploy/find-python.sh)"
+    containment: Containment | None = None
     if not why:
         kernel.harden_gateway()
+        containment = setup_containment(cfg, enforcing=True)
+    try:
+        reports = _probe_all(loaded, targets, discovery, assessment, python, why, containment)
+    finally:
+        if containment is not None:
+            containment.close()
+    view = containment.view if containment is not None else assess_containment(cfg)
+    info = {"mode": view.decision.mode, "reason": view.decision.reason,
+            "cgroup": containment.instance_path if containment is not None else ""}
+    return VerifyReport(assessment, tuple(reports), info)
+
+
+def _probe_all(loaded: LoadedConfig, targets: list[ResolvedAccount], discovery: Discovery, assessment: Assessment,
+               python: str | None, why: str, containment: Containment | None) -> list[AccountReport]:
+    cfg = loaded.config
+    reports = []
     for resolved in targets:
         if why:
             reports.append(_not_run(resolved, why))
@@ -113,11 +163,12 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
         entrypoints = sorted(
             (p, plugin.entrypoint) for p, plugin in discovery.plugins.items()
             if p in cfg.plugins and cfg.plugins[p].enabled and resolve_account(cfg, p, True).name == resolved.name)
-        request = probe_request(loaded, resolved.name or "", entrypoints, assessment.gateway_uid)
+        request = probe_request(loaded, resolved.name or "", entrypoints, assessment.gateway_uid, os.getsid(0))
+        conf = containment.confinement_for(cfg, "", resolved) if containment is not None else None
         try:
             spec = build_spawn_spec(resolved, PROBE, cfg.service, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                                     timeout=PROBE_TIMEOUT, unconfined_workdir="/", gateway_uid=assessment.gateway_uid,
-                                    program=(python or "", "-I", "-S", PROBE))
+                                    program=(python or "", "-I", "-S", PROBE), confinement=conf)
             raw = spawn(spec, json.dumps(request).encode())
         except DuctileError as err:
             reports.append(_not_run(resolved, err.one_line()))
@@ -128,6 +179,7 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
             continue
         result = outcome.response.result
         assert resolved.name and resolved.uid and resolved.gid
-        reports.append(AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(result.get("checks", [])),
-                                     facts=result.get("facts", {})))
-    return VerifyReport(assessment, tuple(reports))
+        facts = result.get("facts", {})
+        checks = [*result.get("checks", []), escapee_check(facts.get("escapee"), spec.confinement.mode, raw.swept)]
+        reports.append(AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(checks), facts=facts))
+    return reports
