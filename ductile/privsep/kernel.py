@@ -25,6 +25,7 @@ from ductile.errors import BootRefused
 from ductile.privsep.caps import ProcStatus, has_drop_capability, parse_status
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -85,6 +86,11 @@ def set_child_subreaper() -> None:
     """Orphans of our children (a plugin's double-fork daemon) re-parent to the gateway
     instead of PID 1: the gateway can find and reap them (see runtime/jobcontain.py)."""
     _check(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def is_child_subreaper() -> bool:
+    flag = ctypes.c_int(0)
+    return _libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
 
 
 def set_no_new_privs() -> None:

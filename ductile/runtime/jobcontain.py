@@ -10,6 +10,13 @@ takes ``LOCK_EX|LOCK_NB`` and only then kills every process of the account. The 
 live in the gateway's own 0700 directory: an account cannot take the lock itself to keep
 its leftovers alive.
 
+The sweep after a job is cheap when nothing can be left: the gateway is a child subreaper,
+so every process a job leaves behind is the gateway's descendant and, once the job's leader
+is reaped, some leftover is the gateway's direct child. No child at all (``waitid`` says
+ECHILD) proves the job left nothing; otherwise the job marks the account's lock file
+"dirty" and whoever next holds it exclusively runs the kill helper and clears the mark (a
+job that could not sweep because another job of the account runs leaves the mark for it).
+
 Why ``kill -KILL -1`` run *as the account* (the kill helper): it is the only complete
 sweep (it reaches processes that left the process group and the session, and double-fork
 daemons re-parented anywhere), and it can signal exactly what the account could, nothing
@@ -25,6 +32,7 @@ from types import TracebackType
 
 import psutil
 
+from ductile.privsep import kernel
 from ductile.runtime.launch import registry, run_helper
 
 KILL_HELPER = "/bin/kill"
@@ -79,6 +87,16 @@ class AccountLock:
             return False
         return True
 
+    def mark_dirty(self) -> None:
+        """Leftovers may exist: the next exclusive holder must sweep."""
+        os.pwrite(self.fd, b"1", 0)
+
+    def is_dirty(self) -> bool:
+        return os.pread(self.fd, 1, 0) == b"1"
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -101,9 +119,15 @@ def account_processes(uid: int) -> list[int]:
     return out
 
 
-def sweep_account(uid: int, gid: int) -> int:
-    """Kill every process of the account (kill -KILL -1 as the account). Returns how many
-    there were. Call only while holding the account's lock exclusively."""
+def sweep_account(uid: int, gid: int, *, count: bool = True) -> int:
+    """Kill every process of the account (kill -KILL -1 as the account). Call only while
+    holding the account's lock exclusively. ``count``: find out first how many there are
+    (a scan of every process: boot and shutdown); without it the helper always runs — a
+    fork+exec, whatever the number of processes on the host (after every job) — and the
+    result is -1 (not counted)."""
+    if not count:
+        run_helper([KILL_HELPER, "-KILL", "--", "-1"], uid=uid, gid=gid)
+        return -1
     left = account_processes(uid)
     if left:
         run_helper([KILL_HELPER, "-KILL", "--", "-1"], uid=uid, gid=gid)
@@ -115,20 +139,50 @@ def sweep_if_alone(path: str, uid: int, gid: int) -> int | None:
     with AccountLock(path) as lock:
         if not lock.try_exclusive():
             return None
-        return sweep_account(uid, gid)
+        n = sweep_account(uid, gid)
+        lock.clear()
+        return n
+
+
+def no_leftovers_possible() -> bool:
+    """True only when this process is a subreaper and has no child at all: then the job
+    just reaped left nothing behind (see the module doc)."""
+    if not kernel.is_child_subreaper():
+        return False
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def end_of_job_sweep(lock: AccountLock, uid: int, gid: int) -> bool | None:
+    """After a job in sweep mode: True when the account was swept, False when nothing could
+    be left, None when another job of the account runs (the sweep is left to it)."""
+    if not no_leftovers_possible():
+        lock.mark_dirty()
+    if not lock.try_exclusive():
+        return None
+    if not lock.is_dirty():
+        return False
+    sweep_account(uid, gid, count=False)
+    lock.clear()
+    return True
 
 
 def session_members(leader: int, uid: int) -> list[int]:
     """Live processes of ``uid`` still in the job's session or process group (the leader's
-    pid is both ids: every job starts a new session)."""
+    pid is both ids: every job starts a new session). Session and group ids first (two
+    syscalls a pid), process details only for those: cheap on a busy host."""
     out = []
-    for p in psutil.process_iter(["status", "uids"], ad_value=None):
-        if p.info["status"] == psutil.STATUS_ZOMBIE or p.info["uids"] is None or p.info["uids"].real != uid:
-            continue
+    for pid in psutil.pids():
         try:
-            if os.getsid(p.pid) == leader or os.getpgid(p.pid) == leader:
-                out.append(p.pid)
-        except OSError:
+            if os.getsid(pid) != leader and os.getpgid(pid) != leader:
+                continue
+            proc = psutil.Process(pid)
+            if proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except (OSError, psutil.Error):
             continue
     return out
 
@@ -153,16 +207,30 @@ def kill_session(leader: int, uid: int | None, gid: int | None) -> int:
     return len(members)
 
 
+def _zombie_child() -> int | None:
+    """Peek (without reaping) at one exited child: one syscall, no scan."""
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return info.si_pid if info is not None else None
+
+
 def reap_orphans() -> int:
     """Collect zombie children the gateway inherited as a subreaper (never one a Popen
     still waits for). Returns how many."""
     lock, tracked = registry()
     reaped = 0
     with lock:
-        try:
+        while (pid := _zombie_child()) is not None and pid not in tracked:
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
+        if pid is None:
+            return reaped
+        try:  # a Popen's own exited child is first in line: look past it
             children = psutil.Process().children()
         except psutil.Error:
-            return 0
+            return reaped
         for child in children:
             if child.pid in tracked:
                 continue

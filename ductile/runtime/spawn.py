@@ -159,11 +159,15 @@ def _end_job(spec: SpawnSpec, proc: subprocess.Popen[bytes] | None, job_cg: cgro
             oom = job_cg.oom_killed()
             ended = _Ended(False, job_cg.end(), oom)
         elif proc is not None:
-            if spec.drops and lock is not None and lock.try_exclusive():
+            _collect(proc)  # the leader first: what remains is the job's leftovers
+            swept = None
+            if spec.drops and lock is not None:
                 assert spec.uid is not None and spec.gid is not None
-                ended = _Ended(True, jobcontain.sweep_account(spec.uid, spec.gid))
-            else:
+                swept = jobcontain.end_of_job_sweep(lock, spec.uid, spec.gid)
+            if swept is None:  # another job of the account runs (or unconfined): this job's session
                 ended = _Ended(False, jobcontain.kill_session(proc.pid, spec.uid, spec.gid))
+            else:
+                ended = _Ended(swept)
         if proc is not None:
             _collect(proc)
     finally:
