@@ -47,9 +47,11 @@ def test_verify_holds_every_check(world: World) -> None:
         assert ("capabilities", "ZERO") in verdicts and ("setuid(0)", "REFUSED") in verdicts
         assert all(c["ok"] is True for c in a["checks"]), a["checks"]
         for check in (("session", "NEW SESSION"), ("controlling terminal", "NONE"), ("TIOCSTI", "REFUSED"),
-                      ("leftover processes", "KILLED")):
+                      ("leftover processes", "KILLED"), ("landlock read", "DENIED"), ("landlock connect", "DENIED"),
+                      ("landlock signal", "DENIED")):
             assert check in verdicts, (a["name"], check)
     assert report["containment"]["mode"] == ("cgroup" if world.gateway_uid == 0 else "sweep"), report["containment"]
+    assert report["containment"]["landlock_abi"] >= 6  # this host: 7
     ops = {c["label"]: c["verdict"] for c in by_name["ops"]["checks"]}
     assert ops["plugin probe"] == "EXECUTABLE" and ops["plugin probe interpreter"] == "EXECUTABLE"
     assert "plugin mark" in {c["label"] for c in by_name["default"]["checks"]}

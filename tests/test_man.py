@@ -30,7 +30,7 @@ import pytest
 from conftest import REPO
 
 from ductile.cli import ENTRY_POINT_GROUP, cli
-from ductile.config.decode import hints_of, is_optional
+from ductile.config.decode import alternatives, hints_of, is_optional
 from ductile.config.model import Config
 from ductile.config.units import format_duration
 
@@ -402,6 +402,9 @@ def model_keys(cls: type = Config, prefix: str = "") -> list[Key]:
         hint = is_optional(hints_of(cls)[f.name])[1]
         path = f"{prefix}{f.name}"
         out.append(Key(path, hint, f, cls))
+        members = [a for a in alternatives(hint) if dataclasses.is_dataclass(a)] if len(alternatives(hint)) > 1 else []
+        for member in members:  # `filesystem: unrestricted` or a mapping: document the mapping's keys
+            out += model_keys(member, path + ".")
         if dataclasses.is_dataclass(hint):
             out += model_keys(hint, path + ".")  # type: ignore[arg-type]
         elif get_origin(hint) is tuple and dataclasses.is_dataclass(get_args(hint)[0]):

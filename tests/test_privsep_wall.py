@@ -28,7 +28,7 @@ MODES = ["root", "cap-only"]
 def world(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     require_root()
     w = make_world(0 if request.param == "root" else None, ["default", "untrusted", "sibling"],
-                   {"probe": "{run_as: default, timeouts: {poll: 30s}}",
+                   {"probe": "{run_as: default, timeouts: {poll: 30s}, filesystem: unrestricted}",  # the uid wall alone
                     "hang": "{run_as: untrusted, timeouts: {poll: 1s}}"},
                    {"probe": PROBE_PLUGIN, "hang": HANG_PLUGIN})
     w.mode = request.param  # type: ignore[attr-defined]

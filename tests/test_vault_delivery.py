@@ -49,6 +49,11 @@ def world(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
                    {"snoop": SNOOP_PLUGIN, "keyed": SNOOP_PLUGIN})
     w.values = {"api-key": "v1-" + secrets.token_hex(16), "db-pass": "v2-" + secrets.token_hex(16),  # type: ignore[attr-defined]
                 "other": "v3-" + secrets.token_hex(16)}
+    drop = w.base / "drop"  # where the snoop plugin may leave the gateway's pid (its Landlock write rule)
+    drop.mkdir(mode=0o1777)
+    os.chmod(drop, 0o1777)
+    w.plugins["snoop"] = f"{{run_as: default, filesystem: {{write: [{drop}]}}}}"
+    w.write_config()
     for args, value in [(("principal", "add", "snoop"), None), (("principal", "add", "stranger"), None),
                         (("set", "api-key", "--grant", "snoop"), w.values["api-key"]),  # type: ignore[attr-defined]
                         (("set", "db-pass", "--grant", "snoop"), w.values["db-pass"]),  # type: ignore[attr-defined]
@@ -72,8 +77,7 @@ def test_confined_plugin_receives_exactly_its_grants(world: World) -> None:
 
 
 def test_values_never_leave_stdin(world: World) -> None:
-    pidfile = world.base / "gateway.pid"
-    os.chmod(world.base, 0o1777)
+    pidfile = world.base / "drop" / "gateway.pid"
     seen: dict[str, bytes] = {}
 
     def watch() -> None:

@@ -215,6 +215,7 @@ class World:
     extra_config: str = ""
     plugins: dict[str, str] = field(default_factory=dict)
     cgroup: Path | None = None  # the gateway starts in this (delegated) cgroup
+    proc_plugins: set[str] = field(default_factory=set)  # plugins whose code reads /proc: granted it
 
     @property
     def etc(self) -> Path:
@@ -237,7 +238,7 @@ class World:
 
     def config_text(self) -> str:
         accts = "\n".join(f"  {n}: {{uid: {u}, gid: {u}, state_dir: {self.state_dir(n)}}}" for n, u in self.accounts.items())
-        plugins = "\n".join(f"  {p}: {body}" for p, body in self.plugins.items())
+        plugins = "\n".join(f"  {p}: {self.grant(p, body)}" for p, body in self.plugins.items())
         return textwrap.dedent(f"""\
             service: {{kill_grace: 1s}}
             state: {{path: {self.db}}}
@@ -245,6 +246,14 @@ class World:
             plugin_roots: [{self.base / 'plugins'}]
             api: {{enabled: false}}
             """) + (f"accounts:\n{accts}\n" if self.accounts else "") + (f"plugins:\n{plugins}\n" if plugins else "") + self.extra_config
+
+    def grant(self, plugin: str, body: str) -> str:
+        """A plugin that reads /proc needs the Landlock rule an operator would add for it."""
+        if plugin not in self.proc_plugins or "filesystem" in body:
+            return body
+        rule = "filesystem: {read: [/proc]}"
+        inner = body.strip()[1:-1].strip()
+        return "{" + (inner + ", " if inner else "") + rule + "}"
 
     def write_config(self) -> None:
         (self.etc / "config.yaml").write_text(self.config_text())
@@ -279,7 +288,8 @@ def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, 
     gw = ids[-1] if gateway_uid is None else gateway_uid
     base = Path(tempfile.mkdtemp(prefix="ductile-wall-", dir="/tmp"))
     os.chmod(base, 0o711)
-    world = World(base, gw, dict(zip(accounts, ids)), plugins=plugins)
+    world = World(base, gw, dict(zip(accounts, ids)), plugins=plugins,
+                  proc_plugins={n for n, src in (plugin_sources or {}).items() if "/proc/" in src})
     for d, mode in [("etc", 0o700), ("etc/secret", 0o700), ("state", 0o700), ("accounts", 0o711), ("plugins", 0o755)]:
         (base / d).mkdir(mode=mode)
         os.chmod(base / d, mode)

@@ -60,11 +60,17 @@ def hints_of(cls: type) -> dict[str, Any]:
 
 
 def is_optional(hint: Any) -> tuple[bool, Any]:
+    """(None allowed, the hint without None): ``X | None`` -> X; ``X | Y | None`` -> X | Y."""
     if get_origin(hint) in (Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
-        if len(args) == 1 and len(get_args(hint)) == 2:
-            return True, args[0]
+        if len(args) < len(get_args(hint)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]
     return False, hint
+
+
+def alternatives(hint: Any) -> tuple[Any, ...]:
+    """The members of a union hint (after ``is_optional``), or ``(hint,)``."""
+    return get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
 
 
 _PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])"
@@ -124,6 +130,8 @@ class Decoder:
             self.problem(path, "must not be empty (null)", "give it a value or remove the key to use the default")
             return None
         hint = inner
+        if len(alternatives(hint)) > 1:
+            return self._union(alternatives(hint), value, meta, path)
         origin = get_origin(hint)
         if dataclasses.is_dataclass(hint):
             return self.decode(hint, value, path)  # type: ignore[arg-type]
@@ -138,6 +146,22 @@ class Decoder:
         if origin is dict:
             return self._mapping(get_args(hint)[1], value, meta, path)
         return self._scalar(hint, value, meta, path)
+
+    def _union(self, alts: tuple[Any, ...], value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        """A value that may take one of several shapes (``filesystem: unrestricted`` or a
+        mapping): the shape of the YAML value picks the alternative."""
+        for alt in alts:
+            if isinstance(value, dict) and (dataclasses.is_dataclass(alt) or get_origin(alt) is dict):
+                return self.convert(alt, value, meta, path)
+            if isinstance(value, str) and get_origin(alt) is Literal and value in get_args(alt):
+                return value
+            if isinstance(value, list) and get_origin(alt) is tuple:
+                return self.convert(alt, value, meta, path)
+        words = [f"'{c}'" for alt in alts if get_origin(alt) is Literal for c in get_args(alt)]
+        words += ["a mapping" for alt in alts if dataclasses.is_dataclass(alt)]
+        self.problem(path, f"must be {' or '.join(words)}; got {type_name(value)} {value!r}",
+                     f"write {' or '.join(words)}")
+        return None
 
     def _sequence(self, item: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
         if not isinstance(value, list):

@@ -100,6 +100,11 @@ class ServiceConfig:
         ("/usr/local/bin", "/usr/bin", "/bin"), doc="PATH given to plugins; directories an account cannot "
         "traverse are left out.", kind="abspath",
     )
+    # -- Landlock (SPEC §5.10) --
+    require_landlock: bool = spec(
+        False, doc="Refuse to start when the kernel has no Landlock (otherwise doctor warns and plugins run "
+                   "without a filesystem allowlist).",
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,22 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class FilesystemConfig:
+    read: tuple[str, ...] = spec(
+        (), doc="Paths the plugin may read and execute, beyond the default allowlist.", kind="abspath",
+    )
+    write: tuple[str, ...] = spec(
+        (), doc="Paths the plugin may also create, change and remove files in.", kind="abspath",
+    )
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    connect: tuple[int, ...] = spec((), doc="TCP ports the plugin may connect to.", minimum=1, maximum=65535)
+    bind: tuple[int, ...] = spec((), doc="TCP ports the plugin may bind (0: an ephemeral port).", minimum=0, maximum=65535)
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     enabled: bool = spec(True, doc="Disabled plugins are never run.")
     run_as: str | None = spec(None, doc="Account grant; must name a defined account.", pattern=ACCOUNT_NAME)
@@ -177,6 +198,14 @@ class PluginConfig:
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
     config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
     limits: LimitsConfig | None = spec(None, doc="Per-job resource limits: memory, pids, cpu.")
+    filesystem: FilesystemConfig | Literal["unrestricted"] | None = spec(
+        None, doc="Paths added to the plugin's Landlock allowlist ({read, write}), or `unrestricted` to run "
+                  "without one (logged at WARN).",
+    )
+    network: NetworkConfig | None = spec(
+        None, doc="TCP ports the plugin may connect to and bind (Landlock ABI 4); absent: the network is not "
+                  "restricted.",
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, get_args, get_origin
 
-from ductile.config.decode import CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, hints_of, is_optional
+from ductile.config.decode import CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, alternatives, hints_of, is_optional
 from ductile.config.model import Config
 from ductile.config.units import DURATION_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
 
@@ -53,12 +53,14 @@ def _leaf(hint: Any, meta: dict[str, Any]) -> dict[str, Any]:
 def _node(hint: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     optional, hint = is_optional(hint)
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if len(alternatives(hint)) > 1:
+        node: dict[str, Any] = {"anyOf": [_node(alt, meta, defs) for alt in alternatives(hint)]}
+    elif dataclasses.is_dataclass(hint):
         name = hint.__name__  # type: ignore[union-attr]
         if name not in defs:
             defs[name] = {}  # reserve against recursion
             defs[name] = _object(hint, defs)  # type: ignore[arg-type]
-        node: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
+        node = {"$ref": f"#/$defs/{name}"}
     elif origin is Literal:
         node = {"enum": list(get_args(hint))}
     elif origin is tuple:

@@ -163,6 +163,55 @@ def try_terminal() -> list[Check]:
     return out
 
 
+def try_landlock(req: dict[str, Any]) -> list[Check]:
+    """What the job's Landlock ruleset must refuse: a world-readable file outside it, a TCP
+    connect to a port it does not list, a signal to a process of the same account outside
+    the job. Where the kernel's ABI cannot enforce one, it is NOT ENFORCED (not checked)."""
+    abi = int(req.get("abi") or 0)
+    out: list[Check] = []
+
+    def verdict(label: str, target: str, need: int, denied: bool | None, detail: str) -> Check:
+        if abi < need:
+            return check(label, target, "DENIED", "NOT ENFORCED", None, f"needs Landlock ABI {need}, kernel has {abi}")
+        if denied is None:
+            return check(label, target, "DENIED", "ERROR", None, detail)
+        return check(label, target, "DENIED", "DENIED" if denied else "ALLOWED", denied, detail)
+
+    path = req.get("read")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+            out.append(verdict("landlock read", path, 1, False, "world-readable file outside the allowlist was read"))
+        except OSError as err:
+            out.append(verdict("landlock read", path, 1, err.errno == errno.EACCES if err.errno != errno.ENOENT else None,
+                               ename(err)))
+    port = req.get("connect_port")
+    if port:
+        import socket
+
+        s = socket.socket()
+        try:
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            out.append(verdict("landlock connect", f"tcp 127.0.0.1:{port}", 4, False, "connected to an unlisted port"))
+        except OSError as err:
+            out.append(verdict("landlock connect", f"tcp 127.0.0.1:{port}", 4, err.errno == errno.EACCES, ename(err)))
+        finally:
+            s.close()
+    pid = req.get("signal_pid")
+    if pid:
+        try:
+            os.kill(pid, 0)
+            out.append(verdict("landlock signal", f"pid {pid} (same account, another job)", 6, False, "signalled it"))
+        except OSError as err:
+            out.append(verdict("landlock signal", f"pid {pid} (same account, another job)", 6,
+                               err.errno == errno.EPERM if err.errno != errno.ESRCH else None, ename(err)))
+    if abi <= 0:
+        out.append(check("landlock", "kernel", "ENFORCED", "ABSENT", None, "this kernel has no Landlock"))
+    return out
+
+
 def start_escapee() -> int | None:
     """A daemon the way a hostile plugin makes one: fork, setsid, fork, close stdio."""
     r, w = os.pipe()
@@ -213,6 +262,8 @@ def main() -> None:
         checks.append(try_setuid("setuid(gateway)", gw))
     checks.append(try_session(req.get("gateway_sid")))
     checks.extend(try_terminal())
+    if "landlock" in req:
+        checks.extend(try_landlock(req["landlock"]))
     try:
         with open("/proc/self/cgroup") as fh:
             cgroup = fh.read().strip()

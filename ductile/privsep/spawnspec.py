@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ductile.config.model import ServiceConfig
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.env import FALLBACK_PATH, PRIVATE_TMP, build_env
+from ductile.privsep.landlock import Ruleset
 
 TRAMPOLINE = "/bin/sh"
 TRAMPOLINE_NAME = "ductile-spawn"   # the trampoline's $0: every line it (or sh) prints starts with it
@@ -80,7 +80,7 @@ class Confinement:
     cgroup_files: tuple[tuple[str, str], ...] = ()     # limits written into the job cgroup
     rlimits: tuple[tuple[str, int], ...] = (("core", 0),)
     lock_path: str | None = None                       # the account's lock, held shared while the job runs
-    landlock: Any = None                               # a landlock.Ruleset, or None
+    landlock: Ruleset | None = None                    # applied by the spawn edge before exec
     limits: dict[str, str] = field(default_factory=dict)  # limit -> what enforces it, for reports
 
     @property

@@ -25,7 +25,7 @@ from ductile.privsep.reconcile import Action, Plan, paths_to_snapshot, plan_reco
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.spawnspec import Confinement
 from ductile.privsep.surface import account_dirs, secret_surface
-from ductile.runtime.confine import Containment, setup_containment
+from ductile.runtime.confine import Containment, check_landlock, plugin_facts, setup_containment
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Runtime:
     hardening: kernel.Hardening | None = None
     gateway_env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
     containment: Containment | None = None
+    warnings: list[str] = field(default_factory=list)   # logged at WARN by plugin run and serve
 
     @property
     def config(self) -> Config:
@@ -79,7 +80,12 @@ class Runtime:
         """What encloses a job of ``plugin`` run as ``resolved`` (None before containment is set up)."""
         if self.containment is None:
             return None
-        return self.containment.confinement_for(self.config, plugin, resolved)
+        found = self.plugins.get(plugin)
+        facts = None
+        if found is not None:
+            path = self.config.service.plugin_path
+            facts = plugin_facts(found.directory, found.entrypoint, ":".join(path))
+        return self.containment.confinement_for(self.config, plugin, resolved, facts)
 
     def close(self) -> None:
         """Remove this process's job cgroups; safe to call twice."""
@@ -124,4 +130,10 @@ def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
         assert assessment.plan is not None
         runtime.applied = tuple(fsapply.apply_plan(assessment.plan))
     runtime.containment = setup_containment(loaded.config, enforcing=assessment.enforcing)
+    if assessment.enforcing:
+        try:
+            runtime.warnings += check_landlock(loaded, runtime.containment.landlock_abi)
+        except BaseException:
+            runtime.close()
+            raise
     return runtime

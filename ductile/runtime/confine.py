@@ -1,6 +1,7 @@
 """Containment for one gateway process: decided at boot from the same pure planner doctor
-uses, set up once (cgroup instance, subreaper, lock directory), turned into a per-job
-``Confinement`` (the data the spawn edge carries out), and torn down at exit.
+uses, set up once (cgroup instance, subreaper, lock directory, the kernel's Landlock ABI),
+turned into a per-job ``Confinement`` (the data the spawn edge carries out: cgroup, limits,
+lock, Landlock ruleset), and torn down at exit.
 
 ``assess_containment`` reads facts and decides without changing anything (doctor,
 ``account explain``); ``setup_containment`` carries the decision out (``plugin run``,
@@ -12,16 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ductile.config import LoadedConfig
 from ductile.config.model import Config, PluginConfig
-from ductile.errors import BootRefused
-from ductile.privsep import cgroup, kernel
+from ductile.errors import BootRefused, ConfigError
+from ductile.findings import Finding
+from ductile.privsep import cgroup, kernel, landlock, landlock_linux
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.containment import CgroupPlan, LimitPlan, ModeDecision, choose_mode, plan_cgroup, plan_limits
 from ductile.privsep.env import DirFacts, plugin_path
 from ductile.privsep.spawnspec import Confinement
+from ductile.privsep.surface import secret_surface
 from ductile.runtime import jobcontain
 
 log = logging.getLogger("ductile.runtime")
@@ -88,6 +93,37 @@ def account_path(dirs: Sequence[str], uid: int | None, gid: int | None) -> str:
     return plugin_path(dirs, uid, gid, chains)
 
 
+def _shebang(entrypoint: str) -> list[str]:
+    try:
+        with open(entrypoint, "rb") as fh:
+            head = fh.readline(256)
+    except OSError:
+        return []
+    return head[2:].decode("utf-8", "replace").split() if head.startswith(b"#!") else []
+
+
+def plugin_facts(directory: str, entrypoint: str, path: str) -> landlock.PluginFacts:
+    """The plugin's directory, its #! interpreter's prefix and venv (env-style #! lines
+    are resolved through the plugin's own PATH)."""
+    words = _shebang(entrypoint)
+    interp = words[0] if words else None
+    if interp and os.path.basename(interp) == "env":
+        name = next((w for w in words[1:] if not w.startswith("-") and "=" not in w), None)
+        interp = shutil.which(name, path=path) if name else None
+    if not interp:
+        return landlock.PluginFacts(directory)
+    real = os.path.realpath(interp)
+    venv = os.path.dirname(os.path.dirname(interp))
+    return landlock.PluginFacts(directory, os.path.dirname(os.path.dirname(real)),
+                                venv if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) else None)
+
+
+def landlock_findings(loaded: LoadedConfig) -> list[Finding]:
+    """``plugins.<n>.filesystem`` rules checked against the secret surface and the disk."""
+    secrets = [(s.role, s.path) for s in secret_surface(loaded)]
+    return landlock.rule_findings(loaded.config.plugins, secrets, os.path.exists)
+
+
 @dataclass
 class Containment:
     view: ContainmentView
@@ -98,6 +134,7 @@ class Containment:
 
     instance_path: str = ""                 # kept after close, for the posture line
     controllers: tuple[str, ...] = ()
+    landlock_abi: int = 0
 
     def __post_init__(self) -> None:
         if self.instance is not None:
@@ -108,23 +145,38 @@ class Containment:
         return self.view.decision.mode
 
     def describe(self) -> str:
-        """The containment part of the posture line."""
+        """The containment and Landlock part of the posture line."""
         if self.mode == "cgroup":
-            return f"containment=cgroup ({self.instance_path}; controllers: {','.join(self.controllers) or 'none'})"
-        return f"containment=sweep ({self.view.decision.reason})"
+            text = f"containment=cgroup ({self.instance_path}; controllers: {','.join(self.controllers) or 'none'})"
+        else:
+            text = f"containment=sweep ({self.view.decision.reason})"
+        return text + "; " + describe_landlock(self.landlock_abi)
 
     def limits_for(self, pc: PluginConfig | None) -> LimitPlan:
         return limits_of(pc, self.controllers, self.hard)
 
-    def confinement_for(self, config: Config, plugin: str, resolved: ResolvedAccount) -> Confinement:
-        limits = self.limits_for(config.plugins.get(plugin))
+    def confinement_for(self, config: Config, plugin: str, resolved: ResolvedAccount,
+                        facts: landlock.PluginFacts | None = None, *, filesystem: object = None,
+                        network: object = None) -> Confinement:
+        """What encloses one job. ``facts``: the plugin's directory and interpreter, for its
+        Landlock ruleset (None: no ruleset); ``filesystem``/``network`` default to the
+        plugin's config (``account verify`` passes its probe's own)."""
+        pc = config.plugins.get(plugin)
+        limits = self.limits_for(pc)
         lock = None
+        path = account_path(config.service.plugin_path, resolved.uid, resolved.gid)
+        ruleset = None
         if resolved.confined and self.lock_dir is not None and resolved.uid is not None:
             lock = jobcontain.lock_path(self.lock_dir, resolved.uid)
+        if resolved.confined and facts is not None and resolved.state_dir is not None:
+            fs = filesystem if filesystem is not None else (pc.filesystem if pc is not None else None)
+            net = network if network is not None else (pc.network if pc is not None else None)
+            ruleset = landlock.build_ruleset(self.landlock_abi, facts, resolved.state_dir,
+                                             [d for d in path.split(":") if d], fs, net, os.path.exists)
         return Confinement(
-            path=account_path(config.service.plugin_path, resolved.uid, resolved.gid),
-            cgroup_parent=self.instance.path if self.instance is not None else None,
-            cgroup_files=limits.cgroup_files, rlimits=limits.rlimits, lock_path=lock, limits=limits.enforced,
+            path=path, cgroup_parent=self.instance.path if self.instance is not None else None,
+            cgroup_files=limits.cgroup_files, rlimits=limits.rlimits, lock_path=lock, landlock=ruleset,
+            limits=limits.enforced,
         )
 
     def sweep_accounts(self, config: Config) -> list[tuple[str, int | None]]:
@@ -145,6 +197,27 @@ class Containment:
             except OSError as err:  # the next gateway on this base removes it (reap_stale)
                 log.warning("could not remove the cgroup %s: %s", self.instance.path, err.strerror)
             self.instance = None
+
+
+def describe_landlock(abi: int) -> str:
+    if abi <= 0:
+        return "landlock=absent (no filesystem allowlist)"
+    return f"landlock=abi{abi} ({landlock.enforced_kinds(abi)})"
+
+
+def check_landlock(loaded: LoadedConfig, abi: int) -> list[str]:
+    """Refuse (ConfigError / BootRefused) what must not start; return the warnings to log."""
+    for f in landlock_findings(loaded):
+        if f.severity == "error":
+            raise ConfigError(f.message, where=loaded.where(f.field) + (": " if loaded.where(f.field) else "") + f.field,
+                              fix=f.fix)
+    if abi <= 0 and loaded.config.service.require_landlock:
+        raise BootRefused("service.require_landlock is true but this kernel has no Landlock",
+                          where="service.require_landlock",
+                          fix="boot a kernel with Landlock enabled (CONFIG_SECURITY_LANDLOCK, lsm=...,landlock), or "
+                              "set service.require_landlock: false")
+    return [f"plugins.{name}.filesystem: unrestricted — plugin {name} runs without a Landlock allowlist"
+            for name, pc in sorted(loaded.config.plugins.items()) if pc.filesystem == "unrestricted"]
 
 
 def setup_containment(config: Config, *, enforcing: bool) -> Containment:
@@ -178,4 +251,5 @@ def setup_containment(config: Config, *, enforcing: bool) -> Containment:
                 raise BootRefused(f"cannot create the account lock directory {lock_dir}: {err.strerror}",
                                   where="state.path", fix="the state directory must exist and be writable by the "
                                   "gateway") from None
-    return Containment(ContainmentView(view.plan, decision), instance, lock_dir, hard_limits(), stale)
+    return Containment(ContainmentView(view.plan, decision), instance, lock_dir, hard_limits(), stale,
+                       landlock_abi=landlock_linux.abi() if enforcing else 0)

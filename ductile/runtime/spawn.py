@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ductile.errors import AccountDropFailed, SpawnFailed
-from ductile.privsep import cgroup
+from ductile.privsep import cgroup, landlock_linux
 from ductile.privsep.spawnspec import SpawnSpec
 from ductile.runtime import jobcontain
 from ductile.runtime.launch import forget, launch, run_helper
@@ -91,7 +91,15 @@ def signal_group(spec: SpawnSpec, pgid: int, sig: int) -> None:
 
 
 def _start(spec: SpawnSpec) -> subprocess.Popen[bytes]:
-    return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env)
+    ruleset = spec.confinement.landlock
+    if ruleset is None:
+        return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env)
+    try:
+        return landlock_linux.in_restricted_thread(
+            ruleset, lambda: launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env))
+    except landlock_linux.LandlockError as err:
+        raise SpawnFailed(f"the Landlock allowlist could not be applied: {err.strerror}", where=spec.entrypoint,
+                          fix="check plugins.<name>.filesystem (every path must exist); `ductile doctor` lists them") from None
 
 
 def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,

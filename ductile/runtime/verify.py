@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import psutil
 
 from ductile.config import LoadedConfig
+from ductile.config.model import FilesystemConfig, NetworkConfig
 from ductile.errors import DuctileError
 from ductile.interpreter import account_reachable_python
 from ductile.plugins.discovery import Discovery
@@ -26,7 +29,10 @@ from ductile.privsep import kernel
 from ductile.privsep.accounts import ResolvedAccount, account, resolve_account
 from ductile.privsep.spawnspec import build_spawn_spec
 from ductile.runtime.boot import Assessment, assess, discover
-from ductile.runtime.confine import Containment, assess_containment, setup_containment
+from ductile.privsep.landlock import PluginFacts
+from ductile.runtime.confine import Containment, assess_containment, plugin_facts, setup_containment
+from ductile.runtime.jobcontain import KILL_HELPER
+from ductile.runtime.launch import forget, launch, run_helper
 from ductile.runtime.outcome import classify
 from ductile.runtime.spawn import spawn
 
@@ -122,6 +128,75 @@ def escapee_check(pid: Any, mode: str, swept: bool) -> dict[str, Any]:
             "detail": f"containment {mode}" + ("" if gone else ": a daemon outlived its job")}
 
 
+LANDLOCK_READ_TARGET = "/etc/passwd"  # world-readable everywhere, outside every allowlist
+
+
+class LandlockTargets:
+    """What the probe tries against its Landlock ruleset: a world-readable file outside it,
+    a TCP listener on a port it may not connect to, and a process of the same account in
+    another domain (a sitter the gateway starts outside the job) it may not signal."""
+
+    def __init__(self, resolved: ResolvedAccount, abi: int) -> None:
+        self.resolved, self.abi = resolved, abi
+        self.listener: socket.socket | None = None
+        self.sitter: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LandlockTargets:
+        if self.abi <= 0:
+            return self
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        try:
+            self.sitter = launch(["/bin/sleep", "60"], uid=self.resolved.uid, gid=self.resolved.gid,
+                                 env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd="/")
+        except OSError:
+            self.sitter = None
+        return self
+
+    def request(self) -> dict[str, Any]:
+        port = self.listener.getsockname()[1] if self.listener is not None else None
+        return {"abi": self.abi, "read": LANDLOCK_READ_TARGET, "connect_port": port,
+                "signal_pid": self.sitter.pid if self.sitter is not None else None}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self.sitter is not None:
+            if self.sitter.poll() is None:
+                try:
+                    self.sitter.kill()
+                except PermissionError:  # cap-only: the kill helper, as the account
+                    run_helper([KILL_HELPER, "-KILL", str(self.sitter.pid)], uid=self.resolved.uid,
+                               gid=self.resolved.gid)
+            try:
+                self.sitter.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            forget(self.sitter)
+
+
+def probe_facts(python: str) -> PluginFacts:
+    """The probe's own directory and interpreter, for its Landlock ruleset."""
+    real = os.path.realpath(python)
+    venv = os.path.dirname(os.path.dirname(python))
+    return PluginFacts(os.path.dirname(PROBE), os.path.dirname(os.path.dirname(real)),
+                       venv if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) else None)
+
+
+def probe_filesystem(request: dict[str, Any], discovery: Discovery, entrypoints: list[tuple[str, str]]) -> FilesystemConfig:
+    """The probe's own rules beyond the default allowlist: /proc, every path it must find DENIED
+    (so that verdict proves the uid wall, not Landlock), the plugins it checks, /dev/tty
+    (so "no controlling terminal" is ENXIO from the session, not EACCES from Landlock).
+    Built here, never from operator config: the probe is ductile's own code."""
+    read = ["/proc"]  # its own status, fds and cgroup
+    read += [t["path"] for t in request["deny"] if os.path.exists(t["path"])]
+    for name, _entry in entrypoints:
+        plugin = discovery.plugins[name]
+        facts = plugin_facts(plugin.directory, plugin.entrypoint, "/usr/local/bin:/usr/bin:/bin")
+        read += [p for p in (facts.directory, facts.interpreter_prefix, facts.venv_root) if p and os.path.exists(p)]
+    return FilesystemConfig(read=tuple(dict.fromkeys(read)), write=("/dev/tty",) if os.path.exists("/dev/tty") else ())
+
+
 def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> VerifyReport:
     cfg = loaded.config
     unknown = [n for n in (names or []) if n not in cfg.accounts]
@@ -148,7 +223,8 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
             containment.close()
     view = containment.view if containment is not None else assess_containment(cfg)
     info = {"mode": view.decision.mode, "reason": view.decision.reason,
-            "cgroup": containment.instance_path if containment is not None else ""}
+            "cgroup": containment.instance_path if containment is not None else "",
+            "landlock_abi": containment.landlock_abi if containment is not None else 0}
     return VerifyReport(assessment, tuple(reports), info)
 
 
@@ -164,15 +240,23 @@ def _probe_all(loaded: LoadedConfig, targets: list[ResolvedAccount], discovery: 
             (p, plugin.entrypoint) for p, plugin in discovery.plugins.items()
             if p in cfg.plugins and cfg.plugins[p].enabled and resolve_account(cfg, p, True).name == resolved.name)
         request = probe_request(loaded, resolved.name or "", entrypoints, assessment.gateway_uid, os.getsid(0))
-        conf = containment.confinement_for(cfg, "", resolved) if containment is not None else None
-        try:
-            spec = build_spawn_spec(resolved, PROBE, cfg.service, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                                    timeout=PROBE_TIMEOUT, unconfined_workdir="/", gateway_uid=assessment.gateway_uid,
-                                    program=(python or "", "-I", "-S", PROBE), confinement=conf)
-            raw = spawn(spec, json.dumps(request).encode())
-        except DuctileError as err:
-            reports.append(_not_run(resolved, err.one_line()))
-            continue
+        abi = containment.landlock_abi if containment is not None else 0
+        with LandlockTargets(resolved, abi) as targets_:
+            request["landlock"] = targets_.request()
+            conf = None
+            if containment is not None:
+                conf = containment.confinement_for(cfg, "", resolved, probe_facts(python or ""),
+                                                   filesystem=probe_filesystem(request, discovery, entrypoints),
+                                                   network=NetworkConfig())
+            try:
+                spec = build_spawn_spec(resolved, PROBE, cfg.service, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                                        timeout=PROBE_TIMEOUT, unconfined_workdir="/",
+                                        gateway_uid=assessment.gateway_uid,
+                                        program=(python or "", "-I", "-S", PROBE), confinement=conf)
+                raw = spawn(spec, json.dumps(request).encode())
+            except DuctileError as err:
+                reports.append(_not_run(resolved, err.one_line()))
+                continue
         outcome = classify(spec, raw, "verify-probe")
         if outcome.status != "succeeded" or outcome.response is None or not isinstance(outcome.response.result, dict):
             reports.append(_not_run(resolved, f"probe did not run: {outcome.reason or 'no answer'}"))

@@ -25,6 +25,8 @@ def run_serve(config_path: str | None, *, demo_dir: str | None = None, show_toke
              posture=verdict.posture, cell=verdict.cell, gateway_uid=booted.runtime.assessment.gateway_uid,
              config=booted.loaded.path)
     rt = booted.runtime
+    for warning in rt.warnings:
+        logs.log(_log, logging.WARNING, warning)
     if rt.containment is not None:
         for path, held in rt.containment.stale:
             logs.log(_log, logging.WARNING, f"removed the job cgroup {path} of a gateway that is gone ({held} process(es) killed)",
