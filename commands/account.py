@@ -80,14 +80,28 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
     import os
 
     from ductile.config import load_config
-    from ductile.explain import containment_info, explain_plugin
+    from ductile.explain import containment_info, explain_plugin, landlock_info
+    from ductile.privsep import landlock_linux
+    from ductile.privsep.accounts import resolve_account
     from ductile.render import emit_json
     from ductile.runtime.boot import assess, discover
-    from ductile.runtime.confine import assess_containment, hard_limits
+    from ductile.runtime.confine import Containment, assess_containment, hard_limits, plugin_facts
 
     loaded = load_config(config_path)
-    contained = containment_info(loaded, plugin, assess_containment(loaded.config), hard_limits())
-    info = explain_plugin(loaded, assess(loaded), discover(loaded), plugin, dict(os.environ), contained)
+    view = assess_containment(loaded.config)
+    assessment, discovery = assess(loaded), discover(loaded)
+    contained = containment_info(loaded, plugin, view, hard_limits())
+    abi = landlock_linux.abi()
+    resolved = resolve_account(loaded.config, plugin, assessment.enforcing)
+    found = discovery.plugins.get(plugin)
+    ruleset = None
+    if found is not None and resolved.confined:
+        conf = Containment(view, landlock_abi=abi).confinement_for(
+            loaded.config, plugin, resolved,
+            plugin_facts(found.directory, found.entrypoint, ":".join(loaded.config.service.plugin_path)))
+        ruleset = conf.landlock
+    sandbox = landlock_info(loaded, plugin, abi, ruleset, resolved.confined)
+    info = explain_plugin(loaded, assessment, discovery, plugin, dict(os.environ), contained, sandbox)
     if as_json:
         emit_json(info)
         return
@@ -109,4 +123,11 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
     lines.append(f"containment: {c['mode']} ({c['reason']}); every process of a job ends with it")
     for name, how in c["limits"].items():
         lines.append(f"limit {name}: {how}")
+    ll = info["landlock"]
+    lines.append("landlock: " + "; ".join(f"{k} {v}" for k, v in ll["enforced"].items()))
+    if "read" in ll:
+        lines.append("landlock read: " + " ".join(ll["read"]))
+        lines.append("landlock write: " + " ".join(ll["write"]))
+    for hint in ll.get("hints", []):
+        lines.append(f"hint: {hint}")
     click.echo("\n".join(lines))

@@ -74,10 +74,10 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
-    from ductile.runtime.doctor import containment_findings, posture_findings
+    from ductile.runtime.doctor import containment_findings, landlock_section, posture_findings
     from ductile.vault.doctor import vault_findings  # imports pyrage: only when doctor runs
 
-    return [host_findings, plugin_findings, posture_findings, containment_findings, vault_findings]
+    return [host_findings, plugin_findings, posture_findings, containment_findings, landlock_section, vault_findings]
 
 
 def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:

@@ -10,6 +10,7 @@ from ductile.lock import lock_states
 from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import UNTRUSTED_TIER, resolve_account
 from ductile.privsep.env import build_env
+from ductile.privsep.landlock import WRITE_FILE, Ruleset, enforcement, hint_findings
 from ductile.runtime.boot import Assessment
 from ductile.runtime.confine import ContainmentView
 
@@ -42,8 +43,20 @@ def containment_info(loaded: LoadedConfig, plugin: str, view: ContainmentView,
             "limits": dict(limits.enforced), "rlimits": {name: value for name, value in limits.rlimits}}
 
 
+def landlock_info(loaded: LoadedConfig, plugin: str, abi: int, ruleset: Ruleset | None, confined: bool) -> dict[str, Any]:
+    pc = loaded.config.plugins.get(plugin)
+    fs, net = (pc.filesystem, pc.network) if pc is not None else (None, None)
+    info: dict[str, Any] = {"abi": abi, "enforced": enforcement(abi, fs, net, confined)}
+    if ruleset is not None:
+        info["read"] = sorted(r.path for r in ruleset.paths if not r.access & WRITE_FILE)
+        info["write"] = sorted(r.path for r in ruleset.paths if r.access & WRITE_FILE)
+        info["hints"] = [f.message for f in hint_findings(plugin, pc.config if pc else {}, ruleset)]
+    return info
+
+
 def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Discovery, plugin: str,
-                   gateway_env: dict[str, str], containment: dict[str, Any] | None = None) -> dict[str, Any]:
+                   gateway_env: dict[str, str], containment: dict[str, Any] | None = None,
+                   landlock: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = loaded.config
     v = assessment.verdict
     pc = cfg.plugins.get(plugin)
@@ -73,6 +86,7 @@ def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Disc
                          + [f"account {o}'s {cfg.accounts[o].state_dir}" for o in others]) if resolved.confined else [],
         "can_write": [resolved.state_dir] if resolved.confined else ["whatever the gateway uid can write"],
         "containment": containment,
+        "landlock": landlock,
     }
 
 

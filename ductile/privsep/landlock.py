@@ -216,7 +216,8 @@ def rule_findings(plugins: Mapping[str, Any], secret_paths: Iterable[tuple[str, 
             for i, path in enumerate(getattr(fs, kind)):
                 field = f"plugins.{name}.filesystem.{kind}[{i}]"
                 p = posixpath.normpath(path)
-                hit = next(((label, s) for label, s in secrets if _inside_or_equal(s, p) or _inside_or_equal(p, s)), None)
+                hits = [(label, s) for label, s in secrets if _inside_or_equal(s, p) or _inside_or_equal(p, s)]
+                hit = max(hits, key=lambda h: len(h[1])) if hits else None  # the most specific: the age key, not its dir
                 if hit is not None:
                     label, s = hit
                     out.append(Finding("error", "landlock", field,

@@ -12,7 +12,9 @@ from ductile.lock import lock_states
 from ductile.privsep.accounts import resolve_account
 from ductile.privsep.probe import interpreter_of
 from ductile.runtime.boot import Assessment, assess, discover
-from ductile.runtime.confine import ContainmentView, assess_containment, hard_limits
+from ductile.privsep import landlock, landlock_linux
+from ductile.runtime.confine import (ContainmentView, account_path, assess_containment, hard_limits, landlock_findings,
+                                     plugin_facts)
 from ductile.vault.compose import principal_for
 
 
@@ -116,4 +118,41 @@ def containment_findings(loaded: LoadedConfig, view: ContainmentView | None = No
                                    f"({', '.join(sorted(principals))}): they share a uid, so one plugin's job can read "
                                    "another's request and secrets (ptrace, /proc/<pid>/fd/0)",
                                    "give each secret-holding plugin an account of its own (plugins.<name>.run_as)"))
+    return out
+
+
+def landlock_section(loaded: LoadedConfig, abi: int | None = None) -> list[Finding]:
+    """Landlock on this kernel (SPEC §5.10): absent is a warning (an error under
+    service.require_landlock); filesystem rules that reach the secret surface or do not
+    exist are errors; absolute paths in a plugin's config outside its allowlist are
+    warnings that name the rule to add."""
+    cfg = loaded.config
+    abi = landlock_linux.abi() if abi is None else abi
+    out: list[Finding] = []
+    if abi <= 0:
+        sev: Severity = "error" if cfg.service.require_landlock else "warning"
+        out.append(Finding(sev, "landlock", "service.require_landlock" if cfg.service.require_landlock else "landlock",
+                           "this kernel has no Landlock: confined plugins can read every world-readable file and reach "
+                           "any port" + (" — the gateway would refuse to start" if sev == "error" else ""),
+                           "boot a kernel with Landlock enabled (CONFIG_SECURITY_LANDLOCK, lsm=...,landlock)"))
+    else:
+        out.append(Finding("info", "landlock", "landlock", f"Landlock ABI {abi}: {landlock.enforced_kinds(abi)}", ""))
+    out += landlock_findings(loaded)
+    if not cfg.accounts:
+        return out
+    discovery = discover(loaded)
+    for name, plugin in sorted(discovery.plugins.items()):
+        pc = cfg.plugins.get(name)
+        resolved = resolve_account(cfg, name, True)
+        if pc is None or not pc.enabled or not resolved.confined or resolved.state_dir is None:
+            continue
+        for key, how in landlock.enforcement(abi, pc.filesystem, pc.network, True).items():
+            if how.startswith("NOT ENFORCED") and abi > 0:
+                out.append(Finding("warning", "landlock", f"plugins.{name}", f"{key}: {how}", ""))
+        path = account_path(cfg.service.plugin_path, resolved.uid, resolved.gid)
+        ruleset = landlock.build_ruleset(max(abi, 1), plugin_facts(plugin.directory, plugin.entrypoint, path),
+                                         resolved.state_dir, [d for d in path.split(":") if d], pc.filesystem,
+                                         pc.network, os.path.exists)
+        if ruleset is not None:
+            out += landlock.hint_findings(name, pc.config, ruleset)
     return out
