@@ -8,7 +8,8 @@ Prints medians and ratios: bare spawn of /bin/true; the spawn as it was before c
 (drop + ``env -C`` + pipes, its own process group); ductile's confined spawn today (new
 session, the trampoline's start handshake) alone, with the per-account lock and sweep (sweep
 mode: the kill helper runs only when the job may have left processes, so it has its own row),
-and with a cgroup per job (cgroup mode: mkdir, place, cgroup.kill, rmdir); and the
+with a cgroup per job (cgroup mode: mkdir, place, cgroup.kill, rmdir), and with the Landlock
+ruleset applied from its spawning thread; and the
 keyed BLAKE2b fingerprint of entrypoints of several sizes relative to one confined spawn.
 Needs root for the dropped spawns and the cgroup.
 """
@@ -23,7 +24,7 @@ import tempfile
 import time
 
 from ductile.config.model import ServiceConfig
-from ductile.privsep import cgroup, kernel
+from ductile.privsep import cgroup, kernel, landlock, landlock_linux
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.containment import CgroupPlan
 from ductile.privsep.fingerprint import keyed_hash
@@ -78,6 +79,11 @@ def main() -> None:
     sweep = spec(Confinement(path="/usr/bin:/bin", lock_path=os.path.join(locks, f"uid-{UID}.lock")))
     cgmode = spec(Confinement(path="/usr/bin:/bin", cgroup_parent=instance.path,
                               lock_path=os.path.join(locks, f"uid-{UID}.lock")))
+    abi = landlock_linux.abi()
+    ruleset = landlock.build_ruleset(abi, landlock.PluginFacts("/usr/bin", "/usr"), state, ["/usr/bin", "/bin"], None,
+                                     None, os.path.exists)
+    walled = spec(Confinement(path="/usr/bin:/bin", cgroup_parent=instance.path, landlock=ruleset,
+                              lock_path=os.path.join(locks, f"uid-{UID}.lock")))
     try:
         rows = [
             ("bare subprocess.run", median_ms(lambda: subprocess.run(["/bin/true"], stdin=subprocess.DEVNULL))),
@@ -85,6 +91,7 @@ def main() -> None:
             ("ductile spawn: session + handshake", median_ms(lambda: spawn(plain, b"{}\n"))),
             ("ductile spawn: sweep mode (lock + sweep)", median_ms(lambda: spawn(sweep, b"{}\n"))),
             ("ductile spawn: cgroup mode (cgroup per job)", median_ms(lambda: spawn(cgmode, b"{}\n"))),
+            (f"cgroup mode + Landlock ABI {abi}", median_ms(lambda: spawn(walled, b"{}\n"))),
             ("kill helper (sweep mode, a job left processes)",
              median_ms(lambda: jobcontain.sweep_account(UID, UID, count=False))),
         ]
