@@ -153,11 +153,23 @@ except MemoryError:
 json.dump({"status": "ok", "result": {"allocation": r}}, sys.stdout)
 '''
 
-PLUGINS = {"tty": TTY, "join": JOIN_AND_IGNORE, "daemon": DAEMON, "firstfork": FIRST_FORK, "bomb": FORK_BOMB,
+LOOKUP = '''\
+#!/usr/bin/python3
+import json, os, subprocess, sys
+json.load(sys.stdin)
+try:
+    subprocess.run(["ductile-no-such-tool"])
+    r = "RAN"
+except OSError as e:
+    r = type(e).__name__
+json.dump({"status": "ok", "result": {"path": os.environ["PATH"], "lookup": r}}, sys.stdout)
+'''
+
+PLUGINS = {"lookup": LOOKUP, "tty": TTY, "join": JOIN_AND_IGNORE, "daemon": DAEMON, "firstfork": FIRST_FORK, "bomb": FORK_BOMB,
            "membomb": MEMORY_BOMB}
 # the tty plugin may open /dev/tty as far as Landlock goes (it is denied by default): what
 # stops it here must be the missing controlling terminal, ENXIO
-GRANTS = {"tty": "{run_as: default, filesystem: {write: [/dev/tty]}}", "join": "{run_as: untrusted, timeouts: {poll: 1s}}", "daemon": "{run_as: default}",
+GRANTS = {"lookup": "{run_as: default}", "tty": "{run_as: default, filesystem: {write: [/dev/tty]}}", "join": "{run_as: untrusted, timeouts: {poll: 1s}}", "daemon": "{run_as: default}",
           "firstfork": "{run_as: default}", "bomb": "{run_as: sibling, limits: {pids: 12}}",
           "membomb": "{run_as: sibling, limits: {memory: 64MiB}}"}
 
@@ -410,3 +422,38 @@ def test_serve_contains_jobs_across_processes_and_restarts(gateway: str, contain
     finally:
         serve.stop(signal.SIGKILL)
         destroy(w)
+
+
+def test_a_pth_file_planted_in_the_accounts_home_does_not_run_in_the_next_plugin(world: World) -> None:
+    """An account's earlier job plants ~/.local/.../evil.pth; the next Python plugin of the
+    account must not execute it (PYTHONNOUSERSITE=1)."""
+    home = world.state_dir("default")
+    uid = world.accounts["default"]
+    site = home / ".local" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    marker = home / "pth-ran"
+    (site / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'w').write('ran')\n")
+    for d in [*site.relative_to(home).parents, site.relative_to(home)]:
+        if str(d) != ".":
+            os.chown(home / d, uid, uid)
+    os.chown(site / "evil.pth", uid, uid)
+    out, proc = run_json(world, "daemon")
+    assert out["outcome"]["status"] == "succeeded", proc.stderr
+    assert not marker.exists(), "a .pth file in the account's user site ran inside a plugin"
+
+
+def test_path_holds_only_directories_the_account_can_traverse(world: World) -> None:
+    """A plugin_path entry under a 0700 directory is left out: a missing tool is
+    FileNotFoundError inside the plugin, never PermissionError."""
+    hidden = world.base / "hidden"
+    (hidden / "bin").mkdir(parents=True, exist_ok=True)
+    os.chmod(hidden, 0o700)
+    text = (world.etc / "config.yaml").read_text()
+    (world.etc / "config.yaml").write_text(
+        text.replace("containment:", f"plugin_path: [{hidden / 'bin'}, /usr/bin, /bin], containment:"))
+    try:
+        out, proc = run_json(world, "lookup")
+    finally:
+        (world.etc / "config.yaml").write_text(text)
+    r = out["outcome"]["result"]
+    assert r == {"path": "/usr/bin:/bin", "lookup": "FileNotFoundError"}, (r, proc.stderr)
