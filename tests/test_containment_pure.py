@@ -201,3 +201,16 @@ def test_the_account_lock_coordinates_sweeps_across_open_files(tmp_path) -> None
     b.clear()
     assert not b.is_dirty()
     b.close()
+
+
+def test_two_trampolines_racing_to_make_tmp_both_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent jobs of one account both find (or make) the private TMPDIR."""
+    script = trampoline_script((("core", 0),))
+    procs = [subprocess.Popen(["/bin/sh", "-c", script, "ductile-spawn", str(tmp_path), "/bin/true"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(20)]
+    for p in procs:
+        p.stdin.write(b"go\n")  # type: ignore[union-attr]
+    for p in procs:
+        p.stdin.close()  # type: ignore[union-attr]
+    codes = [p.wait(30) for p in procs]
+    assert codes == [0] * 20, [p.stderr.read() for p in procs if p.returncode]  # type: ignore[union-attr]

@@ -61,7 +61,8 @@ def trampoline_script(rlimits: tuple[tuple[str, int], ...]) -> str:
         lines.append(f"{tries} || " + _fail(EXIT_LIMIT, f"cannot set {RLIMIT_LABEL[name]} to {arg}"))
     lines += [
         'cd -- "$1" 2>/dev/null || ' + _fail(EXIT_WORKDIR, "cannot enter the working directory $1"),
-        f"[ -d {PRIVATE_TMP} ] || mkdir -m 0700 {PRIVATE_TMP} 2>/dev/null || "
+        # two jobs of one account may race to make it: whoever loses finds it made
+        f"[ -d {PRIVATE_TMP} ] || mkdir -m 0700 {PRIVATE_TMP} 2>/dev/null || [ -d {PRIVATE_TMP} ] || "
         + _fail(EXIT_TMPDIR, f"cannot create the private TMPDIR $1/{PRIVATE_TMP}"),
         "unset OLDPWD PWD",  # cd sets them; the environment stays the allowlist
         "shift",
