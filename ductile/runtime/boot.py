@@ -2,7 +2,11 @@
 
     load config -> discover plugins -> probe capability (edge) -> evaluate_boot_gate (pure)
       -> refuse | unconfined | enforce: harden own process (edge), snapshot (edge),
-         plan_reconcile (pure), apply all-or-refuse (edge)
+         plan_reconcile (pure), apply through descriptors (edge)
+
+A refusal of the gateway's own surface (config, DB, vault, age key) stops the boot; one
+account's broken state_dir refuses that account only — ``Runtime.refused_accounts`` —
+and its jobs fail with the reason while every other account keeps running.
 
 ``plugin run`` and ``serve`` both call ``boot``; ``doctor`` and ``account explain`` call
 ``assess`` which runs the same pure steps without side effects.
@@ -20,8 +24,11 @@ from ductile.plugins.discovery import Discovery, Plugin
 from ductile.plugins.inventory import discover_for_config
 from ductile.privsep import fsapply, kernel
 from ductile.privsep.gate import GateVerdict, evaluate_boot_gate
-from ductile.privsep.reconcile import Action, Plan, paths_to_snapshot, plan_reconcile
+from ductile.privsep.fsapply import Applied
+from ductile.privsep.reconcile import Plan, Refusal, paths_to_snapshot, plan_reconcile
 from ductile.privsep.surface import account_dirs, secret_surface
+from ductile.privsep.trust import Owners
+from ductile.runtime.asaccount import ChmodHelper
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,8 @@ class Runtime:
     loaded: LoadedConfig
     discovery: Discovery
     assessment: Assessment
-    applied: tuple[Action, ...] = ()
+    applied: tuple[Applied, ...] = ()
+    refused_accounts: dict[str, Refusal] = field(default_factory=dict)
     hardening: kernel.Hardening | None = None
     gateway_env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
 
@@ -103,5 +111,9 @@ def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
     if assessment.enforcing:
         runtime.hardening = kernel.harden_gateway()
         assert assessment.plan is not None
-        runtime.applied = tuple(fsapply.apply_plan(assessment.plan))
+        owners = Owners.of((a.uid for a in loaded.config.accounts.values()), assessment.gateway_uid)
+        result = fsapply.apply_plan(assessment.plan, owners,
+                                    as_account=ChmodHelper(loaded.config, assessment.gateway_uid))
+        runtime.applied = tuple(result.applied)
+        runtime.refused_accounts = result.refused
     return runtime

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ductile.config.model import PluginConfig
-from ductile.errors import AccountDropFailed, DuctileError, PluginError
+from ductile.errors import AccountDropFailed, AccountRefused, DuctileError, PluginError
 from ductile.plugins.discovery import Plugin
 from ductile.plugins.protocol import build_request
 from ductile.privsep.accounts import ResolvedAccount, resolve_account
@@ -134,6 +134,10 @@ class Executor:
             self.emit("plugin.account_downgraded", {"plugin": job.plugin, "from": binding.downgraded_from,
                                                     "to": binding.account.name, "job_id": job.job_id,
                                                     "reason": binding.reason})
+        refusal = rt.refused_accounts.get(binding.account.name or "")
+        if refusal is not None:
+            raise AccountRefused(f"account {binding.account.name} was refused at boot: {refusal.message}",
+                                 where=refusal.path, fix=f"{refusal.fix}; then restart the gateway")
         spec = build_spawn_spec(binding.account, plugin.entrypoint, rt.config.service, rt.gateway_env,
                                 timeout=rt.config.timeout_for(job.plugin, job.command),
                                 unconfined_workdir=rt.unconfined_workdir(job.plugin),
