@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from ductile.config.model import AccountConfig, Config
 from ductile.errors import NoDowngradeTarget
 from ductile.privsep.accounts import ResolvedAccount
-from ductile.privsep.fingerprint import (Fingerprint, bind_fingerprint, confirmation_code, diff_lock, fingerprint,
-                                         keyed_hash, lock_state)
+from ductile.privsep.fingerprint import (Fingerprint, bind_fingerprint, confirmation_code, diff_lock, file_changes,
+                                         fingerprint, is_bytecode, keyed_hash, lock_state)
 from wallworld import PROBE_PLUGIN, World, destroy, make_world, require_root
 
 KEY = bytes(range(32))
@@ -25,16 +25,36 @@ KEY = bytes(range(32))
 
 # ---- pure ---------------------------------------------------------------------------------
 
+def fp(name: str = "p", **digests: str) -> Fingerprint:
+    """A fingerprint from file digests; ``interp`` names the interpreter's digest."""
+    interp = digests.pop("interp", "i")
+    return fingerprint(name, "/opt/p/" + name, "/opt/p/" + name + "/run.py",
+                       [(rel.replace("_", "."), h) for rel, h in digests.items()], [("/usr/bin/python3.11", interp)])
+
+
 @given(data=st.binary(min_size=1, max_size=2048), index=st.integers(min_value=0), flip=st.integers(1, 255),
-       which=st.sampled_from(["manifest", "entrypoint"]))
-def test_any_single_byte_change_is_detected(data: bytes, index: int, flip: int, which: str) -> None:
+       which=st.sampled_from(["manifest", "entrypoint", "helper", "interpreter"]))
+def test_any_single_byte_change_anywhere_is_detected(data: bytes, index: int, flip: int, which: str) -> None:
     i = index % len(data)
     changed = data[:i] + bytes([data[i] ^ flip]) + data[i + 1:]
-    before = fingerprint(KEY, "p", "/m", data, "/e", data)
-    after = fingerprint(KEY, "p", "/m", changed if which == "manifest" else data,
-                        "/e", changed if which == "entrypoint" else data)
+
+    def make(target: str | None) -> Fingerprint:
+        h = {w: keyed_hash(KEY, changed if w == target else data) for w in ("manifest", "entrypoint", "helper", "interpreter")}
+        return fingerprint("p", "/d", "/d/run.py", [("manifest.yaml", h["manifest"]), ("run.py", h["entrypoint"]),
+                                                    ("_stopwatch.py", h["helper"])], [("/usr/bin/python3.11", h["interpreter"])])
+    before, after = make(None), make(which)
     assert lock_state(after, before, True) == "drifted"
     assert lock_state(before, before, True) == "locked"
+    assert file_changes(after, before) == [("~", {"manifest": "manifest.yaml", "entrypoint": "run.py",
+                                                  "helper": "_stopwatch.py", "interpreter": "interpreter /usr/bin/python3.11"}[which])]
+
+
+def test_file_changes_and_bytecode() -> None:
+    before = fp(run_py="1", helper_py="2")
+    after = fp(run_py="1", other_py="3", interp="j")
+    assert file_changes(after, before) == [("-", "helper.py"), ("+", "other.py"), ("~", "interpreter /usr/bin/python3.11")]
+    assert [r for r in ("x/__pycache__/a.cpython-311.pyc", "a.pyc", "__pycache__", "run.py", "lib/pycache.py")
+            if is_bytecode(r)] == ["x/__pycache__/a.cpython-311.pyc", "a.pyc", "__pycache__"]
 
 
 def test_the_hash_is_keyed() -> None:
@@ -48,8 +68,8 @@ def test_the_hash_is_keyed() -> None:
     (None, "a", True, "drifted"), ("a", None, False, "no-lock"),
 ])
 def test_lock_states(current, locked, exists, state) -> None:  # type: ignore[no-untyped-def]
-    fp = {n: Fingerprint("p", "/m", n, "/e", n) for n in "ab"}
-    assert lock_state(fp.get(current), fp.get(locked), exists) == state
+    fps = {n: fp(run_py=n) for n in "ab"}
+    assert lock_state(fps.get(current), fps.get(locked), exists) == state
 
 
 def cfg(untrusted: bool = True) -> Config:
@@ -84,18 +104,19 @@ def test_unconfined_plugins_are_never_downgraded() -> None:
     assert b.account.source == "unconfined" and not b.attested
 
 
-def test_confirmation_code_tracks_the_entries() -> None:
-    a = Fingerprint("a", "/m", "1", "/e", "2")
-    b = Fingerprint("b", "/m", "3", "/e", "4")
+def test_confirmation_code_tracks_every_file_and_the_interpreter() -> None:
+    a, b = fp("a", run_py="1"), fp("b", run_py="3")
     code = confirmation_code([a, b])
     assert len(code) == 5 and code == confirmation_code([b, a])
-    assert code != confirmation_code([a, Fingerprint("b", "/m", "3", "/e", "5")])
+    assert code != confirmation_code([a, fp("b", run_py="4")])
+    assert code != confirmation_code([a, fp("b", run_py="3", helper_py="5")])
+    assert code != confirmation_code([a, fp("b", run_py="3", interp="j")])
     assert code != confirmation_code([a])
 
 
 def test_diff() -> None:
-    x = Fingerprint("x", "/m", "1", "/e", "1")
-    d = diff_lock({"x": x, "new": x}, {"x": Fingerprint("x", "/m", "1", "/e", "2"), "gone": x})
+    x = fp("x", run_py="1")
+    d = diff_lock({"x": x, "new": x}, {"x": fp("x", run_py="1", helper_py="2"), "gone": x})
     assert (d.added, d.changed, d.removed) == (("new",), ("x",), ("gone",))
 
 
