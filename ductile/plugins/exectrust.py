@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ductile.privsep.pathfacts import Resolution
-from ductile.privsep.trust import Node, Owners, Problem, Step, chain_problems, creatable_by_others, leaf_problem, \
-    owner_problem
+from ductile.privsep.sidedoor import path_entry_problems
+from ductile.privsep.trust import Node, Owners, Problem, Step, chain_problems, leaf_problem, owner_problem
 
 RULE_TREE = "plugin-tree"
 RULE_NOT_WRITABLE = "not-group-or-world-writable"
@@ -109,21 +109,6 @@ def below_root_problems(steps: Sequence[Step], owners: Owners) -> list[Judged]:
     return [Judged(_rule(p), p) for p in chain_problems(steps, owners)]
 
 
-def _search_problems(res: Resolution, owners: Owners, via: str) -> list[Judged]:
-    if not res.path.startswith("/"):
-        shown = res.path or "an empty entry"
-        return [_p(RULE_SEARCH_PATH, res.path or ":", f"the PATH searched by {via} holds {shown}, which means the "
-                   "working directory — the account's own state_dir", "use only absolute directories on the plugins' PATH")]
-    out = [Judged(RULE_SEARCH_PATH, p) for p in chain_problems(res.steps, owners)] if res.real else []
-    if res.missing and res.steps:
-        why = creatable_by_others(res.steps[-1].node, owners)
-        if why:
-            out.append(_p(RULE_SEARCH_PATH, res.missing, f"{res.missing} (searched by {via}) does not exist and {why}: "
-                          "an account could create it and plant a program there",
-                          f"create {res.missing} as root, or take it off the plugins' PATH"))
-    return out
-
-
 def interpreter_problems(chain: Sequence[InterpreterLink], owners: Owners) -> list[Judged]:
     out: list[Judged] = []
     for link in chain:
@@ -132,7 +117,7 @@ def interpreter_problems(chain: Sequence[InterpreterLink], owners: Owners) -> li
                           "use an absolute interpreter path, e.g. #!/usr/bin/python3"))
             continue
         for res in link.searched:
-            out += _search_problems(res, owners, link.via)
+            out += [Judged(RULE_SEARCH_PATH, p) for p in path_entry_problems(res, owners, link.via)]
         res = link.resolution
         if res is None or res.real is None:
             why = res.error if res is not None and res.error else "it does not exist"

@@ -4,6 +4,11 @@ For each account, a probe (``ductile/privsep/probe.py``) is spawned through the 
 ``build_spawn_spec`` + ``spawn`` as every plugin and reports what the kernel let it do.
 The request (what to try) is built here from the config; the judging is the probe's own
 verdicts. A probe that could not run yields NOT RUN checks — never a pass.
+
+Beside the probe, the side-door audit (``privsep.sidedoor``: what the host grants the
+uid outside the drop — a privileged gid, a login, sudo rules, a writable PATH entry)
+adds one row per finding: REFUSED is a breach; WARN is shown as such and becomes a
+breach under ``--strict``; a clean account gets one NONE FOUND row.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from ductile.interpreter import account_reachable_python
 from ductile.privsep import kernel
 from ductile.privsep.accounts import ResolvedAccount, account, resolve_account
 from ductile.privsep.spawnspec import build_spawn_spec
-from ductile.runtime.boot import Assessment, assess, discover
+from ductile.privsep.sidedoor import SideDoor
+from ductile.runtime.boot import Assessment, assess, discover, side_door_audit
 from ductile.runtime.outcome import classify
 from ductile.runtime.spawn import spawn
 
@@ -44,6 +50,10 @@ class AccountReport:
     def unverified(self) -> list[dict[str, Any]]:
         return [c for c in self.checks if c["ok"] is None]
 
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if c.get("warn") and c["ok"] is True]
+
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -64,7 +74,8 @@ class VerifyReport:
         return {"posture": v.posture, "cell": v.cell, "gateway_uid": self.assessment.gateway_uid,
                 "accounts": [{"name": a.name, "uid": a.uid, "gid": a.gid, "not_run": a.not_run, "checks": list(a.checks),
                               "facts": a.facts} for a in self.accounts],
-                "breaches": sum(len(a.breaches) for a in self.accounts)}
+                "breaches": sum(len(a.breaches) for a in self.accounts),
+                "side_door_warnings": sum(len(a.warnings) for a in self.accounts)}
 
 
 def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, str]], gateway_uid: int) -> dict[str, Any]:
@@ -83,12 +94,27 @@ def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, 
             "gateway_uid": gateway_uid, "expect": {"uid": acct.uid, "gid": acct.gid}}
 
 
-def _not_run(resolved: ResolvedAccount, why: str) -> AccountReport:
+def side_door_checks(account: str, doors: list[SideDoor], strict: bool) -> list[dict[str, Any]]:
+    """Rows for one account: its own side doors and the gateway-wide ones (a PATH entry)."""
+    mine = [d for d in doors if d.account in (account, None)]
+    if not mine:
+        return [{"label": "side doors", "path": "passwd, group, sudoers, plugin PATH", "expect": "NONE",
+                 "verdict": "NONE FOUND", "ok": True, "detail": ""}]
+    rows = []
+    for d in mine:
+        refused = d.severity == "refuse" or strict
+        rows.append({"label": f"side door: {d.rule}", "path": d.path, "expect": "NONE",
+                     "verdict": "REFUSED" if refused else "WARN", "ok": not refused, "warn": d.severity == "warn",
+                     "detail": f"{d.message} (fix: {d.fix})"})
+    return rows
+
+
+def _not_run(resolved: ResolvedAccount, why: str, checks: list[dict[str, Any]]) -> AccountReport:
     assert resolved.name and resolved.uid and resolved.gid
-    return AccountReport(resolved.name, resolved.uid, resolved.gid, (), not_run=why)
+    return AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(checks), not_run=why)
 
 
-def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> VerifyReport:
+def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None, *, strict: bool = False) -> VerifyReport:
     cfg = loaded.config
     unknown = [n for n in (names or []) if n not in cfg.accounts]
     if unknown:
@@ -96,6 +122,7 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
                            fix=f"choose from: {', '.join(sorted(cfg.accounts)) or 'none configured'}")
     discovery = discover(loaded)
     assessment = assess(loaded)
+    doors = list(assessment.side_doors) if assessment.enforcing else side_door_audit(cfg, assessment.gateway_uid)
     targets = [account(cfg, n, "granted") for n in sorted(names or cfg.accounts)]
     reports = []
     python = account_reachable_python()
@@ -107,8 +134,9 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
     if not why:
         kernel.harden_gateway()
     for resolved in targets:
+        doors_of = side_door_checks(resolved.name or "", doors, strict)
         if why:
-            reports.append(_not_run(resolved, why))
+            reports.append(_not_run(resolved, why, doors_of))
             continue
         entrypoints = sorted(
             (p, plugin.entrypoint) for p, plugin in discovery.plugins.items()
@@ -120,14 +148,14 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
                                     program=(python or "", "-I", "-S", PROBE))
             raw = spawn(spec, json.dumps(request).encode())
         except DuctileError as err:
-            reports.append(_not_run(resolved, err.one_line()))
+            reports.append(_not_run(resolved, err.one_line(), doors_of))
             continue
         outcome = classify(spec, raw, "verify-probe")
         if outcome.status != "succeeded" or outcome.response is None or not isinstance(outcome.response.result, dict):
-            reports.append(_not_run(resolved, f"probe did not run: {outcome.reason or 'no answer'}"))
+            reports.append(_not_run(resolved, f"probe did not run: {outcome.reason or 'no answer'}", doors_of))
             continue
         result = outcome.response.result
         assert resolved.name and resolved.uid and resolved.gid
-        reports.append(AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(result.get("checks", [])),
-                                     facts=result.get("facts", {})))
+        reports.append(AccountReport(resolved.name, resolved.uid, resolved.gid,
+                                     tuple(result.get("checks", [])) + tuple(doors_of), facts=result.get("facts", {})))
     return VerifyReport(assessment, tuple(reports))
