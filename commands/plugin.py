@@ -76,6 +76,8 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
 
     result, runtime = run_once(load_config(config_path), name, command, parse_payload(payload))
     say(runtime.posture_line())
+    for _, line in runtime.notes(warnings=False):
+        say(line)
     say(f"ran {name} {command} as {result.account.describe() if result.account else 'nothing (refused before spawn)'}"
         + (f", pid {result.pid}" if result.pid else ""))
     out = result.as_dict()

@@ -11,7 +11,7 @@ from ductile.config import LoadedConfig
 from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
 from ductile.runtime.executor import Job, JobResult
-from ductile.runtime.wiring import make_executor
+from ductile.runtime.wiring import make_executor, record_boot
 from ductile.state.db import open_state
 
 
@@ -41,6 +41,7 @@ def parse_payload(text: str) -> dict[str, Any]:
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
     runtime = boot(loaded)  # refuses before anything runs or is opened
     state = open_state(loaded.config.state.path)
+    record_boot(runtime, state)
     executor = make_executor(runtime, state)
     job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
     result = executor.run(job)
