@@ -184,6 +184,8 @@ class World:
     extra_config: str = ""
     plugins: dict[str, str] = field(default_factory=dict)
     gids: dict[str, int] = field(default_factory=dict)
+    extra_roots: list[Path] = field(default_factory=list)
+    state_dirs: dict[str, Path] = field(default_factory=dict)  # overrides of base/accounts/<name>
 
     def gid(self, name: str) -> int:
         return self.gids.get(name, self.accounts[name])
@@ -205,7 +207,7 @@ class World:
         return self.base / "state" / "vault.age"
 
     def state_dir(self, name: str) -> Path:
-        return self.base / "accounts" / name
+        return self.state_dirs.get(name, self.base / "accounts" / name)
 
     def config_text(self) -> str:
         accts = "\n".join(f"  {n}: {{uid: {u}, gid: {self.gid(n)}, state_dir: {self.state_dir(n)}}}"
@@ -215,7 +217,7 @@ class World:
             service: {{kill_grace: 1s}}
             state: {{path: {self.db}}}
             secrets: {{age_key_file: {self.key}, vault_file: {self.vault}}}
-            plugin_roots: [{self.base / 'plugins'}]
+            plugin_roots: [{", ".join(str(r) for r in [self.base / 'plugins', *self.extra_roots])}]
             api: {{enabled: false}}
             """) + (f"accounts:\n{accts}\n" if self.accounts else "") + (f"plugins:\n{plugins}\n" if plugins else "") + self.extra_config
 
