@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 from ductile import lock
 from ductile.config.model import ServiceConfig
@@ -24,19 +22,7 @@ from ductile.plugins.discovery import discover_plugins
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.spawnspec import build_spawn_spec
 from ductile.runtime.spawn import spawn
-
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-UID = 61990
-
-
-def median_ms(fn, n: int = N) -> float:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
-
+from spawn_and_attest import N, UID, median_ms  # bench/ is on sys.path when run as a script
 
 def make_plugin(root: str, name: str, files: int) -> None:
     d = os.path.join(root, name)

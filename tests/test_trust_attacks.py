@@ -129,6 +129,17 @@ def run(world: World, plugin: str, payload: dict[str, Any] | None = None) -> tup
         raise AssertionError(f"no JSON from plugin run {plugin}: {proc.stdout}\n{proc.stderr}") from None
 
 
+def attack_then_run(world: World, attack: dict[str, Any], plugin: str,
+                    payload: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """`plant` does ``attack`` as ops; then ``plugin`` must be refused: nothing spawned, no secrets."""
+    proc, _ = run(world, "plant", attack)
+    assert proc.returncode == 0, proc.stderr
+    proc, out = run(world, plugin, payload)
+    assert proc.returncode == 1 and out["pid"] is None and out["secrets_delivered"] == [], proc.stderr
+    assert "s3cr3t" not in proc.stdout + proc.stderr
+    return proc
+
+
 def skipped(world: World) -> dict[str, list[dict[str, str]]]:
     listed = json.loads(world.run("plugin", "list", "--json").stdout)
     return {r["name"]: r["problems"] for r in listed["plugins"] if r["status"] == "skipped"}
@@ -158,12 +169,9 @@ def test_an_interpreter_owned_by_another_account_is_skipped_and_never_fed_secret
     assert str(wrapper) in problem["message"] and f"uid {world.accounts['ops']}" in problem["message"]
     assert problem["fix"].startswith(f"chown root {wrapper}")
     stolen = world.state_dir("ops") / "stolen"
-    proc, _ = run(world, "plant", {"write": {str(wrapper): f"#!/bin/sh\ncat > {stolen}\n"}})
-    assert proc.returncode == 0, proc.stderr
     try:
-        proc, out = run(world, "victim")
-        assert proc.returncode == 1 and out["pid"] is None and out["secrets_delivered"] == []
-        assert "refused" in proc.stderr and "s3cr3t" not in proc.stdout + proc.stderr
+        proc = attack_then_run(world, {"write": {str(wrapper): f"#!/bin/sh\ncat > {stolen}\n"}}, "victim")
+        assert "refused" in proc.stderr
         assert not stolen.exists(), "the wrapper ran with the victim's request"
         lock = world.run("plugin", "lock", "victim")
         assert lock.returncode == 1 and "not discovered (or refused)" in lock.stderr
@@ -178,11 +186,8 @@ def test_a_world_writable_helper_is_skipped_and_its_code_never_runs(world: World
     assert problem["field"] == "trust.not-group-or-world-writable" and str(helper) in problem["message"]
     assert problem["fix"] == f"chmod go-w {helper}"
     pwned = world.state_dir("default") / "pwned-by-helper"
-    proc, _ = run(world, "plant", {"append": {str(helper): f"\nopen({str(pwned)!r}, 'w').write('x')\n"}})
-    assert proc.returncode == 0, proc.stderr
     try:
-        proc, out = run(world, "helped")
-        assert proc.returncode == 1 and out["pid"] is None and out["secrets_delivered"] == []
+        attack_then_run(world, {"append": {str(helper): f"\nopen({str(pwned)!r}, 'w').write('x')\n"}}, "helped")
         assert not pwned.exists()
         doc = json.loads(world.run("doctor", "--json").stdout)
         assert any(f["severity"] == "error" and str(helper) in f["message"] for f in doc["findings"])
@@ -202,13 +207,11 @@ def test_a_plugin_root_under_an_account_owned_directory_is_refused_whole(world: 
     planted = team / "plugins" / "teamed"
     manifest = "name: teamed\nprotocol: 2\nentrypoint: run.py\ncommands: [{name: poll, type: read}]\n"
     evil = f"#!/usr/bin/python3\nopen({str(pwned)!r}, 'w').write('x')\nprint('{{\"status\": \"ok\"}}')\n"
-    proc, _ = run(world, "plant", {"rename": {str(team / "plugins"): str(team / "old")},
-                                   "mkdirs": [str(planted)],
-                                   "write": {str(planted / "manifest.yaml"): manifest, str(planted / "run.py"): evil}})
-    assert proc.returncode == 0, proc.stderr
     try:
-        proc, out = run(world, "teamed", {"marker": str(pwned)})
-        assert proc.returncode == 1 and out["pid"] is None and not pwned.exists()
+        attack_then_run(world, {"rename": {str(team / "plugins"): str(team / "old")}, "mkdirs": [str(planted)],
+                                "write": {str(planted / "manifest.yaml"): manifest, str(planted / "run.py"): evil}},
+                        "teamed", {"marker": str(pwned)})
+        assert not pwned.exists()
         doc = json.loads(world.run("doctor", "--json").stdout)
         assert any(f["field"] == "plugin_roots[1]" and f["severity"] == "error" for f in doc["findings"])
     finally:
