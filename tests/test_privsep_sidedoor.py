@@ -135,6 +135,9 @@ def _res(path: str, *nodes: Node, missing: str | None = None) -> Resolution:
     (_res("/srv/bin", _dir("/srv", 0o755, 990), _dir("/srv/bin", 0o755)), "owned by uid 990"),
     (_res("/tmp/bin", _dir("/tmp", 0o1777), missing="/tmp/bin"), "could create it"),
     (_res("/opt/none", _dir("/opt", 0o755), missing="/opt/none"), None),
+    (Resolution("/home/a/bin", (Step(None, _dir("/", 0o755)), Step(_dir("/", 0o755), _dir("/home", 0o755)),
+                                 Step(_dir("/home", 0o755), _dir("/home/a", 0o700, 61001))), None,
+                error="cannot look at /home/a/bin: Permission denied"), "owned by uid 61001"),
     (Resolution("", (), None), "working directory"),
     (Resolution("bin", (), None), "working directory"),
 ])

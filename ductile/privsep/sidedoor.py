@@ -230,7 +230,8 @@ def path_entry_problems(res: Resolution, owners: Owners, via: str) -> list[Probl
         shown = repr(res.path) if res.path else "an empty entry"
         return [Problem("relative", res.path or ":", f"the PATH searched by {via} holds {shown}, which means the "
                         "working directory — the account's own state_dir", "use only absolute directories on the plugins' PATH")]
-    out = chain_problems(res.steps, owners) if res.real else []
+    # judge every step walked, even when the walk stopped short (EACCES under an account's 0700 home)
+    out = chain_problems(res.steps, owners, leaf=res.real is not None)
     if res.missing and res.steps:
         why = creatable_by_others(res.steps[-1].node, owners)
         if why:
