@@ -35,11 +35,13 @@ def list_(config_path: str | None, as_json: bool) -> None:
 
 @account.command("verify")
 @click.argument("names", nargs=-1)
+@click.option("--strict", is_flag=True, help="Side-door warnings (a login uid, a sudo rule, ...) count as breaches.")
 @config_option
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
-    """Spawn a probe as each account (or NAMES) and report what it could reach.
+def verify(ctx: click.Context, names: tuple[str, ...], strict: bool, config_path: str | None, as_json: bool) -> None:
+    """Spawn a probe as each account (or NAMES) and report what it could reach, and
+    audit what the host grants each uid outside the drop (side doors).
 
     Exit 0 when every check held, 1 on any breach, 2 when a check could not run.
     """
@@ -47,7 +49,7 @@ def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, 
     from ductile.render import emit_json, table
     from ductile.runtime.verify import verify_accounts
 
-    report = verify_accounts(load_config(config_path), list(names) or None)
+    report = verify_accounts(load_config(config_path), list(names) or None, strict=strict)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -57,16 +59,19 @@ def verify(ctx: click.Context, names: tuple[str, ...], config_path: str | None, 
                 rows.append((a.name, a.uid, "all checks", "", "NOT RUN", a.not_run))
             for c in a.checks:
                 mark = {True: c["verdict"], False: f"{c['verdict']} (BREACH)", None: f"{c['verdict']} (not checked)"}[c["ok"]]
+                if c.get("warn") and c["ok"] is True:
+                    mark = f"{c['verdict']} (--strict refuses)"
                 rows.append((a.name, a.uid, c["label"], c["path"], mark, c.get("detail", "")))
         table(["account", "uid", "check", "target", "verdict", "detail"], rows)
         breaches = sum(len(a.breaches) for a in report.accounts)
         skipped = sum(len(a.unverified) for a in report.accounts) + sum(1 for a in report.accounts if a.not_run)
+        warned = sum(len(a.warnings) for a in report.accounts)
         verdict = "BREACHED" if breaches else ("INCOMPLETE" if skipped or not report.accounts else "HELD")
         if not report.accounts:
             click.echo("no accounts are configured: there is no wall to verify")
         c = report.containment
         click.echo(f"containment: {c.get('mode')} ({c.get('reason')})")
-        click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run "
+        click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run, {warned} side-door warning(s) "
                    f"(posture {report.assessment.verdict.posture}, gateway uid {report.assessment.gateway_uid})")
     ctx.exit(report.exit_code())
 

@@ -11,8 +11,9 @@ from ductile.cliopts import config_option, json_option
 @config_option
 @json_option
 @click.option("--fail-on-warnings", is_flag=True, help="Exit 2 when there are warnings but no errors.")
+@click.option("--strict", is_flag=True, help="Side-door warnings are errors (a login uid, a sudo rule, ...).")
 @click.pass_context
-def doctor(ctx: click.Context, config_path: str | None, as_json: bool, fail_on_warnings: bool) -> None:
+def doctor(ctx: click.Context, config_path: str | None, as_json: bool, fail_on_warnings: bool, strict: bool) -> None:
     """Check the config, the host and the privilege posture; explain every problem.
 
     Exit 0 when clean, 1 on errors, 2 on warnings with --fail-on-warnings.
@@ -20,7 +21,7 @@ def doctor(ctx: click.Context, config_path: str | None, as_json: bool, fail_on_w
     from ductile.doctor import run_doctor
     from ductile.render import emit_json, say, table
 
-    report = run_doctor(config_path)
+    report = run_doctor(config_path, strict=strict)
     if as_json:
         emit_json(report.as_dict())
     else:

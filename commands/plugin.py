@@ -76,8 +76,8 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
 
     result, runtime = run_once(load_config(config_path), name, command, parse_payload(payload))
     say(runtime.posture_line())
-    for warning in runtime.warnings:
-        say(f"warning: {warning}")
+    for _, line in runtime.notes(warnings=False):
+        say(line)
     say(f"ran {name} {command} as {result.account.describe() if result.account else 'nothing (refused before spawn)'}"
         + (f", pid {result.pid}" if result.pid else ""))
     out = result.as_dict()
@@ -94,19 +94,22 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
 @click.argument("name", required=False)
 @click.option("--all", "all_code", is_flag=False, flag_value="", default=None, metavar="[CODE]",
               help="Preview locking every configured plugin; with the printed CODE, commit it.")
+@click.option("--verbose", "-v", is_flag=True, help="List the changed files of each plugin, not only the plugin.")
 @config_option
 @json_option
-def lock(name: str | None, all_code: str | None, config_path: str | None, as_json: bool) -> None:
-    """Record keyed fingerprints of a plugin's manifest and entrypoint in <config dir>/.checksums.
+def lock(name: str | None, all_code: str | None, verbose: bool, config_path: str | None, as_json: bool) -> None:
+    """Record keyed fingerprints of everything a plugin executes in <config dir>/.checksums.
 
-    `plugin lock NAME` records one plugin. `plugin lock --all` previews + new / ~ changed /
-    - removed and prints a 5-character code; `plugin lock --all CODE` commits only if the
-    plugins still match what was previewed.
+    Every file of the plugin's directory (bytecode caches aside) and every program of its
+    #! chain. `plugin lock NAME` records one plugin. `plugin lock --all` previews + new /
+    ~ changed / - removed per plugin (per file with --verbose) and prints a 5-character
+    code; `plugin lock --all CODE` commits only if the plugins still match the preview.
     """
     from ductile.config import load_config
     from ductile.errors import UsageError
     from ductile.lock import commit_all, lock_one, preview_all, vault_nonce
     from ductile.plugins.inventory import discover_for_config
+    from ductile.privsep.fingerprint import file_changes
     from ductile.render import emit_json, say
 
     if (name is None) == (all_code is None):
@@ -118,21 +121,37 @@ def lock(name: str | None, all_code: str | None, config_path: str | None, as_jso
     if name is not None:
         fp, what = lock_one(loaded, discovery, key, name)
         if as_json:
-            emit_json({"plugin": name, "change": what, "manifest_hash": fp.manifest_hash,
-                       "entrypoint_hash": fp.entrypoint_hash})
+            emit_json({"plugin": name, "change": what, "directory": fp.directory, "files": dict(fp.files),
+                       "interpreter": [{"path": p, "hash": h} for p, h in fp.interpreter]})
         else:
-            say(f"locked {name} ({what}): entrypoint {fp.entrypoint_path}", err=False)
+            say(f"locked {name} ({what}): {len(fp.files)} file(s) in {fp.directory}"
+                + (f", interpreter {' -> '.join(p for p, _ in fp.interpreter)}" if fp.interpreter else ""), err=False)
         return
     preview = commit_all(loaded, discovery, key, all_code) if all_code else preview_all(loaded, discovery, key)
     d = preview.diff
+
+    def details(plugin: str) -> list[tuple[str, str]]:
+        now, then = preview.entries.get(plugin), preview.previous.get(plugin)
+        if now is None:
+            return []
+        if then is None:
+            return [("+", path) for path, _ in now.files] + [("+", f"interpreter {p}") for p, _ in now.interpreter]
+        return file_changes(now, then)
+
     if as_json:
         emit_json({"lock_file": preview.lock_file, "code": preview.code, "committed": bool(all_code),
-                   "added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
-                   "unchanged": list(d.unchanged)})
+                   "outdated_format": preview.outdated, "added": list(d.added), "changed": list(d.changed),
+                   "removed": list(d.removed), "unchanged": list(d.unchanged),
+                   "files": {n: [f"{sign} {what}" for sign, what in details(n)] for n in (*d.added, *d.changed)}})
         return
+    if preview.outdated:
+        say("the lock file has format 1 (manifest and entrypoint only): every plugin is relocked in format 2", err=False)
     for sign, label, names in (("+", "new", d.added), ("~", "changed", d.changed), ("-", "removed", d.removed)):
         for n in names:
             say(f"{sign} {label:<8} {n}", err=False)
+            if verbose:
+                for fsign, what in details(n):
+                    say(f"    {fsign} {what}", err=False)
     if not (d.added or d.changed or d.removed):
         say(f"no changes: {len(d.unchanged)} plugin(s) already locked", err=False)
     if all_code:

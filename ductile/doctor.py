@@ -80,10 +80,18 @@ def sections() -> list[Section]:
     return [host_findings, plugin_findings, posture_findings, containment_findings, landlock_section, vault_findings]
 
 
-def run_doctor(config: str | None, env: Mapping[str, str] | None = None) -> DoctorReport:
+def strictly(findings: list[Finding]) -> list[Finding]:
+    """``--strict``: a side-door warning is a refusal."""
+    return [Finding("error", f.category, f.field, f.message + " (--strict)", f.fix, f.where)
+            if f.category == "sidedoor" and f.severity == "warning" else f for f in findings]
+
+
+def run_doctor(config: str | None, env: Mapping[str, str] | None = None, *, strict: bool = False) -> DoctorReport:
     loaded, findings = inspect_config(config, env=env)
     findings = python_findings() + findings
     if loaded is not None:
         for section in sections():
             findings += section(loaded)
+    if strict:
+        findings = strictly(findings)
     return DoctorReport(loaded.path if loaded else None, tuple(sort_findings(findings)))

@@ -105,6 +105,14 @@ class AccountDropFailed(DuctileError):
     terminal = True
 
 
+class AccountRefused(DuctileError):
+    """The boot refused this account (its state_dir failed reconcile, or a side door):
+    its jobs fail until the operator fixes it and restarts. Never retried."""
+
+    kind = "account_refused"
+    terminal = True
+
+
 class SpawnFailed(DuctileError):
     """The plugin could not be started for a reason other than a refused drop."""
 

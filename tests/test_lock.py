@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from ductile.config.model import AccountConfig, Config
 from ductile.errors import NoDowngradeTarget
 from ductile.privsep.accounts import ResolvedAccount
-from ductile.privsep.fingerprint import (Fingerprint, bind_fingerprint, confirmation_code, diff_lock, fingerprint,
-                                         keyed_hash, lock_state)
+from ductile.privsep.fingerprint import (Fingerprint, bind_fingerprint, confirmation_code, diff_lock, file_changes,
+                                         fingerprint, is_bytecode, keyed_hash, lock_state)
 from wallworld import PROBE_PLUGIN, World, destroy, make_world, require_root
 
 KEY = bytes(range(32))
@@ -25,16 +25,36 @@ KEY = bytes(range(32))
 
 # ---- pure ---------------------------------------------------------------------------------
 
+def fp(name: str = "p", **digests: str) -> Fingerprint:
+    """A fingerprint from file digests; ``interp`` names the interpreter's digest."""
+    interp = digests.pop("interp", "i")
+    return fingerprint(name, "/opt/p/" + name, "/opt/p/" + name + "/run.py",
+                       [(rel.replace("_", "."), h) for rel, h in digests.items()], [("/usr/bin/python3.11", interp)])
+
+
 @given(data=st.binary(min_size=1, max_size=2048), index=st.integers(min_value=0), flip=st.integers(1, 255),
-       which=st.sampled_from(["manifest", "entrypoint"]))
-def test_any_single_byte_change_is_detected(data: bytes, index: int, flip: int, which: str) -> None:
+       which=st.sampled_from(["manifest", "entrypoint", "helper", "interpreter"]))
+def test_any_single_byte_change_anywhere_is_detected(data: bytes, index: int, flip: int, which: str) -> None:
     i = index % len(data)
     changed = data[:i] + bytes([data[i] ^ flip]) + data[i + 1:]
-    before = fingerprint(KEY, "p", "/m", data, "/e", data)
-    after = fingerprint(KEY, "p", "/m", changed if which == "manifest" else data,
-                        "/e", changed if which == "entrypoint" else data)
+
+    def make(target: str | None) -> Fingerprint:
+        h = {w: keyed_hash(KEY, changed if w == target else data) for w in ("manifest", "entrypoint", "helper", "interpreter")}
+        return fingerprint("p", "/d", "/d/run.py", [("manifest.yaml", h["manifest"]), ("run.py", h["entrypoint"]),
+                                                    ("_stopwatch.py", h["helper"])], [("/usr/bin/python3.11", h["interpreter"])])
+    before, after = make(None), make(which)
     assert lock_state(after, before, True) == "drifted"
     assert lock_state(before, before, True) == "locked"
+    assert file_changes(after, before) == [("~", {"manifest": "manifest.yaml", "entrypoint": "run.py",
+                                                  "helper": "_stopwatch.py", "interpreter": "interpreter /usr/bin/python3.11"}[which])]
+
+
+def test_file_changes_and_bytecode() -> None:
+    before = fp(run_py="1", helper_py="2")
+    after = fp(run_py="1", other_py="3", interp="j")
+    assert file_changes(after, before) == [("-", "helper.py"), ("+", "other.py"), ("~", "interpreter /usr/bin/python3.11")]
+    assert [r for r in ("x/__pycache__/a.cpython-311.pyc", "a.pyc", "__pycache__", "run.py", "lib/pycache.py")
+            if is_bytecode(r)] == ["x/__pycache__/a.cpython-311.pyc", "a.pyc", "__pycache__"]
 
 
 def test_the_hash_is_keyed() -> None:
@@ -48,8 +68,8 @@ def test_the_hash_is_keyed() -> None:
     (None, "a", True, "drifted"), ("a", None, False, "no-lock"),
 ])
 def test_lock_states(current, locked, exists, state) -> None:  # type: ignore[no-untyped-def]
-    fp = {n: Fingerprint("p", "/m", n, "/e", n) for n in "ab"}
-    assert lock_state(fp.get(current), fp.get(locked), exists) == state
+    fps = {n: fp(run_py=n) for n in "ab"}
+    assert lock_state(fps.get(current), fps.get(locked), exists) == state
 
 
 def cfg(untrusted: bool = True) -> Config:
@@ -84,18 +104,19 @@ def test_unconfined_plugins_are_never_downgraded() -> None:
     assert b.account.source == "unconfined" and not b.attested
 
 
-def test_confirmation_code_tracks_the_entries() -> None:
-    a = Fingerprint("a", "/m", "1", "/e", "2")
-    b = Fingerprint("b", "/m", "3", "/e", "4")
+def test_confirmation_code_tracks_every_file_and_the_interpreter() -> None:
+    a, b = fp("a", run_py="1"), fp("b", run_py="3")
     code = confirmation_code([a, b])
     assert len(code) == 5 and code == confirmation_code([b, a])
-    assert code != confirmation_code([a, Fingerprint("b", "/m", "3", "/e", "5")])
+    assert code != confirmation_code([a, fp("b", run_py="4")])
+    assert code != confirmation_code([a, fp("b", run_py="3", helper_py="5")])
+    assert code != confirmation_code([a, fp("b", run_py="3", interp="j")])
     assert code != confirmation_code([a])
 
 
 def test_diff() -> None:
-    x = Fingerprint("x", "/m", "1", "/e", "1")
-    d = diff_lock({"x": x, "new": x}, {"x": Fingerprint("x", "/m", "1", "/e", "2"), "gone": x})
+    x = fp("x", run_py="1")
+    d = diff_lock({"x": x, "new": x}, {"x": fp("x", run_py="1", helper_py="2"), "gone": x})
     assert (d.added, d.changed, d.removed) == (("new",), ("x",), ("gone",))
 
 
@@ -261,3 +282,118 @@ def test_no_vault_no_lock() -> None:
         assert proc.returncode == 1 and "vault init" in proc.stderr and not (w.etc / ".checksums").exists()
     finally:
         destroy(w)
+
+
+@privileged
+def test_a_helper_changed_after_lock_downgrades_and_delivers_no_secrets(world: World) -> None:
+    """#10 attack 3, second half: a helper next to run.py is part of the plugin."""
+    from test_vault_delivery import vault_cli
+
+    helper = world.base / "plugins" / "probe" / "_stopwatch.py"
+    helper.write_text("def lap():\n    return 1\n")
+    os.chmod(helper, 0o644)
+    try:
+        vault_cli(world, "principal", "add", "probe")
+        vault_cli(world, "set", "probe-token", "--grant", "probe", input="s3cr3t-value")
+        assert lock(world, "probe").returncode == 0
+        ok = json.loads(world.plugin_run("probe", {}).stdout)
+        assert ok["account"]["name"] == "ops" and ok["secrets_delivered"] == ["probe-token"]
+        helper.write_text("def lap():\n    import os; return os.system('id')\n")
+        proc = world.plugin_run("probe", {})
+        out = json.loads(proc.stdout)
+        assert out["outcome"]["error"]["kind"] == "fingerprint_mismatch" and out["pid"] is None
+        assert out["lock"]["state"] == "drifted" and "~_stopwatch.py" in out["lock"]["reason"]
+        assert "s3cr3t-value" not in proc.stdout + proc.stderr
+        listed = {r["name"]: r["lock"] for r in json.loads(world.run("plugin", "list", "--json").stdout)["plugins"]}
+        assert listed["probe"] == "drifted"
+        # without a principal the same drift is a downgrade to untrusted
+        vault_cli(world, "principal", "revoke", "probe")
+        text = (world.etc / "config.yaml").read_text()
+        (world.etc / "config.yaml").write_text(text.replace("probe: {run_as: ops}", "probe: {run_as: ops, vault_principal: nobody}"))
+        try:
+            out = json.loads(world.plugin_run("probe", {}).stdout)
+            assert out["account"]["name"] == "untrusted" and out["account"]["source"] == "downgraded"
+        finally:
+            (world.etc / "config.yaml").write_text(text)
+        preview = lock(world, "--all", "--verbose")
+        assert "~ changed  probe" in preview.stdout and "    ~ _stopwatch.py" in preview.stdout
+        assert "run.py" not in preview.stdout  # unchanged files are not listed
+        short = lock(world, "--all")
+        assert "~ changed  probe" in short.stdout and "_stopwatch.py" not in short.stdout
+    finally:
+        helper.unlink()
+
+
+@privileged
+def test_an_interpreter_changed_after_lock_drifts(world: World) -> None:
+    """The lock records the #! chain's path and bytes: an upgraded (or swapped) interpreter
+    is a change the operator reviews."""
+    wrap = world.base / "interp"
+    wrap.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(wrap, 0o755)
+    (wrap / "py").write_text("#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n")
+    os.chmod(wrap / "py", 0o755)
+    entry = world.base / "plugins" / "other" / "run.py"
+    original = entry.read_bytes()
+    entry.write_bytes(original.replace(b"#!/usr/bin/python3", f"#!{wrap / 'py'}".encode(), 1))
+    try:
+        assert lock(world, "other").returncode == 0
+        fp = json.loads(lock(world, "other", "--json").stdout)
+        assert [i["path"] for i in fp["interpreter"]] == [str(wrap / "py"), "/usr/bin/dash"]
+        assert json.loads(world.plugin_run("other", {}).stdout)["account"]["name"] == "ops"
+        (wrap / "py").write_text("#!/bin/sh\n# upgraded\nexec /usr/bin/python3 \"$@\"\n")
+        out = json.loads(world.plugin_run("other", {}).stdout)
+        assert out["account"]["name"] == "untrusted" and f"interpreter {wrap / 'py'}" in out["lock"]["reason"]
+    finally:
+        entry.write_bytes(original)
+
+
+@privileged
+def test_a_format_1_lock_is_refused_with_the_exact_command_then_replaced(world: World) -> None:
+    checksums = world.etc / ".checksums"
+    checksums.write_text("version: 1\nplugins:\n- {name: probe, manifest_path: /m, manifest_hash: aa, "
+                         "entrypoint_path: /e, entrypoint_hash: bb}\n")
+    os.chown(checksums, world.gateway_uid, world.gateway_uid)
+    command = f"ductile plugin lock --all --config {world.etc / 'config.yaml'}"
+    listed = {r["name"]: r["lock"] for r in json.loads(world.run("plugin", "list", "--json").stdout)["plugins"]}
+    assert listed == {"other": "outdated", "probe": "outdated"}
+    out = json.loads(world.plugin_run("probe", {}).stdout)
+    assert out["account"]["name"] == "untrusted" and command in out["lock"]["reason"]
+    doc = json.loads(world.run("doctor", "--json").stdout)
+    assert any(f["field"] == "plugins.probe" and "outdated" in f["message"] and command in f["fix"] for f in doc["findings"])
+    one = lock(world, "probe")
+    assert one.returncode == 1 and command in one.stderr
+    # the command it names does the job
+    preview = world.run(*command.split()[1:-2])
+    assert preview.returncode == 0 and "format 1" in preview.stdout and "~ changed  probe" in preview.stdout
+    code = preview.stdout.split("confirmation code: ")[1].split()[0]
+    assert lock(world, "--all", code).returncode == 0
+    assert json.loads(world.plugin_run("probe", {}).stdout)["account"]["name"] == "ops"
+    assert "version: 2" in checksums.read_text()
+
+
+def test_the_plugin_directory_must_still_be_the_one_discovery_judged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Renamed away and replaced (same bytes, same path) after discovery: the spawn refuses."""
+    from ductile.errors import LockError, PluginError
+    from ductile.lock import current
+    from ductile.plugins.discovery import discover_plugins
+    from ductile.runtime.executor import same_directory
+
+    root = tmp_path / "plugins"
+    (root / "p").mkdir(parents=True)
+    os.chmod(root, 0o755)
+    os.chmod(root / "p", 0o755)
+    (root / "p" / "manifest.yaml").write_text("name: p\nprotocol: 2\nentrypoint: run\ncommands: [{name: poll, type: read}]\n")
+    (root / "p" / "run").write_text("#!/bin/sh\necho '{}'\n")
+    os.chmod(root / "p" / "run", 0o755)
+    plugin = discover_plugins([str(root)]).plugins["p"]
+    same_directory(plugin)
+    current(KEY, plugin)
+    os.rename(root / "p", root / "p.old")
+    import shutil
+
+    shutil.copytree(root / "p.old", root / "p")
+    with pytest.raises(PluginError, match="replaced after discovery"):
+        same_directory(plugin)
+    with pytest.raises(LockError, match="replaced after discovery"):
+        current(KEY, plugin)

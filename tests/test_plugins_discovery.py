@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO
 
 from ductile.plugins.discovery import MAX_WALK_DEPTH, Discovery, discover_plugins
+from ductile.privsep.trust import Owners
 
 UPSTREAM = REPO / "tests" / "fixtures" / "upstream" / "birdsong_digest"
 ACCOUNT = 61001
@@ -240,5 +241,5 @@ def test_plugin_owned_by_an_account_is_skipped(tmp_path: Path) -> None:
     plugin = make_plugin(root, "owned")
     os.chown(plugin / "run.py", ACCOUNT, ACCOUNT)
     assert list(discover_plugins([str(root)]).plugins) == ["owned"]  # nobody is forbidden yet
-    found = discover_plugins([str(root)], forbidden_owner_uids=frozenset({ACCOUNT}))
+    found = discover_plugins([str(root)], owners=Owners.of({ACCOUNT}, os.geteuid()))
     assert rules(found) == {"owned": ["trust.not-owned-by-account"]}

@@ -211,11 +211,17 @@ def in_cgroup(path: Path | None, cmd: list[str]) -> list[str]:
 class World:
     base: Path
     gateway_uid: int          # 0 for a root gateway
-    accounts: dict[str, int]  # name -> uid (gid == uid)
+    accounts: dict[str, int]  # name -> uid (gid == uid unless gids says otherwise)
     extra_config: str = ""
     plugins: dict[str, str] = field(default_factory=dict)
     cgroup: Path | None = None  # the gateway starts in this (delegated) cgroup
     proc_plugins: set[str] = field(default_factory=set)  # plugins whose code reads /proc: granted it
+    gids: dict[str, int] = field(default_factory=dict)
+    extra_roots: list[Path] = field(default_factory=list)
+    state_dirs: dict[str, Path] = field(default_factory=dict)  # overrides of base/accounts/<name>
+
+    def gid(self, name: str) -> int:
+        return self.gids.get(name, self.accounts[name])
 
     @property
     def etc(self) -> Path:
@@ -234,16 +240,17 @@ class World:
         return self.base / "state" / "vault.age"
 
     def state_dir(self, name: str) -> Path:
-        return self.base / "accounts" / name
+        return self.state_dirs.get(name, self.base / "accounts" / name)
 
     def config_text(self) -> str:
-        accts = "\n".join(f"  {n}: {{uid: {u}, gid: {u}, state_dir: {self.state_dir(n)}}}" for n, u in self.accounts.items())
+        accts = "\n".join(f"  {n}: {{uid: {u}, gid: {self.gid(n)}, state_dir: {self.state_dir(n)}}}"
+                          for n, u in self.accounts.items())
         plugins = "\n".join(f"  {p}: {self.grant(p, body)}" for p, body in self.plugins.items())
         return textwrap.dedent(f"""\
             service: {{kill_grace: 1s}}
             state: {{path: {self.db}}}
             secrets: {{age_key_file: {self.key}, vault_file: {self.vault}}}
-            plugin_roots: [{self.base / 'plugins'}]
+            plugin_roots: [{", ".join(str(r) for r in [self.base / 'plugins', *self.extra_roots])}]
             api: {{enabled: false}}
             """) + (f"accounts:\n{accts}\n" if self.accounts else "") + (f"plugins:\n{plugins}\n" if plugins else "") + self.extra_config
 
@@ -282,14 +289,19 @@ class World:
 
 
 def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, str],
-               plugin_sources: dict[str, str] | None = None) -> World:
-    """gateway_uid None -> a fresh non-root uid (cap-only gateway); 0 -> root gateway."""
+               plugin_sources: dict[str, str] | None = None, *,
+               fixed: dict[str, tuple[int, int]] | None = None) -> World:
+    """gateway_uid None -> a fresh non-root uid (cap-only gateway); 0 -> root gateway.
+    ``fixed``: more accounts with a given (uid, gid), e.g. real ids a test created."""
     ids = free_ids(len(accounts) + 1)
     gw = ids[-1] if gateway_uid is None else gateway_uid
     base = Path(tempfile.mkdtemp(prefix="ductile-wall-", dir="/tmp"))
     os.chmod(base, 0o711)
     world = World(base, gw, dict(zip(accounts, ids)), plugins=plugins,
                   proc_plugins={n for n, src in (plugin_sources or {}).items() if "/proc/" in src})
+    for name, (uid, gid) in (fixed or {}).items():
+        world.accounts[name] = uid
+        world.gids[name] = gid
     for d, mode in [("etc", 0o700), ("etc/secret", 0o700), ("state", 0o700), ("accounts", 0o711), ("plugins", 0o755)]:
         (base / d).mkdir(mode=mode)
         os.chmod(base / d, mode)
@@ -299,9 +311,9 @@ def make_world(gateway_uid: int | None, accounts: list[str], plugins: dict[str, 
         sd = world.state_dir(name)
         sd.mkdir(mode=0o700)
         os.chmod(sd, 0o700)
-        os.chown(sd, uid, uid)
+        os.chown(sd, uid, world.gid(name))
         (sd / "private.txt").write_text(f"{name}'s own data")
-        os.chown(sd / "private.txt", uid, uid)
+        os.chown(sd / "private.txt", uid, world.gid(name))
         os.chmod(sd / "private.txt", 0o600)
     for name, source in (plugin_sources or {}).items():
         d = base / "plugins" / name

@@ -4,24 +4,30 @@ A plugin is code the gateway will exec; if anyone but the operator can change th
 the privilege wall is decoration. So a plugin is skipped (with an error finding naming the
 path, the rule and the fix — never fatal to the others) unless: its entrypoint, as written,
 is relative without ``..``; it resolves inside the plugin directory and inside a root; it is
-a regular, executable file; nothing from the root down to it (directories, manifest,
-entrypoint) is group- or world-writable; and none of it is owned by an account uid (an
-account that can rewrite a plugin can lend itself any grant that plugin holds).
+a regular, executable file; and **everything it executes** passes ``exectrust``: every
+entry of its directory tree (helpers, vendored modules, bytecode caches), every directory
+from ``/`` down to it, and every interpreter its ``#!`` line leads to (``env`` and symlinks
+followed) — none owned by an account uid, none replaceable by others (an account that can
+rewrite a plugin can lend itself any grant that plugin holds).
 
-``evaluate_trust`` decides from plain stat facts and is table-tested; ``discover_plugins``
-is the thin edge that walks the disk and gathers those facts.
+``evaluate_trust`` decides from plain facts and is table-tested; ``discover_plugins`` is
+the thin edge that walks the disk (through ``execfacts``) and gathers those facts.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ductile.errors import PluginError
 from ductile.findings import Finding
+from ductile.plugins import execfacts
+from ductile.plugins.exectrust import (RULE_NOT_WRITABLE, RULE_OWNER, InterpreterLink,  # noqa: F401 (re-exported) Judged, TreeEntry,
+                                       below_root_problems, interpreter_problems, tree_problems)
 from ductile.plugins.manifest import MANIFEST_NAME, Manifest, entrypoint_problem, parse_manifest
+from ductile.privsep.pathfacts import Resolution
+from ductile.privsep.trust import Node, Owners, Step, chain_problems
 
 MAX_WALK_DEPTH = 6        # directory levels below a root searched for manifests
 MAX_WALK_DIRS = 10_000    # directories visited per root before the walk gives up
@@ -34,22 +40,7 @@ RULE_IN_PLUGIN_DIR = "inside-plugin-dir"
 RULE_IN_ROOT = "inside-plugin-root"
 RULE_REGULAR = "regular-file"
 RULE_EXECUTABLE = "executable"
-RULE_NOT_WRITABLE = "not-group-or-world-writable"
-RULE_OWNER = "not-owned-by-account"
-
-
-@dataclass(frozen=True)
-class Stat:
-    """The two stat fields trust depends on."""
-
-    mode: int  # st_mode: file type and permission bits
-    uid: int
-
-
-@dataclass(frozen=True)
-class PathFacts:
-    path: str  # realpath
-    stat: Stat
+RULE_WHOLE_TREE = "whole-tree"
 
 
 @dataclass(frozen=True)
@@ -58,14 +49,17 @@ class TrustSnapshot:
 
     plugin: str                        # the manifest's name, for messages
     manifest_path: str                 # where the walk found it (shown as the finding's place)
-    manifest: PathFacts                # the manifest file, resolved
+    manifest: Node                     # the manifest file, resolved
     plugin_dir: str                    # realpath of the directory holding manifest.yaml
     entrypoint_written: str            # as in the manifest
     entrypoint_real: str               # realpath of plugin_dir/entrypoint_written
-    entrypoint: Stat | None            # None when it does not resolve to anything
-    dirs: tuple[PathFacts, ...]        # every directory below the root down to the entrypoint's own
+    entrypoint: Node | None            # None when it does not resolve to anything
     roots: tuple[str, ...]             # realpaths of the plugin roots
-    forbidden_owner_uids: frozenset[int] = frozenset()
+    owners: Owners = Owners(frozenset(), frozenset({0}))
+    below_root: tuple[Step, ...] = ()  # every step from the plugin root down to plugin_dir
+    tree: tuple[TreeEntry, ...] = ()   # every entry below plugin_dir
+    tree_error: str = ""               # why the tree could not be listed whole
+    interpreter: tuple[InterpreterLink, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +71,8 @@ class Plugin:
     manifest_path: str  # realpath
     entrypoint: str     # resolved absolute path: what gets exec'd
     manifest: Manifest = field(hash=False)
+    dir_id: tuple[int, int]             # (st_dev, st_ino) of directory at discovery: checked again at spawn
+    interpreter: tuple[str, ...] = ()   # the #! chain's files, resolved, in exec order
 
 
 @dataclass(frozen=True)
@@ -102,15 +98,6 @@ class Discovery:
 def _inside(path: str, directory: str) -> bool:
     """Strictly below ``directory`` (both realpaths)."""
     return path != directory and os.path.commonpath([path, directory]) == directory
-
-
-def _writable_by_others(mode: int) -> str:
-    bits = []
-    if mode & stat.S_IWGRP:
-        bits.append("group")
-    if mode & stat.S_IWOTH:
-        bits.append("world")
-    return "- and ".join(bits)
 
 
 def evaluate_trust(snap: TrustSnapshot) -> list[Finding]:
@@ -144,77 +131,61 @@ def evaluate_trust(snap: TrustSnapshot) -> list[Finding]:
                f"({', '.join(snap.roots) or 'none configured'})",
                "move the plugin under a directory listed in plugin_roots")
         return out
-    if not stat.S_ISREG(snap.entrypoint.mode):
+    if not snap.entrypoint.is_regular:
         refuse(RULE_REGULAR, f"entrypoint {snap.entrypoint_real} is not a regular file",
                "point entrypoint: at an executable file, not a directory or device")
     elif not snap.entrypoint.mode & 0o111:
         refuse(RULE_EXECUTABLE, f"entrypoint {snap.entrypoint_real} is not executable "
-               f"(mode {stat.S_IMODE(snap.entrypoint.mode):04o})", f"chmod 0755 {snap.entrypoint_real}")
-    if not stat.S_ISREG(snap.manifest.stat.mode):
+               f"(mode {snap.entrypoint.perms:04o})", f"chmod 0755 {snap.entrypoint_real}")
+    if not snap.manifest.is_regular:
         refuse(RULE_REGULAR, f"manifest {snap.manifest.path} is not a regular file",
                "make manifest.yaml a regular file")
-    guarded = [*snap.dirs, snap.manifest, PathFacts(snap.entrypoint_real, snap.entrypoint)]
-    for facts in guarded:
-        who = _writable_by_others(facts.stat.mode)
-        if who:
-            kind = "directory" if stat.S_ISDIR(facts.stat.mode) else "file"
-            refuse(RULE_NOT_WRITABLE, f"{kind} {facts.path} is {who}-writable "
-                   f"(mode {stat.S_IMODE(facts.stat.mode):04o}), so others could change what runs",
-                   f"chmod go-w {facts.path}")
-        if facts.stat.uid in snap.forbidden_owner_uids:
-            refuse(RULE_OWNER, f"{facts.path} is owned by uid {facts.stat.uid}, an account plugins run as, "
-                   "so a plugin could rewrite it", f"chown root {facts.path} (plugin code belongs to the operator)")
+    if snap.tree_error:
+        refuse(RULE_WHOLE_TREE, f"the plugin directory {snap.plugin_dir} cannot be checked whole: {snap.tree_error}",
+               "keep only the plugin's own files in its directory, readable by the gateway")
+    judged: list[Judged] = below_root_problems(snap.below_root, snap.owners)
+    judged += tree_problems(snap.plugin_dir, snap.tree, snap.owners)
+    judged += interpreter_problems(snap.interpreter, snap.owners)
+    seen: set[tuple[str, str]] = set()
+    for j in judged:
+        if (j.rule, j.problem.message) in seen:
+            continue
+        seen.add((j.rule, j.problem.message))
+        refuse(j.rule, j.problem.message, j.problem.fix)
     return out
 
 
-def evaluate_root(index: int, root: str, real: str, facts: Stat | None,
-                  forbidden_owner_uids: frozenset[int] = frozenset()) -> list[Finding]:
-    """Whether a plugin root may be searched at all. A writable root lets others plant a
-    plugin that claims a configured plugin's name, so it is refused as a whole."""
+def evaluate_root(index: int, root: str, real: str, facts: Node | None, owners: Owners,
+                  resolution: Resolution | None = None) -> list[Finding]:
+    """Whether a plugin root may be searched at all: every step from ``/`` to it (the
+    configured path, symlinks followed) must be out of the accounts' reach. A root others
+    can change lets them plant a plugin that claims a configured plugin's name, so it is
+    refused as a whole."""
     where = f"plugin_roots[{index}]"
     if facts is None:
         return [Finding("error", "plugin", where, f"plugin root {root} does not exist",
                         "create it (root-owned, 0755) or fix the path in plugin_roots")]
-    if not stat.S_ISDIR(facts.mode):
+    if not facts.is_dir:
         return [Finding("error", "plugin", where, f"plugin root {root} is not a directory",
                         "point plugin_roots at a directory of plugin directories")]
+    steps = resolution.steps if resolution is not None else (Step(None, facts),)
     out = []
-    who = _writable_by_others(facts.mode)
-    if who:
-        out.append(Finding("error", "plugin", where, f"plugin root {real} is {who}-writable "
-                           f"(mode {stat.S_IMODE(facts.mode):04o}); none of its plugins is trusted",
-                           f"chmod go-w {real}"))
-    if facts.uid in forbidden_owner_uids:
-        out.append(Finding("error", "plugin", where, f"plugin root {real} is owned by uid {facts.uid}, an account "
-                           "plugins run as; none of its plugins is trusted", f"chown root {real}"))
+    for p in chain_problems(steps, owners):
+        out.append(Finding("error", "plugin", where, f"plugin root {root}: {p.message}; none of its plugins is trusted",
+                           p.fix))
     return out
 
 
 # -- the edge ------------------------------------------------------------------------------
 
 
-def _stat(path: str) -> Stat | None:
+def _node(path: str) -> Node | None:
+    """``stat`` (following links) of ``path``, labelled with ``path``."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return Stat(st.st_mode, st.st_uid)
-
-
-def _chain(top: str, bottom: str) -> tuple[PathFacts, ...] | None:
-    """Facts for every directory strictly below ``top`` down to ``bottom`` inclusive."""
-    if bottom == top:
-        return ()
-    rel = os.path.relpath(bottom, top)
-    out = []
-    current = top
-    for part in rel.split(os.sep):
-        current = os.path.join(current, part)
-        facts = _stat(current)
-        if facts is None:
-            return None
-        out.append(PathFacts(current, facts))
-    return tuple(out)
+    return Node(path, st.st_mode, st.st_uid, st.st_gid)
 
 
 def _walk(root: str, findings: list[Finding]) -> list[str]:
@@ -248,17 +219,27 @@ def _walk(root: str, findings: list[Finding]) -> list[str]:
     return sorted(found)
 
 
-def _load_one(manifest_path: str, root: str, roots: tuple[str, ...],
-              forbidden: frozenset[int]) -> tuple[Plugin | None, SkippedPlugin | None, list[Finding]]:
+def _manifest_node(manifest_path: str) -> Node | None:
+    """The resolved manifest, if it is a regular file: checked before reading, since opening
+    a FIFO or device named manifest.yaml would hang or worse."""
+    node = _node(os.path.realpath(manifest_path))
+    return node if node is not None and node.is_regular else None
+
+
+def _not_regular(manifest_path: str) -> tuple[None, SkippedPlugin, list[Finding]]:
     plugin_dir = os.path.dirname(manifest_path)
-    manifest_real = os.path.realpath(manifest_path)
-    manifest_stat = _stat(manifest_real)
-    if manifest_stat is None or not stat.S_ISREG(manifest_stat.mode):
-        # checked before reading: opening a FIFO or device named manifest.yaml would hang or worse
-        finding = Finding("error", "plugin", f"trust.{RULE_REGULAR}",
-                          f"plugin at {plugin_dir} skipped: manifest.yaml is not a readable regular file",
-                          "make manifest.yaml a regular file in the plugin directory", manifest_path)
-        return None, SkippedPlugin(None, manifest_path, (finding,)), [finding]
+    finding = Finding("error", "plugin", f"trust.{RULE_REGULAR}",
+                      f"plugin at {plugin_dir} skipped: manifest.yaml is not a readable regular file",
+                      "make manifest.yaml a regular file in the plugin directory", manifest_path)
+    return None, SkippedPlugin(None, manifest_path, (finding,)), [finding]
+
+
+def _load_one(manifest_path: str, root: str, roots: tuple[str, ...], owners: Owners, search_path: str,
+              resolver: execfacts.Resolver) -> tuple[Plugin | None, SkippedPlugin | None, list[Finding]]:
+    plugin_dir = os.path.dirname(manifest_path)
+    manifest_node = _manifest_node(manifest_path)
+    if manifest_node is None:
+        return _not_regular(manifest_path)
     try:
         manifest, warnings = parse_manifest(manifest_path)
     except PluginError as err:
@@ -267,52 +248,82 @@ def _load_one(manifest_path: str, root: str, roots: tuple[str, ...],
         return None, SkippedPlugin(None, manifest_path, (finding,)), [finding]
     # parse_manifest has refused empty, absolute, '..' and NUL-bearing entrypoints already
     entry_real = os.path.realpath(os.path.join(plugin_dir, manifest.entrypoint))
-    entry_stat = _stat(entry_real)
-    dirs = _chain(root, plugin_dir) or ()
-    if entry_stat is not None and _inside(entry_real, plugin_dir):
-        dirs += _chain(plugin_dir, os.path.dirname(entry_real)) or ()
+    entry_node = _node(entry_real)
+    below_root = tuple(step for step in resolver(plugin_dir).steps if _inside(step.node.path, root))
+    tree, tree_error = execfacts.tree(plugin_dir)
+    chain: tuple[InterpreterLink, ...] = ()
+    if entry_node is not None and entry_node.is_regular and _inside(entry_real, plugin_dir):
+        chain = execfacts.interpreter_chain(entry_real, search_path, resolver)
     snap = TrustSnapshot(
-        plugin=manifest.name, manifest_path=manifest_path, manifest=PathFacts(manifest_real, manifest_stat),
+        plugin=manifest.name, manifest_path=manifest_path, manifest=manifest_node,
         plugin_dir=plugin_dir, entrypoint_written=manifest.entrypoint, entrypoint_real=entry_real,
-        entrypoint=entry_stat, dirs=dirs, roots=roots, forbidden_owner_uids=forbidden,
+        entrypoint=entry_node, roots=roots, owners=owners, below_root=below_root, tree=tree,
+        tree_error=tree_error, interpreter=chain,
     )
     refusals = evaluate_trust(snap)
     if refusals:
         return None, SkippedPlugin(manifest.name, manifest_path, tuple(refusals)), warnings + refusals
-    return Plugin(manifest.name, plugin_dir, manifest_real, entry_real, manifest), None, warnings
+    st = os.stat(plugin_dir)
+    return Plugin(manifest.name, plugin_dir, manifest_node.path, entry_real, manifest, (st.st_dev, st.st_ino),
+                  execfacts.chain_files(chain)), None, warnings
 
 
-def discover_plugins(roots: Iterable[str], *,
-                     forbidden_owner_uids: frozenset[int] = frozenset()) -> Discovery:
+def _refused_root_plugins(root: str, problems: list[Finding]) -> list[SkippedPlugin]:
+    """Name the plugins of a root that is refused as a whole, so a configured plugin is
+    reported as refused (and why) rather than as missing."""
+    out = []
+    for manifest_path in _walk(root, []):
+        name = None
+        if _manifest_node(manifest_path) is not None:
+            try:
+                name = parse_manifest(manifest_path)[0].name
+            except PluginError:
+                pass
+        out.append(SkippedPlugin(name, manifest_path, tuple(problems)))
+    return out
+
+
+def default_owners() -> Owners:
+    return Owners(frozenset(), frozenset({0, os.geteuid()}))
+
+
+def discover_plugins(roots: Iterable[str], *, owners: Owners | None = None,
+                     search_path: str | None = None) -> Discovery:
     """Walk ``roots`` (in the order given) for manifests and keep the trusted plugins.
 
+    ``owners``: account uids (never trusted) and the trusted uids (root and the gateway).
+    ``search_path``: the PATH plugins get, which ``#!/usr/bin/env`` searches.
     On a duplicate name the first wins, ordered by root then by manifest path; the others
     are reported as warnings. Nothing here raises for one bad plugin or root.
     """
-    forbidden = frozenset(forbidden_owner_uids)
+    owners = owners or default_owners()
+    search_path = search_path if search_path is not None else os.environ.get("PATH", "/usr/bin:/bin")
+    resolver = execfacts.Resolver()
     findings: list[Finding] = []
     searchable: list[str] = []
     missing: list[str] = []
+    skipped: list[SkippedPlugin] = []
     for i, root in enumerate(roots):
         real = os.path.realpath(root)
-        facts = _stat(real)
+        facts = _node(real)
         if facts is None:
             missing.append(root)
-        problems = evaluate_root(i, root, real, facts, forbidden)
+        problems = evaluate_root(i, root, real, facts, owners, resolver(os.path.abspath(root)))
         findings += problems
         if not problems and real not in searchable:
             searchable.append(real)
+        elif problems and facts is not None and facts.is_dir:
+            skipped += _refused_root_plugins(real, problems)
     trusted_roots = tuple(searchable)
 
     plugins: dict[str, Plugin] = {}
-    skipped: list[SkippedPlugin] = []
     seen: set[str] = set()
     for root in trusted_roots:
         for manifest_path in _walk(root, findings):
             if manifest_path in seen:  # nested or repeated roots
                 continue
             seen.add(manifest_path)
-            plugin, skip, notes = _load_one(manifest_path, root, trusted_roots, forbidden)
+            plugin, skip, notes = _load_one(manifest_path, root, trusted_roots, owners, search_path, resolver)
             findings += notes
             if skip is not None:
                 skipped.append(skip)

@@ -10,6 +10,7 @@ one call that reaches the disk.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ from ductile.config import LoadedConfig
 from ductile.config.model import Config
 from ductile.findings import Finding
 from ductile.plugins.discovery import Discovery, discover_plugins
+from ductile.privsep.env import build_env
+from ductile.privsep.trust import Owners
 
 RowStatus = Literal["ok", "skipped", "missing"]
 
@@ -26,8 +29,16 @@ def account_uids(config: Config) -> frozenset[int]:
     return frozenset(account.uid for account in config.accounts.values())
 
 
-def discover_for_config(config: Config) -> Discovery:
-    return discover_plugins(config.plugin_roots, forbidden_owner_uids=account_uids(config))
+def plugin_search_path(config: Config, gateway_env: Mapping[str, str] | None = None) -> str:
+    """The PATH a plugin of this gateway gets (what ``#!/usr/bin/env`` searches): taken from
+    the same builder the spawn spec uses, so the two cannot disagree."""
+    env = build_env(os.environ if gateway_env is None else gateway_env, config.service.plugin_env_passthrough, None)
+    return env["PATH"]
+
+
+def discover_for_config(config: Config, gateway_env: Mapping[str, str] | None = None) -> Discovery:
+    owners = Owners.of(account_uids(config), os.geteuid())
+    return discover_plugins(config.plugin_roots, owners=owners, search_path=plugin_search_path(config, gateway_env))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,15 @@
 
     load config -> discover plugins -> probe capability (edge) -> evaluate_boot_gate (pure)
       -> refuse | unconfined | enforce: harden own process (edge), snapshot (edge),
-         plan_reconcile (pure), apply all-or-refuse (edge)
+         plan_reconcile (pure), side-door audit (pure over host facts),
+         apply through descriptors (edge)
       -> containment: cgroup instance or sweep, subreaper, account locks (runtime/confine.py)
+
+A refusal of the gateway's own surface (config, DB, vault, age key, a writable directory
+on the plugins' PATH) stops the boot; one account's problem (its state_dir, a privileged
+gid) refuses that account only — ``Runtime.refused_accounts`` — and its jobs fail with
+the reason while every other account keeps running. Every applied change and every
+warning comes back in ``Runtime.notes`` for the caller to log and record.
 
 ``plugin run`` and ``serve`` both call ``boot``; ``doctor`` and ``account explain`` call
 ``assess`` which runs the same pure steps without side effects.
@@ -21,25 +28,39 @@ from ductile.plugins.discovery import Discovery, Plugin
 from ductile.plugins.inventory import discover_for_config
 from ductile.privsep import fsapply, kernel
 from ductile.privsep.gate import GateVerdict, evaluate_boot_gate
-from ductile.privsep.reconcile import Action, Plan, paths_to_snapshot, plan_reconcile
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.spawnspec import Confinement
+from ductile.privsep.fsapply import Applied
+from ductile.privsep.hostfacts import side_doors
+from ductile.privsep.reconcile import Plan, Refusal, paths_to_snapshot, plan_reconcile
+from ductile.privsep.sidedoor import AccountFacts, SideDoor
 from ductile.privsep.surface import account_dirs, secret_surface
+from ductile.privsep.trust import Owners
+from ductile.plugins.inventory import account_uids, plugin_search_path
+from ductile.runtime.asaccount import ChmodHelper
 from ductile.runtime.confine import Containment, check_landlock, plugin_facts, setup_containment
 
 
 @dataclass(frozen=True)
 class Assessment:
-    """What the gate and the reconcile planner say about this host, without acting on it."""
+    """What the gate, the reconcile planner and the side-door audit say about this host,
+    without acting on it."""
 
     verdict: GateVerdict
     capability: bool
     gateway_uid: int
     plan: Plan | None  # None unless the posture is enforce
+    side_doors: tuple[SideDoor, ...] = ()  # empty unless the posture is enforce
 
     @property
     def enforcing(self) -> bool:
         return self.verdict.posture == "enforce"
+
+    def refusals(self) -> list[Refusal]:
+        """Every refusal, reconcile and side doors alike (scope None: the whole gateway)."""
+        out = list(self.plan.refusals) if self.plan is not None else []
+        out += [Refusal(d.path, d.rule, d.message, d.fix, d.account) for d in self.side_doors if d.severity == "refuse"]
+        return out
 
 
 @dataclass
@@ -47,7 +68,8 @@ class Runtime:
     loaded: LoadedConfig
     discovery: Discovery
     assessment: Assessment
-    applied: tuple[Action, ...] = ()
+    applied: tuple[Applied, ...] = ()
+    refused_accounts: dict[str, Refusal] = field(default_factory=dict)
     hardening: kernel.Hardening | None = None
     gateway_env: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
     containment: Containment | None = None
@@ -92,6 +114,19 @@ class Runtime:
         if self.containment is not None:
             self.containment.close()
 
+    def notes(self, *, warnings: bool = True) -> list[tuple[str, str]]:
+        """(level, line) for the log: every change the reconcile made, every refused account
+        and (unless ``warnings`` is False) every side-door warning."""
+        out = [("warning" if a.action.op == "chmod" else "info", a.line()) for a in self.applied]
+        out += [("warning", f"warning: {w}") for w in self.warnings]
+        for name, r in sorted(self.refused_accounts.items()):
+            out.append(("error", f"account {name} refused: {r.message} (fix: {r.fix}); its jobs fail until it is "
+                                 "fixed and the gateway restarted"))
+        if warnings:
+            out += [("warning", f"side door: {d.message} (fix: {d.fix})") for d in self.assessment.side_doors
+                    if d.severity == "warn"]
+        return out
+
 
 def reconcile_plan(loaded: LoadedConfig, gateway_uid: int, can_chown: bool) -> Plan:
     surface = secret_surface(loaded)
@@ -101,13 +136,25 @@ def reconcile_plan(loaded: LoadedConfig, gateway_uid: int, can_chown: bool) -> P
     return plan_reconcile(surface, accts, snaps, gateway_uid=gateway_uid, can_chown=can_chown, must_reach=reach)
 
 
-def assess(loaded: LoadedConfig, *, capability: bool | None = None, gateway_uid: int | None = None) -> Assessment:
-    """Gate verdict and reconcile plan for this process (or for the given facts)."""
+def owners(config: Config, gateway_uid: int) -> Owners:
+    return Owners.of(account_uids(config), gateway_uid)
+
+
+def side_door_audit(config: Config, gateway_uid: int, gateway_env: Mapping[str, str] | None = None) -> list[SideDoor]:
+    accounts = [AccountFacts(n, a.uid, a.gid, a.state_dir) for n, a in config.accounts.items()]
+    return side_doors(accounts, plugin_search_path(config, gateway_env), owners(config, gateway_uid))
+
+
+def assess(loaded: LoadedConfig, *, capability: bool | None = None, gateway_uid: int | None = None,
+           gateway_env: Mapping[str, str] | None = None) -> Assessment:
+    """Gate verdict, reconcile plan and side doors for this process (or for the given facts)."""
     cap = kernel.probe_capability() if capability is None else capability
     uid = os.geteuid() if gateway_uid is None else gateway_uid
     verdict = evaluate_boot_gate(cap, len(loaded.config.accounts), loaded.config.service.unconfined)
-    plan = reconcile_plan(loaded, uid, can_chown=(uid == 0)) if verdict.posture == "enforce" else None
-    return Assessment(verdict, cap, uid, plan)
+    if verdict.posture != "enforce":
+        return Assessment(verdict, cap, uid, None)
+    plan = reconcile_plan(loaded, uid, can_chown=(uid == 0))
+    return Assessment(verdict, cap, uid, plan, tuple(side_door_audit(loaded.config, uid, gateway_env)))
 
 
 def discover(loaded: LoadedConfig) -> Discovery:
@@ -120,15 +167,25 @@ def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
     Raises BootRefused (and runs nothing) on any refusal. ``serve`` passes the discovery it
     made before opening the state database (SPEC §8 order) so plugins are walked once."""
     discovery = discover(loaded) if discovery is None else discovery
-    assessment = assess(loaded)
+    gateway_env = dict(os.environ if env is None else env)
+    assessment = assess(loaded, gateway_env=gateway_env)
     v = assessment.verdict
     if v.refused:
         raise BootRefused(v.message, where=f"boot gate ({v.cell})", fix=v.fix)
-    runtime = Runtime(loaded, discovery, assessment, gateway_env=dict(os.environ if env is None else env))
+    runtime = Runtime(loaded, discovery, assessment, gateway_env=gateway_env)
     if assessment.enforcing:
+        for door in assessment.side_doors:
+            if door.severity == "refuse" and door.account is None:
+                raise BootRefused(door.message, where=door.path, fix=door.fix)
         runtime.hardening = kernel.harden_gateway()
         assert assessment.plan is not None
-        runtime.applied = tuple(fsapply.apply_plan(assessment.plan))
+        result = fsapply.apply_plan(assessment.plan, owners(loaded.config, assessment.gateway_uid),
+                                    as_account=ChmodHelper(loaded.config, assessment.gateway_uid))
+        runtime.applied = tuple(result.applied)
+        runtime.refused_accounts = result.refused
+        for r in assessment.refusals():
+            if r.scope is not None:
+                runtime.refused_accounts.setdefault(r.scope, r)
     runtime.containment = setup_containment(loaded.config, enforcing=assessment.enforcing)
     if assessment.enforcing:
         try:

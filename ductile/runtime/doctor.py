@@ -1,5 +1,7 @@
-"""doctor's privilege-posture section: the gate cell this host lands in, the reconcile plan,
-and plugins their account could not execute. Runs the pure steps only; changes nothing."""
+"""doctor's privilege-posture section: the gate cell this host lands in, the reconcile plan
+(exactly what the boot will do: the same planner), the side doors, accounts shared by
+plugins with different vault principals, and plugins their account could not execute or
+whose lock does not vouch for them. Runs the pure steps only; changes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import os
 from ductile.config import LoadedConfig
 from ductile.findings import Finding, Severity
 from ductile.interpreter import world_executable
-from ductile.lock import lock_states
+from ductile.lock import lock_states, relock_command
+from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import resolve_account
 from ductile.privsep.probe import interpreter_of
 from ductile.runtime.boot import Assessment, assess, discover
@@ -16,6 +19,8 @@ from ductile.privsep import landlock, landlock_linux
 from ductile.runtime.confine import (ContainmentView, account_path, assess_containment, hard_limits, landlock_findings,
                                      plugin_facts)
 from ductile.vault.compose import principal_for
+
+SIDE_DOOR = "sidedoor"
 
 
 def _interpreter_warning(plugin: str, entrypoint: str, account: str) -> Finding | None:
@@ -53,11 +58,22 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
                                "run the gateway with accounts and CAP_SETUID+CAP_SETGID (the enforce posture)"))
     if a.plan is not None:
         for r in a.plan.refusals:
-            out.append(Finding("error", "privsep", r.path, f"filesystem reconcile would refuse to start: {r.message}", r.fix))
-        for act in a.plan.actions:
+            if r.scope is None:
+                out.append(Finding("error", "privsep", r.path, f"filesystem reconcile would refuse to start: {r.message}", r.fix))
+            else:
+                out.append(Finding("error", "privsep", r.path, f"account {r.scope} would be refused (its jobs fail, "
+                                   f"other accounts run): {r.message}", r.fix))
+        for act in a.plan.runnable():
             out.append(Finding("info", "privsep", act.path, f"at start the gateway will {act.describe()}", ""))
+    for door in a.side_doors:
+        who = "the gateway would refuse to start" if door.account is None else f"account {door.account} would be refused"
+        if door.severity == "refuse":
+            out.append(Finding("error", SIDE_DOOR, door.path, f"{who}: {door.message}", door.fix))
+        else:
+            out.append(Finding("warning", SIDE_DOOR, door.path, door.message, door.fix))
     if a.enforcing:
         discovery = discover(loaded)
+        out += shared_account_findings(loaded, discovery)
         locks = lock_states(loaded, discovery)
         for name, plugin in sorted(discovery.plugins.items()):
             pc = cfg.plugins.get(name)
@@ -69,19 +85,66 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
                 if w:
                     out.append(w)
                 state = locks.get(name, "-")
-                if state in ("drifted", "unlocked", "unknown"):
+                if state in ("drifted", "unlocked", "unknown", "outdated"):
                     why = {"drifted": "its bytes differ from its lock", "unlocked": "it has no entry in the lock file",
-                           "unknown": "its lock state cannot be read (no access to the vault key?)"}[state]
+                           "unknown": "its lock state cannot be read (no access to the vault key?)",
+                           "outdated": "the lock file has the old format 1, which never covered its helpers"}[state]
+                    fix = (f"review the plugins, then `{relock_command(loaded)}` and commit with the code it prints"
+                           if state == "outdated" else f"review the plugin, then `ductile plugin lock {name}`")
                     out.append(Finding("warning", "privsep", f"plugins.{name}",
                                        f"plugin {name} is {state}: {why}, so its jobs run as `untrusted` (or fail without that tier)",
-                                       f"review the plugin, then `ductile plugin lock {name}`"))
+                                       fix))
+    return out
+
+
+def _vault_principals(loaded: LoadedConfig) -> set[str] | None:
+    """Principals the vault knows, or None when this process cannot read the vault."""
+    from ductile.errors import DuctileError
+    from ductile.vault.store import VaultStore
+
+    try:
+        doc = VaultStore.from_config(loaded.config.secrets).read_if_present()
+    except (DuctileError, OSError):
+        return None
+    return set(doc.principals) if doc is not None else set()
+
+
+def shared_account_findings(loaded: LoadedConfig, discovery: Discovery) -> list[Finding]:
+    """The account is the isolation unit: code of one plugin can read another's secrets
+    when both run as the same uid (``/proc/<pid>/mem``, a planted ``.pth``), so plugins
+    with different vault principals on one account warn. A principal counts when the
+    vault knows it or the config names it (``vault_principal``, ``requires_vault``): a
+    plugin whose implicit principal holds nothing has no secrets to lose."""
+    cfg = loaded.config
+    known = _vault_principals(loaded)
+    by_account: dict[str, dict[str, list[str]]] = {}
+    for name, pc in sorted(cfg.plugins.items()):
+        if not pc.enabled or name not in discovery.plugins:
+            continue
+        principal = principal_for(name, pc)
+        if not (pc.vault_principal or pc.requires_vault or (known is not None and principal in known)):
+            continue
+        resolved = resolve_account(cfg, name, True)
+        if resolved.confined and resolved.name:
+            by_account.setdefault(resolved.name, {}).setdefault(principal, []).append(name)
+    out = []
+    for account, principals in sorted(by_account.items()):
+        if len(principals) < 2:
+            continue
+        first, *others = sorted(principals.items())
+        shown = "; ".join(f"{', '.join(plugins)} (principal {p})" for p, plugins in sorted(principals.items()))
+        out.append(Finding("warning", "privsep", f"accounts.{account}",
+                           f"plugins with different vault principals share account {account}: {shown}. The account is "
+                           "the isolation unit: each one's code can read the others' secrets (same uid)",
+                           f"give {first[1][0]} its own account (accounts.{first[1][0]}: {{uid, gid, state_dir}}, "
+                           f"plugins.{first[1][0]}.run_as: {first[1][0]})"))
     return out
 
 
 def containment_findings(loaded: LoadedConfig, view: ContainmentView | None = None,
                          hard: dict[str, int | None] | None = None) -> list[Finding]:
-    """The containment mode this host gives (SPEC §5.9), what enforces each configured limit,
-    and accounts shared by plugins with different vault principals."""
+    """The containment mode this host gives (SPEC §5.9) and what enforces each configured limit.
+    (Accounts shared by plugins with different vault principals: ``shared_account_findings``.)"""
     cfg = loaded.config
     view = view or assess_containment(cfg)
     hard = hard_limits() if hard is None else hard
@@ -105,19 +168,6 @@ def containment_findings(loaded: LoadedConfig, view: ContainmentView | None = No
             severity: Severity = "warning" if how.startswith("NOT ENFORCED") else "info"
             out.append(Finding(severity, "containment", f"plugins.{name}.limits.{limit}", f"{limit}: {how}",
                                "delegate the controller to the gateway (systemd Delegate=yes)" if severity == "warning" else ""))
-    if cfg.accounts:
-        shared: dict[str, set[str]] = {}
-        for name, pc in sorted(cfg.plugins.items()):
-            resolved = resolve_account(cfg, name, True)
-            if pc.enabled and resolved.confined and resolved.name:
-                shared.setdefault(resolved.name, set()).add(principal_for(name, pc))
-        for account, principals in sorted(shared.items()):
-            if len(principals) > 1:
-                out.append(Finding("warning", "privsep", f"accounts.{account}",
-                                   f"account {account} runs plugins of {len(principals)} vault principals "
-                                   f"({', '.join(sorted(principals))}): they share a uid, so one plugin's job can read "
-                                   "another's request and secrets (ptrace, /proc/<pid>/fd/0)",
-                                   "give each secret-holding plugin an account of its own (plugins.<name>.run_as)"))
     return out
 
 

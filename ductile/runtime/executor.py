@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ductile.config.model import PluginConfig
-from ductile.errors import AccountDropFailed, DuctileError, PluginError
+from ductile.errors import AccountDropFailed, AccountRefused, DuctileError, PluginError
 from ductile.plugins.discovery import Plugin
 from ductile.plugins.protocol import build_request
 from ductile.privsep.accounts import ResolvedAccount, resolve_account
@@ -90,6 +90,22 @@ def _ignore(type: str, payload: dict[str, Any]) -> None:
     return None
 
 
+def same_directory(plugin: Plugin) -> None:
+    """The plugin directory must still be the one discovery judged (device, inode): a
+    directory renamed away and replaced after boot is not the plugin that was trusted."""
+    try:
+        st = os.stat(plugin.directory)
+        now = (st.st_dev, st.st_ino)
+    except OSError as err:
+        raise PluginError(f"plugin directory {plugin.directory} is gone: {err.strerror}", where=plugin.directory,
+                          fix="reinstall the plugin, then restart the gateway") from None
+    if now != plugin.dir_id:
+        raise PluginError(f"plugin directory {plugin.directory} was replaced after discovery "
+                          f"(device:inode {plugin.dir_id[0]}:{plugin.dir_id[1]} then, {now[0]}:{now[1]} now)",
+                          where=plugin.directory,
+                          fix="find out who replaced it; restart the gateway to discover and judge it again")
+
+
 class Executor:
     """Runs jobs for one booted Runtime. Fingerprint binding and secret composition are
     injected so this module stays the one spawn path while those layers evolve."""
@@ -125,6 +141,7 @@ class Executor:
     def prepare(self, job: Job) -> tuple[Plugin, PluginConfig, Binding, SpawnSpec]:
         """Everything up to the spawn, without running anything."""
         plugin, pc = self.plugin_for(job)
+        same_directory(plugin)
         rt = self.runtime
         resolved = resolve_account(rt.config, job.plugin, rt.enforcing)
         binding = self.bind(plugin, resolved)
@@ -134,6 +151,10 @@ class Executor:
             self.emit("plugin.account_downgraded", {"plugin": job.plugin, "from": binding.downgraded_from,
                                                     "to": binding.account.name, "job_id": job.job_id,
                                                     "reason": binding.reason})
+        refusal = rt.refused_accounts.get(binding.account.name or "")
+        if refusal is not None:
+            raise AccountRefused(f"account {binding.account.name} was refused at boot: {refusal.message}",
+                                 where=refusal.path, fix=f"{refusal.fix}; then restart the gateway")
         spec = build_spawn_spec(binding.account, plugin.entrypoint, rt.config.service, rt.gateway_env,
                                 timeout=rt.config.timeout_for(job.plugin, job.command),
                                 unconfined_workdir=rt.unconfined_workdir(job.plugin),

@@ -11,7 +11,7 @@ from ductile.config import LoadedConfig
 from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
 from ductile.runtime.executor import Job, JobResult
-from ductile.runtime.wiring import make_executor
+from ductile.runtime.wiring import make_executor, record_boot
 from ductile.state.db import open_state
 
 
@@ -42,6 +42,7 @@ def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str,
     runtime = boot(loaded)  # refuses before anything runs or is opened
     try:
         state = open_state(loaded.config.state.path)
+        record_boot(runtime, state)
         executor = make_executor(runtime, state)
         job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
         result = executor.run(job)

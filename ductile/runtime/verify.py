@@ -6,6 +6,11 @@ what the kernel let it do. The request (what to try) is built here from the conf
 judging is the probe's own verdicts, plus one the gateway makes after the probe's job
 ended: the daemon the probe left behind (fork, setsid, fork) must be gone. A probe that
 could not run yields NOT RUN checks — never a pass.
+
+Beside the probe, the side-door audit (``privsep.sidedoor``: what the host grants the
+uid outside the drop — a privileged gid, a login, sudo rules, a writable PATH entry)
+adds one row per finding: REFUSED is a breach; WARN is shown as such and becomes a
+breach under ``--strict``; a clean account gets one NONE FOUND row.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from ductile.plugins.discovery import Discovery
 from ductile.privsep import kernel
 from ductile.privsep.accounts import ResolvedAccount, account, resolve_account
 from ductile.privsep.spawnspec import build_spawn_spec
-from ductile.runtime.boot import Assessment, assess, discover
+from ductile.privsep.sidedoor import SideDoor
+from ductile.runtime.boot import Assessment, assess, discover, side_door_audit
 from ductile.privsep.landlock import PluginFacts
 from ductile.runtime.confine import Containment, assess_containment, plugin_facts, setup_containment
 from ductile.runtime.jobcontain import KILL_HELPER
@@ -58,6 +64,10 @@ class AccountReport:
     def unverified(self) -> list[dict[str, Any]]:
         return [c for c in self.checks if c["ok"] is None]
 
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if c.get("warn") and c["ok"] is True]
+
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -79,7 +89,8 @@ class VerifyReport:
         return {"posture": v.posture, "cell": v.cell, "gateway_uid": self.assessment.gateway_uid,
                 "accounts": [{"name": a.name, "uid": a.uid, "gid": a.gid, "not_run": a.not_run, "checks": list(a.checks),
                               "facts": a.facts} for a in self.accounts],
-                "breaches": sum(len(a.breaches) for a in self.accounts), "containment": self.containment}
+                "breaches": sum(len(a.breaches) for a in self.accounts), "containment": self.containment,
+                "side_door_warnings": sum(len(a.warnings) for a in self.accounts)}
 
 
 def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, str]], gateway_uid: int,
@@ -99,9 +110,24 @@ def probe_request(loaded: LoadedConfig, name: str, entrypoints: list[tuple[str, 
             "gateway_uid": gateway_uid, "gateway_sid": gateway_sid, "expect": {"uid": acct.uid, "gid": acct.gid}}
 
 
-def _not_run(resolved: ResolvedAccount, why: str) -> AccountReport:
+def side_door_checks(account: str, doors: list[SideDoor], strict: bool) -> list[dict[str, Any]]:
+    """Rows for one account: its own side doors and the gateway-wide ones (a PATH entry)."""
+    mine = [d for d in doors if d.account in (account, None)]
+    if not mine:
+        return [{"label": "side doors", "path": "passwd, group, sudoers, plugin PATH", "expect": "NONE",
+                 "verdict": "NONE FOUND", "ok": True, "detail": ""}]
+    rows = []
+    for d in mine:
+        refused = d.severity == "refuse" or strict
+        rows.append({"label": f"side door: {d.rule}", "path": d.path, "expect": "NONE",
+                     "verdict": "REFUSED" if refused else "WARN", "ok": not refused, "warn": d.severity == "warn",
+                     "detail": f"{d.message} (fix: {d.fix})"})
+    return rows
+
+
+def _not_run(resolved: ResolvedAccount, why: str, checks: list[dict[str, Any]]) -> AccountReport:
     assert resolved.name and resolved.uid and resolved.gid
-    return AccountReport(resolved.name, resolved.uid, resolved.gid, (), not_run=why)
+    return AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(checks), not_run=why)
 
 
 def escapee_check(pid: Any, mode: str, swept: bool) -> dict[str, Any]:
@@ -197,7 +223,7 @@ def probe_filesystem(request: dict[str, Any], discovery: Discovery, entrypoints:
     return FilesystemConfig(read=tuple(dict.fromkeys(read)), write=("/dev/tty",) if os.path.exists("/dev/tty") else ())
 
 
-def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> VerifyReport:
+def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None, *, strict: bool = False) -> VerifyReport:
     cfg = loaded.config
     unknown = [n for n in (names or []) if n not in cfg.accounts]
     if unknown:
@@ -205,6 +231,7 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
                            fix=f"choose from: {', '.join(sorted(cfg.accounts)) or 'none configured'}")
     discovery = discover(loaded)
     assessment = assess(loaded)
+    doors = list(assessment.side_doors) if assessment.enforcing else side_door_audit(cfg, assessment.gateway_uid)
     targets = [account(cfg, n, "granted") for n in sorted(names or cfg.accounts)]
     python = account_reachable_python()
     why = ""
@@ -217,7 +244,7 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
         kernel.harden_gateway()
         containment = setup_containment(cfg, enforcing=True)
     try:
-        reports = _probe_all(loaded, targets, discovery, assessment, python, why, containment)
+        reports = _probe_all(loaded, targets, discovery, assessment, python, why, containment, doors, strict)
     finally:
         if containment is not None:
             containment.close()
@@ -229,12 +256,14 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
 
 
 def _probe_all(loaded: LoadedConfig, targets: list[ResolvedAccount], discovery: Discovery, assessment: Assessment,
-               python: str | None, why: str, containment: Containment | None) -> list[AccountReport]:
+               python: str | None, why: str, containment: Containment | None, doors: list[SideDoor],
+               strict: bool) -> list[AccountReport]:
     cfg = loaded.config
     reports = []
     for resolved in targets:
+        doors_of = side_door_checks(resolved.name or "", doors, strict)
         if why:
-            reports.append(_not_run(resolved, why))
+            reports.append(_not_run(resolved, why, doors_of))
             continue
         entrypoints = sorted(
             (p, plugin.entrypoint) for p, plugin in discovery.plugins.items()
@@ -255,15 +284,16 @@ def _probe_all(loaded: LoadedConfig, targets: list[ResolvedAccount], discovery: 
                                         program=(python or "", "-I", "-S", PROBE), confinement=conf)
                 raw = spawn(spec, json.dumps(request).encode())
             except DuctileError as err:
-                reports.append(_not_run(resolved, err.one_line()))
+                reports.append(_not_run(resolved, err.one_line(), doors_of))
                 continue
         outcome = classify(spec, raw, "verify-probe")
         if outcome.status != "succeeded" or outcome.response is None or not isinstance(outcome.response.result, dict):
-            reports.append(_not_run(resolved, f"probe did not run: {outcome.reason or 'no answer'}"))
+            reports.append(_not_run(resolved, f"probe did not run: {outcome.reason or 'no answer'}", doors_of))
             continue
         result = outcome.response.result
         assert resolved.name and resolved.uid and resolved.gid
         facts = result.get("facts", {})
-        checks = [*result.get("checks", []), escapee_check(facts.get("escapee"), spec.confinement.mode, raw.swept)]
+        checks = [*result.get("checks", []), escapee_check(facts.get("escapee"), spec.confinement.mode, raw.swept),
+                  *doors_of]
         reports.append(AccountReport(resolved.name, resolved.uid, resolved.gid, tuple(checks), facts=facts))
     return reports

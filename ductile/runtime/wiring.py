@@ -23,6 +23,20 @@ from ductile.vault.store import VaultStore
 
 OP_FINGERPRINT_MISMATCH = "fingerprint_mismatch"
 SECURITY_ALERT = "security_alert"
+EVENT_RECONCILE = "ductile.reconcile"
+EVENT_ACCOUNT_REFUSED = "ductile.account_refused"
+
+
+def record_boot(runtime: Runtime, state: StateDB) -> None:
+    """The ledger side of the boot: one event row per change the reconcile applied (path,
+    before, after) and per account refused, so `job`/event listings show what the gateway
+    did to the disk and why an account does not run."""
+    with state.write():
+        for applied in runtime.applied:
+            state.events.record_event(EVENT_RECONCILE, applied.as_dict())
+        for name, r in sorted(runtime.refused_accounts.items()):
+            state.events.record_event(EVENT_ACCOUNT_REFUSED, {"account": name, "path": r.path, "rule": r.rule,
+                                                              "message": r.message, "fix": r.fix})
 
 
 def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = None) -> Executor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ductile.runtime.wiring import record_boot
 from ductile.serve import logs
 from ductile.serve.bootseq import boot_serve
 from ductile.serve.gateway import run
@@ -24,9 +25,11 @@ def run_serve(config_path: str | None, *, demo_dir: str | None = None, show_toke
     logs.log(_log, logging.WARNING if verdict.level == "warning" else logging.INFO, booted.runtime.posture_line(),
              posture=verdict.posture, cell=verdict.cell, gateway_uid=booted.runtime.assessment.gateway_uid,
              config=booted.loaded.path)
+    levels = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+    for level, line in booted.runtime.notes():
+        logs.log(_log, levels[level], line)
+    record_boot(booted.runtime, booted.db)
     rt = booted.runtime
-    for warning in rt.warnings:
-        logs.log(_log, logging.WARNING, warning)
     if rt.containment is not None:
         for path, held in rt.containment.stale:
             logs.log(_log, logging.WARNING, f"removed the job cgroup {path} of a gateway that is gone ({held} process(es) killed)",

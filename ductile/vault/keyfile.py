@@ -36,7 +36,8 @@ def key_file_problem(path: str, facts: KeyStat, euid: int) -> VaultError | None:
     if loose:
         return VaultError(
             f"the age key has mode {stat.S_IMODE(facts.mode):04o}; secret zero must not be readable or writable "
-            "by group or other (mode 0600)", where=path, fix=f"chmod 0600 {path}")
+            "by group or other (mode 0600)", where=path,
+            fix=f"chmod 0600 {path}, then rotate it (ductile vault rotate-key): it may have been read")
     if facts.uid != euid:
         return VaultError(
             f"the age key is owned by uid {facts.uid}, not by uid {euid} that is running ductile; "

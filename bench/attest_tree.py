@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Measure, side by side in one run, what trusting and locking the *whole* plugin costs.
+
+    sudo .venv/bin/python bench/attest_tree.py [N]
+
+Prints medians and ratios against one confined spawn of /bin/true (the unit a job pays
+anyway): the spawn-time attestation of a plugin of 1, 10 and 100 small files (whole tree,
+through descriptors), the same with its python3.11 interpreter hashed cold and from the
+per-process cache, and discovery's trust walk (tree, every ancestor, #! chain) per plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from ductile import lock
+from ductile.config.model import ServiceConfig
+from ductile.plugins.discovery import discover_plugins
+from ductile.privsep.accounts import ResolvedAccount
+from ductile.privsep.spawnspec import build_spawn_spec
+from ductile.runtime.spawn import spawn
+from spawn_and_attest import N, UID, median_ms  # bench/ is on sys.path when run as a script
+
+def make_plugin(root: str, name: str, files: int) -> None:
+    d = os.path.join(root, name)
+    os.makedirs(os.path.join(d, "lib"))
+    with open(os.path.join(d, "manifest.yaml"), "w") as fh:
+        fh.write(f"name: {name}\nprotocol: 2\nentrypoint: run.py\ncommands: [{{name: poll, type: read}}]\n")
+    with open(os.path.join(d, "run.py"), "w") as fh:
+        fh.write("#!/usr/bin/python3\n" + "x = 1\n" * 100)
+    os.chmod(os.path.join(d, "run.py"), 0o755)
+    for i in range(files - 2):
+        with open(os.path.join(d, "lib", f"m{i}.py"), "w") as fh:
+            fh.write("def f():\n    return 1\n" * 50)
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("run as root: the confined spawn drops to a numeric uid")
+    base = tempfile.mkdtemp(dir="/tmp")
+    os.chmod(base, 0o711)
+    try:
+        state = os.path.join(base, "acct")
+        os.mkdir(state, 0o700)
+        os.chown(state, UID, UID)
+        root = os.path.join(base, "plugins")
+        os.mkdir(root, 0o755)
+        for files in (2, 10, 100):
+            make_plugin(root, f"p{files}", files)
+        spec = build_spawn_spec(ResolvedAccount("bench", UID, UID, state, "granted"), "/bin/true", ServiceConfig(),
+                                {"PATH": "/usr/bin:/bin"}, timeout=10, unconfined_workdir="/")
+        confined = median_ms(lambda: spawn(spec, b"{}\n"))
+        found = discover_plugins([root], search_path="/usr/bin:/bin")
+        key = os.urandom(32)
+        print(f"{'per job':<52}{'median ms':>10}{'x spawn':>9}")
+        print(f"{'confined spawn of /bin/true (the unit)':<52}{confined:>10.2f}{1.0:>9.2f}")
+        for files in (2, 10, 100):
+            plugin = found.plugins[f"p{files}"]
+            tree_only = median_ms(lambda: lock.tree_digests(key, plugin))
+            cached = median_ms(lambda: lock.current(key, plugin))
+
+            def cold() -> None:
+                lock._interpreter_digests.clear()
+                lock.current(key, plugin)
+
+            cold_ms = median_ms(cold, n=max(5, N // 10))
+            print(f"{f'attest {files} files: tree only':<52}{tree_only:>10.3f}{tree_only / confined:>9.3f}")
+            print(f"{f'attest {files} files + python3.11, cached':<52}{cached:>10.3f}{cached / confined:>9.3f}")
+            print(f"{f'attest {files} files + python3.11, cold (first job)':<52}{cold_ms:>10.3f}{cold_ms / confined:>9.3f}")
+        walk = median_ms(lambda: discover_plugins([root], search_path="/usr/bin:/bin"), n=max(5, N // 10)) / 3
+        print(f"{'discovery trust walk, per plugin (once per boot)':<52}{walk:>10.3f}{walk / confined:>9.3f}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
