@@ -111,8 +111,9 @@ pid = os.fork()  # the first instruction: this child must already be inside the 
 import json, sys, time
 if pid == 0:
     os.setsid()
-    with open("child.json", "w") as fh:
+    with open("child.json.tmp", "w") as fh:
         json.dump({"pid": os.getpid(), "cgroup": open("/proc/self/cgroup").read()}, fh)
+    os.rename("child.json.tmp", "child.json")  # the parent never reads a half-written file
     time.sleep(600)
     os._exit(0)
 json.load(sys.stdin)

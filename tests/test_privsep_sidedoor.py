@@ -214,9 +214,10 @@ def test_real_ids_login_user_privileged_group_and_gid_and_a_writable_path_entry(
         bad = w.base / "bin"
         bad.mkdir()
         os.chmod(bad, 0o777)
-        env_path = f"{bad}:/usr/bin:/bin"
+        text = w.config_text().replace("service: {", f"service: {{plugin_path: [{bad}, /usr/bin, /bin], ", 1)
+        (w.etc / "config.yaml").write_text(text)
         proc = subprocess.run(w_cli(w, "plugin", "run", "mark", "--payload", "{}"),
-                              capture_output=True, text=True, env={"PATH": env_path, "NO_COLOR": "1"}, timeout=120)
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"}, timeout=120)
         assert proc.returncode == 1
         lines_ = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert len(lines_) == 1 and str(bad) in lines_[0] and "world-writable" in lines_[0] and "plugins' PATH" in lines_[0]

@@ -86,6 +86,13 @@ def add_plugin(root: Path, name: str, source: str, files: dict[str, tuple[str, i
     return d
 
 
+# The attacker is the ops account itself — any process of that uid (a shell, a job of a
+# plugin allowed `filesystem: unrestricted`). Landlock would stop a confined `plant` from
+# planting anything outside its state_dir, so it runs unrestricted here: these tests prove
+# the uid and trust layers hold on their own.
+UNBOUND_OPS = "{run_as: ops, filesystem: unrestricted}"
+
+
 @pytest.fixture(scope="module", params=["root", "cap-only"])
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     """Accounts default, untrusted, ops; `plant` (hostile, ops) and `mark` (default) run;
@@ -93,7 +100,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     (under a root an ops-owned directory holds) are the traps."""
     require_root()
     w = make_world(0 if request.param == "root" else None, ["default", "untrusted", "ops"],
-                   {"plant": "{run_as: ops}", "mark": "{run_as: default}", "victim": "{run_as: default}",
+                   {"plant": UNBOUND_OPS, "mark": "{run_as: default}", "victim": "{run_as: default}",
                     "helped": "{run_as: default}", "teamed": "{run_as: default}"},
                    {"plant": PLANT, "mark": MARKER_PLUGIN})
     ops = w.accounts["ops"]
@@ -255,7 +262,7 @@ def test_plugins_with_different_principals_on_one_account_warn(world: World) -> 
         world.plugins["mark"] = "{run_as: default, vault_principal: mark-bot}"
         world.write_config()
         assert shared() == []                       # one principal on default: nothing to steal from a neighbour
-        world.plugins["plant"] = "{run_as: default, vault_principal: plant-bot}"
+        world.plugins["plant"] = "{run_as: default, vault_principal: plant-bot, filesystem: unrestricted}"
         world.write_config()
         [warn] = shared()
         assert warn["severity"] == "warning" and "isolation unit" in warn["message"]
@@ -286,7 +293,7 @@ def test_a_plugin_that_loosens_its_own_home_stops_nobody(world: World) -> None:
     # again, then serve: it boots, repairs, says so in its log, and ops's scheduled job runs
     assert run(world, "plant", {"chmod_home": "0755"})[0].returncode == 0
     saved = dict(world.plugins)
-    world.plugins["plant"] = "{run_as: ops, schedules: [{every: 1s}]}"
+    world.plugins["plant"] = "{run_as: ops, filesystem: unrestricted, schedules: [{every: 1s}]}"
     world.write_config()
     cmd = [PYTHON, "-m", "ductile", "serve", "--config", str(world.etc)]
     if world.gateway_uid:
@@ -353,7 +360,7 @@ def test_a_symlink_planted_under_sticky_tmp_cannot_bend_the_root_reconcile(gatew
     plants a symlink there to a root-owned 0755 directory. The root gateway used to chown
     that directory to default and chmod it 0700."""
     require_root()
-    w = make_world(0, ["default", "untrusted", "ops"], {"plant": "{run_as: ops}", "mark": "{run_as: default}"},
+    w = make_world(0, ["default", "untrusted", "ops"], {"plant": UNBOUND_OPS, "mark": "{run_as: default}"},
                    {"plant": PLANT, "mark": MARKER_PLUGIN})
     planted = Path(f"/tmp/dtrust-{uuid.uuid4().hex[:8]}")
     target = w.base / "rootdir"

@@ -18,7 +18,6 @@ from ductile.config import LoadedConfig
 from ductile.config.model import Config
 from ductile.findings import Finding
 from ductile.plugins.discovery import Discovery, discover_plugins
-from ductile.privsep.env import build_env
 from ductile.privsep.trust import Owners
 
 RowStatus = Literal["ok", "skipped", "missing"]
@@ -30,10 +29,11 @@ def account_uids(config: Config) -> frozenset[int]:
 
 
 def plugin_search_path(config: Config, gateway_env: Mapping[str, str] | None = None) -> str:
-    """The PATH a plugin of this gateway gets (what ``#!/usr/bin/env`` searches): taken from
-    the same builder the spawn spec uses, so the two cannot disagree."""
-    env = build_env(os.environ if gateway_env is None else gateway_env, config.service.plugin_env_passthrough, None)
-    return env["PATH"]
+    """The PATH a plugin of this gateway may get (what ``#!/usr/bin/env`` searches):
+    ``service.plugin_path`` as configured, before the spawn drops the entries one account
+    cannot traverse — every entry is judged, since any account may be given it. The
+    gateway's own PATH never reaches a plugin (``gateway_env`` is kept for callers)."""
+    return ":".join(config.service.plugin_path)
 
 
 def discover_for_config(config: Config, gateway_env: Mapping[str, str] | None = None) -> Discovery:
