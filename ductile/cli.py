@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None, prog_name: str = "ductile") -> Any:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as err:  # a full disk or a read-only mount is the operator's to fix, not a crash
+        if _debug_requested(args):
+            raise
+        from ductile.state.faults import os_fault
+
+        fault = os_fault(err)
+        click.echo(f"ductile: error: {fault.message} (fix: {fault.fix})", err=True)
+        sys.exit(1)
     except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if _debug_requested(args):
             raise

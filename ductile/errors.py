@@ -149,9 +149,16 @@ class LockError(DuctileError):
 
 
 class StateError(DuctileError):
-    """The state database is unusable."""
+    """The state database is unusable. ``cause`` names why (``disk_full``, ``corrupt``, ... see
+    ``ductile.state.faults``); ``transient`` says whether retrying later may succeed."""
 
     kind = "state"
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "", cause: str = "other",
+                 transient: bool = False) -> None:
+        super().__init__(message, where=where, fix=fix)
+        self.cause = cause
+        self.transient = transient
 
 
 class UsageError(DuctileError):

@@ -2,7 +2,7 @@
 gateway needs or raises one ``DuctileError`` before a single plugin has run:
 
     load + validate config -> discover plugins -> single-instance lock
-      -> open state (WAL) + recover jobs a crash left running
+      -> open state (WAL, quick_check) + recover jobs a crash left running
       -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
       -> schedules (cron checked) -> gateway secrets from the vault -> bind the listener
 
@@ -76,6 +76,7 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     listener: socket.socket | None = None
     try:
         db = open_state(config.state.path)
+        db.quick_check()  # a damaged file is refused here, with the fix, not job by job later
         recovered = db.jobs.recover_after_crash()
         runtime = boot(loaded, discovery=discovery)
         schedules = schedules_of(config)

@@ -22,7 +22,8 @@ class InstanceLock:
 
     @classmethod
     def for_state(cls, state_path: str) -> InstanceLock:
-        return cls(os.path.abspath(state_path) + ".lock")
+        # realpath: a symlinked state.path must not get a second lock for the same file
+        return cls(os.path.realpath(state_path) + ".lock")
 
     def acquire(self) -> InstanceLock:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
