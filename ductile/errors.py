@@ -115,6 +115,14 @@ class SpawnFailed(DuctileError):
         self.terminal = terminal
 
 
+class GatewayFault(DuctileError):
+    """The gateway itself could not start a job (its age key unreadable, a plugin directory
+    gone): not the plugin's fault, so the job is deferred and retried without charging an
+    attempt, and the gateway reports itself degraded until it clears."""
+
+    kind = "gateway_fault"
+
+
 class NoDowngradeTarget(DuctileError):
     """A plugin failed its fingerprint binding and no ``untrusted`` tier exists."""
 

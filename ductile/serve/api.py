@@ -1,6 +1,7 @@
 """The HTTP API (SPEC §8) as a Starlette app; uvicorn serves it (see ``gateway``).
 
-    GET  /healthz                    no token: status, posture, queue depth, uptime
+    GET  /healthz                    no token: status (ok | degraded | draining) and why, posture,
+                                     queue depth, uptime
     GET  /plugins                    plugins the token may see
     POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
@@ -8,7 +9,8 @@
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
 
 Every error is ``{"error": ..., "fix": ...}`` with a plain status: 400 bad body, 401 no or
-unknown token, 403 scope, 404 unknown plugin/command/job, 413 body too large, 503 draining.
+unknown token, 403 scope, 404 unknown plugin/command/job, 413 body too large, 503 draining
+or a database that cannot take the job now (disk full, read-only: nothing was queued).
 Handlers are async only where they read the body; database work runs in the thread pool
 so a slow disk never stalls the event loop.
 """
@@ -31,9 +33,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ductile import __version__
-from ductile.errors import DuctileError
+from ductile.errors import DuctileError, StateError
 from ductile.runtime.boot import Runtime
 from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
+from ductile.serve.health import Health
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
@@ -55,6 +58,14 @@ class ApiContext:
     running: Callable[[], int]
     draining: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
+    health: Health = field(default_factory=Health)
+
+    def refused(self, err: DuctileError, what: str) -> JSONResponse:
+        """A job the database would not take: 503 with the cause's fix (the client may retry;
+        nothing was queued), and one log line per cause, not one per request."""
+        cause = err.cause if isinstance(err, StateError) else err.kind
+        self.health.report(_log, f"state:{cause}", f"refused {what}: {err.message}", err.fix)
+        return error(503, f"the gateway cannot queue jobs right now: {err.message}", err.fix, {"Retry-After": "10"})
 
 
 def error(status: int, message: str, fix: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -88,10 +99,14 @@ class Api:
     # -- routes --------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        depth = await run_in_threadpool(self.ctx.db.jobs.queue_depth)
+        try:
+            depth: int | None = await run_in_threadpool(self.ctx.db.jobs.queue_depth)
+        except DuctileError:
+            depth = None  # a database that cannot be read is reported below, not a 500
         verdict = self.ctx.runtime.assessment.verdict
+        summary = self.ctx.health.summary(draining=self.ctx.draining.is_set())
         return JSONResponse({
-            "status": "draining" if self.ctx.draining.is_set() else "ok",
+            **summary.as_dict(),
             "posture": verdict.posture,
             "queue_depth": depth,
             "running": self.ctx.running(),
@@ -151,7 +166,7 @@ class Api:
             job_id = await run_in_threadpool(self.ctx.db.jobs.enqueue, name, command, payload,
                                              max_attempts=pc.retry.max_attempts)
         except DuctileError as err:
-            return error(500, err.message, err.fix)
+            return self.ctx.refused(err, f"a trigger of {name}/{command}")
         self.ctx.wake()
         log(_log, logging.INFO, f"queued {name}/{command} for token {who.name}", job_id=job_id, plugin=name,
             command=command, token=who.name)

@@ -25,6 +25,7 @@ from ductile.runtime.wiring import make_executor
 from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
 from ductile.serve.dispatcher import Dispatcher
+from ductile.serve.health import Health
 from ductile.serve.logs import Redactor, log
 from ductile.serve.notify import notify
 from ductile.serve.scheduler import Scheduler
@@ -37,10 +38,12 @@ class Gateway:
     def __init__(self, booted: Booted, redactor: Redactor | None = None) -> None:
         self.b = booted
         rt = booted.runtime
-        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit))
-        self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake)
+        self.health = Health()
+        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit),
+                                     health=self.health)
+        self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake, health=self.health)
         self.ctx = ApiContext(booted.db, rt, TokenTable(booted.secrets.tokens), dict(booted.secrets.webhook_keys),
-                              wake=self.dispatcher.wake, running=self.dispatcher.running)
+                              wake=self.dispatcher.wake, running=self.dispatcher.running, health=self.health)
         self._signals = 0
         self._stop = threading.Event()
         self._server: object | None = None

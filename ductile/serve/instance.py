@@ -13,6 +13,7 @@ import fcntl
 import os
 
 from ductile.errors import BootRefused
+from ductile.state.faults import space_or_mount
 
 
 class InstanceLock:
@@ -30,6 +31,9 @@ class InstanceLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
+            fault = space_or_mount(err, self.path, "cannot open the instance lock")
+            if fault is not None:
+                raise BootRefused(fault.message, where=self.path, fix=fault.fix) from None
             raise BootRefused(f"cannot open the instance lock: {err.strerror}", where=self.path,
                               fix="run ductile serve as the account that owns the state directory") from None
         try:

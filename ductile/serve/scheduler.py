@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ductile.errors import DuctileError
+from ductile.errors import DuctileError, StateError
+from ductile.serve.health import Health
 from ductile.serve.logs import log
 from ductile.serve.ticks import Schedule, decide
 from ductile.state.db import StateDB
@@ -23,8 +24,10 @@ TICK = 1.0
 
 class Scheduler:
     def __init__(self, db: StateDB, schedules: Sequence[Schedule], *, on_enqueue: Callable[[], None],
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 health: Health | None = None) -> None:
         self.db = db
+        self.health = health if health is not None else Health()
         self.schedules = list(schedules)
         self.on_enqueue = on_enqueue
         self.clock = clock
@@ -67,8 +70,10 @@ class Scheduler:
                         fired += 1
                         log(_log, logging.INFO, f"schedule {s.where} fired", job_id=job_id, plugin=s.plugin,
                             command=s.command, slot=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)))
-            except DuctileError as err:
-                log(_log, logging.ERROR, f"schedule {s.where} could not fire: {err.one_line()}", plugin=s.plugin)
+            except DuctileError as err:  # the slot is not recorded, so the next tick tries it again
+                cause = err.cause if isinstance(err, StateError) else err.kind
+                self.health.report(_log, f"state:{cause}", f"schedule {s.where} could not fire: {err.message}",
+                                   err.fix, plugin=s.plugin)
         if fired:
             self.on_enqueue()
         return fired

@@ -63,7 +63,7 @@ def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[
                 ctx.db.jobs.enqueue, hook.plugin, hook.command, payload if isinstance(payload, dict) else {},
                 event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1)
         except DuctileError as err:
-            return error(500, err.message, err.fix)
+            return ctx.refused(err, f"a delivery to {hook.path}")
         ctx.wake()
         log(_log, logging.INFO, f"webhook {hook.path}: queued {hook.plugin}/{hook.command}", job_id=job_id,
             plugin=hook.plugin, path=hook.path)

@@ -109,6 +109,8 @@ def diagnose(cause: str, detail: str, facts: FsFacts) -> Fault:
     path, directory = facts.path, os.path.dirname(facts.path) or "."
     if cause == "read_only" and not facts.read_only_fs:
         cause = "permission"  # SQLITE_READONLY on a writable mount: the file is not ours to write
+    elif cause in ("missing", "permission") and facts.read_only_fs:
+        cause = "read_only"  # SQLite cannot create its -shm on a read-only mount: says "unable to open"
     if cause == "disk_full":
         free = f" ({_human(facts.free_bytes)} free)" if facts.free_bytes is not None else ""
         return Fault(cause, f"the filesystem holding {path} is full{free}: {detail}",
@@ -138,6 +140,15 @@ def diagnose(cause: str, detail: str, facts: FsFacts) -> Fault:
                      f"check state.path in the config and that {directory} exists and is writable by uid {facts.euid}")
     return Fault("other", f"state database error on {path}: {detail}",
                  "see the message; rerun with --debug for a traceback")
+
+
+def space_or_mount(err: OSError, path: str, doing: str) -> Fault | None:
+    """The Fault for a full disk or a read-only mount under ``path``, else None (the caller's
+    own message about owners and modes then fits)."""
+    cause = cause_of_errno(err.errno)
+    if cause not in ("disk_full", "read_only"):
+        return None
+    return diagnose(cause, f"{doing}: {err.strerror}", fs_facts(path))
 
 
 def os_fault(err: OSError) -> Fault:

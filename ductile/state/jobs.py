@@ -4,6 +4,7 @@ States (ARCHITECTURE "Job states")::
 
     queued -> running -> succeeded | failed | timed_out | dead
                  \\-> queued (retryable failure, with next_attempt_at)
+                 \\-> queued (deferred by a gateway fault or a shutdown: attempt not charged)
 
 Every change writes the job row, its ``job_transitions`` row and (for a run) its
 ``job_attempts`` row in one transaction, so a ``kill -9`` anywhere leaves either the
@@ -33,6 +34,24 @@ TERMINAL = frozenset({"succeeded", "failed", "timed_out", "dead"})
 ERROR_MAX = 4096  # characters of an error message kept on the job and attempt rows
 
 RunningLimits = Mapping[str, int] | Callable[[str], "int | None"]
+
+# The distinct plugins that have queued jobs, by skipping from one to the next on the
+# jobs_due index (a "loose index scan"): one seek per plugin, not one step per queued row.
+# INDEXED BY makes the plan a guarantee: the planner may otherwise pick jobs_plugin_status
+# and walk a plugin's whole history to find that it has nothing queued.
+_QUEUED_PLUGINS = """
+WITH RECURSIVE p(name) AS (
+    SELECT (SELECT plugin FROM jobs INDEXED BY jobs_due WHERE status = 'queued' ORDER BY plugin LIMIT 1)
+    UNION ALL
+    SELECT (SELECT plugin FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND plugin > p.name
+            ORDER BY plugin LIMIT 1)
+    FROM p WHERE p.name IS NOT NULL
+)
+SELECT name FROM p WHERE name IS NOT NULL
+"""
+_EARLIEST = ("SELECT next_attempt_at, rowid, id FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND plugin = ?"
+             " ORDER BY next_attempt_at, rowid LIMIT 1")
+_RUNNING = "SELECT plugin, count(*) FROM jobs INDEXED BY jobs_running WHERE status = 'running' GROUP BY plugin"
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,7 @@ class Attempt:
     attempt: int
     started_at: float
     finished_at: float | None
-    outcome: str  # running | succeeded | retry | failed | timed_out | dead | crashed | interrupted
+    outcome: str  # running | succeeded | retry | failed | timed_out | dead | deferred | crashed | interrupted
     exit_code: int | None
     error: str | None
     account: str | None
@@ -106,6 +125,14 @@ class Transition:
 
     def as_dict(self) -> dict[str, Any]:
         return {"from": self.from_status, "to": self.to_status, "at": iso(self.at), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim`` found: the job now running, or when the next queued job falls due."""
+
+    job: Job | None
+    next_due: float | None = None
 
 
 # -- outcomes: what the dispatcher decided about one run ---------------------------------
@@ -151,7 +178,17 @@ class Dead:
     kind: ClassVar[str] = "dead"
 
 
-Outcome = Succeeded | Retry | Failed | TimedOut | Dead
+@dataclass(frozen=True)
+class Deferred:
+    """The gateway could not start the run (a fault of its own): back to the queue at
+    ``next_attempt_at`` without charging the attempt — the plugin never got its chance."""
+
+    error: str
+    next_attempt_at: float
+    kind: ClassVar[str] = "deferred"
+
+
+Outcome = Succeeded | Retry | Failed | TimedOut | Dead | Deferred
 
 
 def backoff(attempt: int, base: float, maximum: float, rand: float) -> float:
@@ -219,38 +256,54 @@ class JobQueue:
 
     def claim_next(self, now: float, *, running_limits: RunningLimits | None = None,
                    exclude_plugins: Iterable[str] = ()) -> Job | None:
-        """Mark the oldest due queued job ``running`` (attempt + 1) and return it, or None.
+        """Mark the queued job due the longest ``running`` (attempt + 1) and return it, or None.
+
+        See ``claim``; this is the same without the next-due time.
+        """
+        return self.claim(now, running_limits=running_limits, exclude_plugins=exclude_plugins).job
+
+    def claim(self, now: float, *, running_limits: RunningLimits | None = None,
+              exclude_plugins: Iterable[str] = ()) -> Claim:
+        """Claim the job that has been due the longest: earliest ``next_attempt_at``, then
+        enqueue order. With nothing due, ``Claim.next_due`` says when the earliest queued job
+        of a plugin with room falls due, so a worker can sleep until then instead of polling.
 
         ``running_limits`` caps how many jobs of a plugin may run at once (a mapping, or a
-        function returning the cap or None for no cap); a plugin at its cap is skipped so
-        younger jobs of other plugins still run. ``BEGIN IMMEDIATE`` makes the choice and the
-        update one step: two claimers, in threads or processes, never get the same job.
+        function returning the cap or None for no cap); a plugin at its cap is skipped
+        without reading its queued rows, so younger jobs of other plugins still run.
+        ``BEGIN IMMEDIATE`` makes the choice and the update one step: two claimers, in
+        threads or processes, never get the same job.
+
+        Cost: one index seek per plugin that has queued jobs (``jobs_due``) and a count of
+        running jobs (``jobs_running``) — independent of how deep the queue is.
         """
         limit_of = _limit_lookup(running_limits)
+        blocked = set(exclude_plugins)
         with self.db.write() as conn:
-            running = {str(r[0]): int(r[1]) for r in conn.execute(
-                "SELECT plugin, count(*) FROM jobs WHERE status = 'running' GROUP BY plugin")}
-            blocked = set(exclude_plugins)
-            blocked.update(p for p, n in running.items() if _at_cap(limit_of(p), n))
-            while True:
-                marks = ",".join("?" * len(blocked))
-                row = conn.execute(
-                    "SELECT id, plugin FROM jobs WHERE status = 'queued' AND next_attempt_at <= ?"
-                    + (f" AND plugin NOT IN ({marks})" if blocked else "")
-                    + " ORDER BY created_at, rowid LIMIT 1", (now, *sorted(blocked))).fetchone()
+            running = {str(r[0]): int(r[1]) for r in conn.execute(_RUNNING)}
+            best: tuple[float, int, str] | None = None
+            next_due: float | None = None
+            for (plugin,) in conn.execute(_QUEUED_PLUGINS).fetchall():
+                if plugin in blocked or _at_cap(limit_of(plugin), running.get(plugin, 0)):
+                    continue
+                row = conn.execute(_EARLIEST, (plugin,)).fetchone()
                 if row is None:
-                    return None
-                if not _at_cap(limit_of(row["plugin"]), running.get(row["plugin"], 0)):
-                    break
-                blocked.add(row["plugin"])  # a cap of 0 for a plugin with nothing running
-            job_id = str(row["id"])
+                    continue
+                due, rowid, job_id = float(row[0]), int(row[1]), str(row[2])
+                if due > now:
+                    next_due = due if next_due is None else min(next_due, due)
+                elif best is None or (due, rowid) < best[:2]:
+                    best = (due, rowid, job_id)
+            if best is None:
+                return Claim(None, next_due)
+            job_id = best[2]
             conn.execute("UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = ?,"
                          " finished_at = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
             attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             conn.execute("INSERT INTO job_attempts (job_id, attempt, started_at, outcome)"
                          " VALUES (?, ?, ?, 'running')", (job_id, attempt, now))
             self._transition(conn, job_id, "queued", "running", now, "claimed")
-            return self._get(conn, job_id)
+            return Claim(self._get(conn, job_id), None)
 
     def finish(self, job_id: str, outcome: Outcome, *, exit_code: int | None = None, account: str | None = None,
                uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None) -> str:
@@ -259,14 +312,16 @@ class JobQueue:
         result_text = to_json(outcome.result, field="result") if isinstance(outcome, Succeeded) else None
         error = None if isinstance(outcome, Succeeded) else clip(outcome.error, ERROR_MAX)
         tail = tail_text(stderr_tail)
+        uncharged = 1 if isinstance(outcome, Deferred) else 0
         with self.db.write() as conn:
             job = self._running(conn, job_id, "finish")
             status, reason, next_at = _settle(outcome, job)
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, finished_at = ?, next_attempt_at = ?, result = ?,"
-                " last_error = ?, stderr_tail = ?, account = ?, uid = ? WHERE id = ?",
+                " last_error = ?, stderr_tail = ?, account = ?, uid = ?, attempt = attempt - ?,"
+                " started_at = CASE WHEN ? THEN NULL ELSE started_at END WHERE id = ?",
                 (status, now, None if status == "queued" else now, next_at, result_text, error, tail,
-                 account, uid, job_id))
+                 account, uid, uncharged, uncharged, job_id))
             self._close_attempt(conn, job, now, outcome.kind, error, exit_code=exit_code, account=account,
                                 uid=uid, stderr_tail=tail)
             self._transition(conn, job_id, "running", status, now, reason)
@@ -429,6 +484,8 @@ def _settle(outcome: Outcome, job: Job) -> tuple[str, str, float]:
         return "queued", "timeout_retry_scheduled", outcome.retry_at
     if isinstance(outcome, Dead):
         return "dead", outcome.reason, keep
+    if isinstance(outcome, Deferred):
+        return "queued", "gateway_fault", outcome.next_attempt_at
     raise TypeError(f"not a job outcome: {outcome!r}")
 
 

@@ -110,4 +110,14 @@ _V2 = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# v3: a claim that never sorts or scans the queue. The claim takes, per plugin, the queued
+# job due the longest (an index seek on jobs_due), skipping plugins at their concurrency
+# cap without reading their rows; running jobs are counted from their own small index.
+# jobs_claim (status, next_attempt_at) is superseded: one index less to write per change.
+_V3 = (
+    "CREATE INDEX jobs_due ON jobs (plugin, next_attempt_at) WHERE status = 'queued'",
+    "CREATE INDEX jobs_running ON jobs (plugin) WHERE status = 'running'",
+    "DROP INDEX jobs_claim",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
