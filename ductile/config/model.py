@@ -74,6 +74,10 @@ class ServiceConfig:
         4 * 1024 * 1024, doc="Cap on one job's stdout; overflow fails the job.", kind="size",
         minimum=1024, maximum=1024**3,
     )
+    max_plugin_state: int = spec(
+        1024 * 1024, doc="Cap on one plugin's stored state (its JSON after state_updates are merged); a larger "
+        "update fails the job and leaves the state as it was.", kind="size", minimum=1024, maximum=256 * 1024**2,
+    )
     kill_grace: float = spec(
         5.0, doc="Time between SIGTERM and SIGKILL when a plugin times out.", kind="duration",
         maximum=600,

@@ -5,7 +5,7 @@
     GET  /plugins                    plugins the token may see
     POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
-    GET  /jobs?status=&plugin=&limit=
+    GET  /jobs?status=&plugin=&limit=&before=   summaries (no payload/result), streamed, byte-bounded
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
 
 Every error is ``{"error": ..., "fix": ...}`` with a plain status: 400 bad body, 401 no or
@@ -17,10 +17,11 @@ so a slow disk never stalls the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,10 +41,13 @@ from ductile.serve.health import Health
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
+from ductile.state.jobs import JobSummary
 from ductile.state.schema import JOB_STATUSES
 
 _log = logging.getLogger("ductile.api")
 MAX_LIST = 1000
+LIST_PAGE = 200                 # summaries per database read while a listing streams
+LIST_BUDGET = 1024 * 1024       # bytes of one /jobs answer; the rest is one ?before= away
 
 
 @dataclass
@@ -200,7 +204,7 @@ class Api:
         if isinstance(who, JSONResponse):
             return who
         q = request.query_params
-        status, plugin = q.get("status") or None, q.get("plugin") or None
+        status, plugin, before = q.get("status") or None, q.get("plugin") or None, q.get("before") or None
         if status is not None and status not in JOB_STATUSES:
             return error(400, f"unknown status {status!r}", "use one of " + ", ".join(JOB_STATUSES))
         try:
@@ -211,8 +215,39 @@ class Api:
             return error(400, f"limit {limit} is out of range", f"use 1..{MAX_LIST}")
         if plugin is not None and not who.can_read(plugin):
             return error(403, f"token {who.name} may not read jobs of plugin {plugin}", f"add '{plugin}:ro' to its scopes")
-        jobs = await run_in_threadpool(self.ctx.db.jobs.list_jobs, status, plugin, limit, plugins=who.readable())
-        return JSONResponse({"jobs": [j.as_dict() for j in jobs]})
+        readable = who.readable()
+        first = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, min(LIST_PAGE, limit),
+                                        plugins=readable, before=before)
+        return StreamingResponse(self._stream(first, status, plugin, limit, readable), media_type="application/json")
+
+    async def _stream(self, page: list[JobSummary], status: str | None, plugin: str | None, limit: int,
+                      readable: frozenset[str] | None) -> AsyncIterator[bytes]:
+        """``{"jobs": [...], "truncated": bool, "next_before": id|null}``, encoded page by page
+        (``LIST_PAGE`` summaries per database read) and cut at ``LIST_BUDGET`` bytes: what one
+        answer can cost the gateway is bounded whatever the jobs hold and however many clients
+        ask at once. ``next_before`` continues the listing (``?before=``) after a cut."""
+        yield b'{"jobs":['
+        sent, count, truncated, last = 0, 0, False, None
+        while True:
+            for summary in page:
+                chunk = _encode(summary.as_dict())
+                if count and sent + len(chunk) + 1 > LIST_BUDGET:
+                    truncated = True
+                    break
+                yield (b"," if count else b"") + chunk
+                sent, count, last = sent + len(chunk) + 1, count + 1, summary.id
+            want = min(LIST_PAGE, limit - count)
+            if truncated or want <= 0 or len(page) < LIST_PAGE:
+                break
+            page = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, want, plugins=readable,
+                                           before=last)
+        yield b'],"truncated":' + (b"true" if truncated else b"false") + b',"next_before":' + \
+            _encode(last if truncated else None) + b"}"
+
+
+def _encode(value: Any) -> bytes:
+    """The same JSON as JSONResponse writes."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -27,6 +27,7 @@ from ductile.serve.bootseq import Booted
 from ductile.serve.dispatcher import Dispatcher
 from ductile.serve.health import Health
 from ductile.serve.logs import Redactor, log
+from ductile.serve.maintenance import Maintenance
 from ductile.serve.notify import notify
 from ductile.serve.scheduler import Scheduler
 from ductile.serve.scopes import TokenTable
@@ -42,6 +43,7 @@ class Gateway:
         self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit),
                                      health=self.health)
         self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake, health=self.health)
+        self.maintenance = Maintenance(booted.db, self.health)
         self.ctx = ApiContext(booted.db, rt, TokenTable(booted.secrets.tokens), dict(booted.secrets.webhook_keys),
                               wake=self.dispatcher.wake, running=self.dispatcher.running, health=self.health)
         self._signals = 0
@@ -75,6 +77,7 @@ class Gateway:
     def start(self) -> None:
         self.dispatcher.start()
         self.scheduler.start()
+        self.maintenance.start()
         self._start_http()
         cfg = self.b.runtime.config
         listen = cfg.api.listen if self.b.listener is not None else "off"
@@ -114,6 +117,7 @@ class Gateway:
         notify("STOPPING=1", "STATUS=draining")
         self.ctx.draining.set()
         self.scheduler.stop()
+        self.maintenance.stop()
         self.dispatcher.stop_claiming()
         running = self.dispatcher.running()
         log(_log, logging.INFO, f"draining: {running} running job(s) get up to {cfg.service.shutdown_timeout:g}s",

@@ -349,16 +349,25 @@ class StateDB:
         if rows != ["ok"]:
             raise fault_error(self.path, "corrupt", f"PRAGMA quick_check: {'; '.join(rows)[:300]}", where="state.path")
 
-    def checkpoint(self) -> tuple[int, int, int]:
+    def checkpoint(self, *, wait_ms: int = 1000) -> tuple[int, int, int]:
         """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the database and cut it to
-        zero bytes if no reader is using it. Returns SQLite's (busy, wal frames, checkpointed)."""
-        conn = self._acquire()
+        zero bytes. Returns SQLite's (busy, WAL frames, frames checkpointed); busy = 1 means a
+        reader or writer held on for ``wait_ms`` and the WAL was left for the next round.
+
+        On its own connection with a short busy timeout: a TRUNCATE checkpoint makes new
+        writers wait while it is pending, so it must give up quickly rather than stall the
+        queue for the pool's 30 s."""
         try:
+            conn = sqlite3.connect(self.path, timeout=wait_ms / 1000, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._state_error(err) from err
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
             row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as err:
             raise self._state_error(err) from err
         finally:
-            self._release(conn)
+            conn.close()
         return int(row[0]), int(row[1]), int(row[2])
 
     def migrate(self) -> int:

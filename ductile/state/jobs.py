@@ -49,6 +49,9 @@ WITH RECURSIVE p(name) AS (
 )
 SELECT name FROM p WHERE name IS NOT NULL
 """
+# Every read of whole job rows goes through this: the payload of a job started by an event
+# lives in the event row (migration 4).
+_SELECT = "SELECT jobs.*, events.payload AS event_payload FROM jobs LEFT JOIN events ON events.id = jobs.event_id"
 _EARLIEST = ("SELECT next_attempt_at, rowid, id FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND plugin = ?"
              " ORDER BY next_attempt_at, rowid LIMIT 1")
 _RUNNING = "SELECT plugin, count(*) FROM jobs INDEXED BY jobs_running WHERE status = 'running' GROUP BY plugin"
@@ -79,12 +82,64 @@ class Job:
     event_depth: int
     account: str | None
     uid: int | None
+    event_id: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
+        """Decode a row of ``_SELECT``: a job started by an event gets its payload (and the
+        event's) from the event row, where it is stored once."""
         data = {k: row[k] for k in row.keys()}
+        shared = data.pop("event_payload", None)
         for key in ("payload", "event", "result"):
             data[key] = from_json(data[key])
+        if data.get("event_id") is not None and shared is not None:
+            payload = from_json(shared)
+            data["payload"] = payload if isinstance(payload, dict) else {}
+            data["event"] = {**(data["event"] or {}), "payload": payload}
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for key in ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at"):
+            out[key] = iso(out[key])
+        return out
+
+
+SUMMARY_ERROR_MAX = 200  # characters of last_error in a listing (the whole error is on the job)
+_SUMMARY_FIELDS = ("id", "plugin", "command", "status", "attempt", "max_attempts", "next_attempt_at", "created_at",
+                   "updated_at", "started_at", "finished_at", "dedupe_key", "parent_job_id", "event_depth",
+                   "account", "uid")
+_SUMMARY_COLUMNS = ", ".join(f"jobs.{c}" for c in _SUMMARY_FIELDS) + \
+    f", substr(jobs.last_error, 1, {SUMMARY_ERROR_MAX + 1}) AS last_error"
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as a listing shows it: everything but payload, event, result and stderr, and
+    the first ``SUMMARY_ERROR_MAX`` characters of its last error."""
+
+    id: str
+    plugin: str
+    command: str
+    status: str
+    attempt: int
+    max_attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    dedupe_key: str | None
+    parent_job_id: str | None
+    event_depth: int
+    account: str | None
+    uid: int | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobSummary:
+        data = {k: row[k] for k in row.keys()}
+        data["last_error"] = clip(data["last_error"], SUMMARY_ERROR_MAX)
         return cls(**data)
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,8 +275,12 @@ class JobQueue:
 
     def enqueue(self, plugin: str, command: str, payload: Any, *, event: Any = None, max_attempts: int,
                 parent_job_id: str | None = None, event_depth: int = 0, dedupe_key: str | None = None,
-                not_before: float | None = None, now: float | None = None) -> str:
-        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id."""
+                not_before: float | None = None, now: float | None = None, event_id: str | None = None) -> str:
+        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id.
+
+        ``event_id`` names a stored event this job was started by: its payload is then not
+        copied into the job (``payload`` and ``event["payload"]`` are read from the event).
+        """
         for name, value in (("plugin", plugin), ("command", command)):
             if not isinstance(value, str) or not value:
                 raise StateError(f"{name} must be a non-empty string, got {value!r}", where=f"enqueue.{name}",
@@ -233,8 +292,14 @@ class JobQueue:
             raise StateError(f"event_depth must be an integer >= 0, got {event_depth!r}",
                              where="enqueue.event_depth", fix="pass the depth of the event chain (0 for a root job)")
         now = self.clock() if now is None else now
-        payload_text = to_json(payload, field="payload")
-        event_text = None if event is None else to_json(event, field="event")
+        event_text: str | None
+        if event_id is not None:
+            payload_text = "null"
+            envelope = {k: v for k, v in event.items() if k != "payload"} if isinstance(event, dict) else {}
+            event_text = to_json(envelope, field="event")
+        else:
+            payload_text = to_json(payload, field="payload")
+            event_text = None if event is None else to_json(event, field="event")
         with self.db.write() as conn:
             if dedupe_key is not None:
                 found = conn.execute("SELECT id FROM jobs WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
@@ -247,10 +312,10 @@ class JobQueue:
             job_id = str(uuid.uuid4())
             conn.execute(
                 "INSERT INTO jobs (id, plugin, command, payload, event, status, attempt, max_attempts,"
-                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth, event_id)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, plugin, command, payload_text, event_text, max_attempts,
-                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth))
+                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth, event_id))
             self._transition(conn, job_id, None, "queued", now, "enqueued")
             return job_id
 
@@ -349,7 +414,7 @@ class JobQueue:
         error = "the gateway stopped while this job was running (crash, kill or power loss)"
         settled: list[tuple[str, str]] = []
         with self.db.write() as conn:
-            rows = conn.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
+            rows = conn.execute(f"{_SELECT} WHERE jobs.status = 'running' ORDER BY jobs.started_at, jobs.rowid").fetchall()
             for row in rows:
                 job = Job.from_row(row)
                 status = "queued" if job.attempt < job.max_attempts else "dead"
@@ -373,43 +438,75 @@ class JobQueue:
             exact = self._get(conn, id_or_prefix)
             if exact is not None or not id_or_prefix:
                 return exact
-            rows = conn.execute("SELECT * FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2",
+            rows = conn.execute(f"{_SELECT} WHERE substr(jobs.id, 1, ?) = ? LIMIT 2",
                                 (len(id_or_prefix), id_or_prefix)).fetchall()
         if len(rows) > 1:
             raise StateError("more than one job id starts with this", where=f"job {id_or_prefix}",
                              fix="give more characters of the id")
         return Job.from_row(rows[0]) if rows else None
 
-    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
-                  plugins: Iterable[str] | None = None) -> list[Job]:
-        """Newest first. ``plugins`` restricts to a set of plugins (an API token's scopes)."""
+    def _filters(self, status: str | None, plugin: str | None,
+                 plugins: Iterable[str] | None) -> tuple[list[str], list[Any]] | None:
+        """WHERE clauses for a listing; None when ``plugins`` allows nothing."""
         if status is not None and status not in STATUSES:
             raise StateError(f"unknown job status {status!r}", where="status",
                              fix=f"use one of {', '.join(STATUSES)}")
         clauses: list[str] = []
         args: list[Any] = []
         if status is not None:
-            clauses.append("status = ?")
+            clauses.append("jobs.status = ?")
             args.append(status)
         if plugin is not None:
-            clauses.append("plugin = ?")
+            clauses.append("jobs.plugin = ?")
             args.append(plugin)
         if plugins is not None:
             allowed = sorted(set(plugins))
             if not allowed:
-                return []
-            clauses.append(f"plugin IN ({','.join('?' * len(allowed))})")
+                return None
+            clauses.append(f"jobs.plugin IN ({','.join('?' * len(allowed))})")
             args.extend(allowed)
+        return clauses, args
+
+    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
+                  plugins: Iterable[str] | None = None) -> list[Job]:
+        """Whole jobs, newest first. ``plugins`` restricts to a set of plugins (an API token's
+        scopes). Listings meant for people or clients use ``summaries``: payloads and results
+        can be megabytes each."""
+        found = self._filters(status, plugin, plugins)
+        if found is None:
+            return []
+        clauses, args = found
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:
-            rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            rows = conn.execute(f"{_SELECT}{where} ORDER BY jobs.created_at DESC, jobs.rowid DESC LIMIT ?",
                                 (*args, max(0, limit))).fetchall()
         return [Job.from_row(r) for r in rows]
+
+    def summaries(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
+                  plugins: Iterable[str] | None = None, before: str | None = None) -> list[JobSummary]:
+        """Job summaries, newest first, without payload, event, result or stderr: a listing
+        whose size is bounded by ``limit`` whatever the jobs carry (``GET /job/{id}`` and
+        ``job show`` have the rest). ``before`` is a job id: list only jobs older than it
+        (the next page after a listing that ended with that job)."""
+        found = self._filters(status, plugin, plugins)
+        if found is None:
+            return []
+        clauses, args = found
+        if before is not None:
+            clauses.append("(jobs.created_at, jobs.rowid) < (SELECT created_at, rowid FROM jobs WHERE id = ?)")
+            args.append(before)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.read() as conn:
+            rows = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM jobs{where}"
+                                " ORDER BY jobs.created_at DESC, jobs.rowid DESC LIMIT ?",
+                                (*args, max(0, limit))).fetchall()
+        return [JobSummary.from_row(r) for r in rows]
 
     def queue_depth(self) -> int:
         """Jobs waiting to run, including retries not yet due."""
         with self.db.read() as conn:
-            return int(conn.execute("SELECT count(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM jobs INDEXED BY jobs_due WHERE status = 'queued'")
+                       .fetchone()[0])
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.read() as conn:
@@ -428,7 +525,7 @@ class JobQueue:
 
     @staticmethod
     def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = conn.execute(f"{_SELECT} WHERE jobs.id = ?", (job_id,)).fetchone()
         return None if row is None else Job.from_row(row)
 
     def _running(self, conn: sqlite3.Connection, job_id: str, verb: str) -> Job:

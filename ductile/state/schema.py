@@ -120,4 +120,13 @@ _V3 = (
     "DROP INDEX jobs_claim",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# v4: an event's payload is stored once. A job started by an event keeps the event's id
+# and a small envelope (type, source, pipeline, depth); its payload and ``event.payload``
+# are read from the event row. A 1 MiB event used to be stored three times. The event row
+# cannot be deleted while a job refers to it (foreign key, no action).
+_V4 = (
+    "ALTER TABLE jobs ADD COLUMN event_id TEXT REFERENCES events(id)",
+    "CREATE INDEX jobs_event ON jobs (event_id) WHERE event_id IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)

@@ -1,0 +1,59 @@
+"""Upkeep the running gateway does on a timer, off the request and job paths.
+
+* **WAL checkpoint (TRUNCATE)** every ``CHECKPOINT_EVERY``: SQLite's automatic checkpoints
+  copy the WAL back but never shrink the file, so one burst of large rows (a runaway
+  plugin state, a big event) would otherwise leave a WAL of that size on disk for good.
+  ``journal_size_limit`` (``state.db``) bounds it between these rounds.
+
+A failed round is reported through ``health`` like any other database fault and tried
+again at the next tick; it never stops the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ductile.errors import DuctileError, StateError
+from ductile.serve.health import Health
+from ductile.state.db import StateDB
+
+_log = logging.getLogger("ductile.maintenance")
+CHECKPOINT_EVERY = 60.0
+
+
+class Maintenance:
+    def __init__(self, db: StateDB, health: Health, *, every: float = CHECKPOINT_EVERY,
+                 extra: tuple[Callable[[], None], ...] = ()) -> None:
+        self.db = db
+        self.health = health
+        self.every = every
+        self.extra = extra
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One round: every task, each on its own (one failing does not skip the others)."""
+        for task in (self._checkpoint, *self.extra):
+            try:
+                task()
+            except DuctileError as err:
+                cause = err.cause if isinstance(err, StateError) else err.kind
+                self.health.report(_log, f"state:{cause}", f"maintenance: {err.message}", err.fix)
+
+    def _checkpoint(self) -> None:
+        self.db.checkpoint()
