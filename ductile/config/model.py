@@ -26,6 +26,7 @@ HEADER_NAME = r"^[A-Za-z0-9-]+$"
 #   path      str, relative to the file that declares it -> absolute
 #   abspath   str that must already be absolute (account state_dir)
 #   listen    "host:port"                 cron   five-field cron text
+#   timezone  an IANA zone name (Europe/Berlin, UTC), checked against the zone database
 
 
 def spec(
@@ -125,6 +126,9 @@ class ScheduleConfig:
     command: str = spec("poll", doc="Command to run.", pattern=COMMAND_NAME)
     jitter: float = spec(0.0, doc="Random delay up to this long added to each run.", kind="duration")
     payload: dict[str, Any] = spec(default_factory=dict, doc="Payload passed to the plugin.")
+    timezone: str | None = spec(
+        None, doc="IANA time zone whose wall clock the cron expression reads (default: the host's).", kind="timezone",
+    )
 
 
 @dataclass(frozen=True)
