@@ -198,3 +198,14 @@ def test_fix_texts_follow_the_cause() -> None:
     assert faults.cause_of_errno(28) == "disk_full" and faults.cause_of_errno(30) == "read_only"
     damaged = faults.diagnose("corrupt", "x", facts)
     assert not damaged.transient and "writable" not in damaged.fix
+
+
+def test_a_kill_inside_the_first_creation_leaves_nothing_a_writer_cannot_clean(world: Path) -> None:
+    path = _db(world)
+    open_state(str(path)).close()
+    leftover = path.parent / ".ductile.db.init-0123456789ab"
+    os.link(path, leftover)  # killed between linking the new database into place and unlinking its temp name
+    with pytest.raises(StateError, match="2 hard links"):
+        open_state(str(path), create=False)  # a reader changes nothing, so it refuses
+    open_state(str(path)).close()  # a writer recognises its own temp name and drops it
+    assert not leftover.exists() and path.stat().st_nlink == 1

@@ -419,7 +419,7 @@ def _initialise(path: str) -> None:
                              cause="stale_wal")
     _ensure_parent(path)
     directory, base = os.path.split(path)
-    temp = os.path.join(directory, f".{base}.init-{secrets.token_hex(6)}")
+    temp = os.path.join(directory, _INIT_TEMP.format(base=base) + secrets.token_hex(6))
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         os.fchmod(fd, 0o600)
@@ -447,6 +447,35 @@ def _initialise(path: str) -> None:
                 os.unlink(temp + suffix)
 
 
+_INIT_TEMP = ".{base}.init-"
+STALE_INIT_AGE = 600.0  # seconds: an unlinked initialisation temp this old belongs to no live process
+
+
+def _drop_init_leftovers(path: str) -> None:
+    """Remove what a process killed inside ``_initialise`` left: a temp still linked to the
+    database (killed between link and unlink: it would count as a second hard link), or an
+    old temp that never got linked."""
+    directory, base = os.path.split(path)
+    prefix = _INIT_TEMP.format(base=base)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix) and not n.endswith(("-wal", "-shm"))]
+    except OSError:
+        return
+    import time
+
+    for name in names:
+        temp = os.path.join(directory, name)
+        try:
+            linked = os.path.lexists(path) and os.path.samefile(temp, path)
+            if not linked and time.time() - os.lstat(temp).st_mtime < STALE_INIT_AGE:
+                continue  # may be another process initialising right now
+            for suffix in ("-wal", "-shm", ""):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp + suffix)
+        except OSError:
+            continue
+
+
 def open_state(path: str, *, create: bool = True) -> StateDB:
     """Open the state database for writing (``create=True``) or reading (``create=False``).
 
@@ -464,6 +493,8 @@ def open_state(path: str, *, create: bool = True) -> StateDB:
                 where="state.path",
                 fix="start `ductile serve` once to create it, or set state.path to the gateway's database")
         _initialise(path)
+    elif create:
+        _drop_init_leftovers(path)
     check_existing(path)
     db = StateDB(path, readonly=not create)
     try:
