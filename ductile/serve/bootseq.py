@@ -22,6 +22,7 @@ from ductile.serve.instance import InstanceLock
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state
+from ductile.state.owner import is_alive
 
 
 @dataclass
@@ -77,7 +78,7 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     try:
         db = open_state(config.state.path)
         db.quick_check()  # a damaged file is refused here, with the fix, not job by job later
-        recovered = db.jobs.recover_after_crash()
+        recovered = db.jobs.recover_after_crash(alive=is_alive)  # a live `plugin run` keeps its job
         runtime = boot(loaded, discovery=discovery)
         schedules = schedules_of(config)
         secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from ductile.config.model import RetryConfig
 from ductile.errors import DuctileError, GatewayFault, StateError
 from ductile.runtime.boot import Runtime
+from ductile.runtime.concurrency import concurrency_limit
 from ductile.runtime.executor import EventSink, Executor, Job, JobResult
 from ductile.runtime.outcome import Outcome
 from ductile.serve.health import Health
@@ -149,8 +150,7 @@ class Dispatcher:
     # -- one worker --------------------------------------------------------------------
 
     def _limit(self, plugin: str) -> int | None:
-        found = self.runtime.plugins.get(plugin)
-        return 1 if found is not None and not found.manifest.concurrency_safe else None
+        return concurrency_limit(self.runtime, plugin)
 
     def _work(self) -> None:
         failures = 0

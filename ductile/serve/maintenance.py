@@ -1,5 +1,7 @@
 """Upkeep the running gateway does on a timer, off the request and job paths.
 
+* **Orphans of ``plugin run``**: a job it holds whose process is gone (killed mid-run) is
+  settled, so its plugin's concurrency cap is free again without a restart.
 * **WAL checkpoint (TRUNCATE)** every ``CHECKPOINT_EVERY``: SQLite's automatic checkpoints
   copy the WAL back but never shrink the file, so one burst of large rows (a runaway
   plugin state, a big event) would otherwise leave a WAL of that size on disk for good.
@@ -17,7 +19,9 @@ from collections.abc import Callable
 
 from ductile.errors import DuctileError, StateError
 from ductile.serve.health import Health
+from ductile.serve.logs import log
 from ductile.state.db import StateDB
+from ductile.state.owner import is_alive
 
 _log = logging.getLogger("ductile.maintenance")
 CHECKPOINT_EVERY = 60.0
@@ -48,7 +52,7 @@ class Maintenance:
 
     def run_once(self) -> None:
         """One round: every task, each on its own (one failing does not skip the others)."""
-        for task in (self._checkpoint, *self.extra):
+        for task in (self._orphans, self._checkpoint, *self.extra):
             try:
                 task()
             except DuctileError as err:
@@ -57,3 +61,8 @@ class Maintenance:
 
     def _checkpoint(self) -> None:
         self.db.checkpoint()
+
+    def _orphans(self) -> None:
+        for job_id, status in self.db.jobs.recover_orphans(is_alive):
+            log(_log, logging.WARNING, f"job {job_id} was held by a process that is gone; now {status}",
+                job_id=job_id, status=status)

@@ -74,8 +74,8 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
     out = result.outcome
     with db.write():
         response = out.response
-        decision = apply_state_updates(db, job.plugin, decision, response.state_updates if response else None,
-                                       limit=config.service.max_plugin_state)
+        decision, _ = apply_state_updates(db, job.plugin, decision, response.state_updates if response else None,
+                                          limit=config.service.max_plugin_state)
         rec = Recorded(db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
                                       stderr_tail=out.stderr_tail or None))
         emitted: list[tuple[str, Any]] = list(gateway_events)

@@ -83,6 +83,7 @@ class Job:
     account: str | None
     uid: int | None
     event_id: str | None = None
+    claimed_by: str | None = None  # a process outside serve running it (``plugin run``)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -260,6 +261,18 @@ def backoff(attempt: int, base: float, maximum: float, rand: float) -> float:
     return delay + min(max(rand, 0.0), 1.0) * base / 4
 
 
+class PluginBusy(StateError):
+    """A plugin at its concurrency cap: the jobs holding it, so the refusal can name them."""
+
+    def __init__(self, plugin: str, limit: int, running: list[tuple[str, str | None]]) -> None:
+        holders = ", ".join(f"{job_id} ({'by ' + by.split(' ', 1)[0] if by else 'by serve'})" for job_id, by in running)
+        what = "one job at a time" if limit == 1 else f"{limit} jobs at a time"
+        super().__init__(f"plugin {plugin} runs {what} and job {holders} is running it", where=f"plugins.{plugin}",
+                         fix=f"wait for it to finish (ductile job show {running[0][0]}), then run it again",
+                         cause="busy")
+        self.running = running
+
+
 def _not_found(job_id: str) -> StateError:
     return StateError("no such job", where=f"job {job_id}", fix="`ductile job list` shows the job ids")
 
@@ -370,6 +383,43 @@ class JobQueue:
             self._transition(conn, job_id, "queued", "running", now, "claimed")
             return Claim(self._get(conn, job_id), None)
 
+    def start_now(self, plugin: str, command: str, payload: Any, *, limit: int | None, claimed_by: str,
+                  now: float | None = None) -> Job:
+        """Record a job that runs now, outside the queue (``plugin run``): one attempt, already
+        ``running``, held by ``claimed_by``. Refused with ``PluginBusy`` — naming the running
+        jobs — when the plugin is at its cap, counted together with serve's jobs in the same
+        transaction, so the two can never run a one-at-a-time plugin side by side."""
+        now = self.clock() if now is None else now
+        payload_text = to_json(payload, field="payload")
+        with self.db.write() as conn:
+            if limit is not None:
+                held = [(str(r[0]), r[1]) for r in conn.execute(
+                    "SELECT id, claimed_by FROM jobs INDEXED BY jobs_running WHERE status = 'running' AND plugin = ?"
+                    " ORDER BY started_at", (plugin,))]
+                if len(held) >= limit:
+                    raise PluginBusy(plugin, limit, held)
+            job_id = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO jobs (id, plugin, command, payload, status, attempt, max_attempts, next_attempt_at,"
+                " created_at, updated_at, started_at, claimed_by) VALUES (?, ?, ?, ?, 'running', 1, 1, ?, ?, ?, ?, ?)",
+                (job_id, plugin, command, payload_text, now, now, now, now, claimed_by))
+            conn.execute("INSERT INTO job_attempts (job_id, attempt, started_at, outcome) VALUES (?, 1, ?, 'running')",
+                         (job_id, now))
+            self._transition(conn, job_id, None, "running", now, f"started by {claimed_by.split(' ', 1)[0]}")
+            found = self._get(conn, job_id)
+            assert found is not None
+            return found
+
+    def recover_orphans(self, alive: Callable[[str], bool], now: float | None = None) -> list[tuple[str, str]]:
+        """Settle running jobs held by a process outside serve (``claimed_by``) that is gone:
+        killed mid-run, its job would otherwise hold the plugin's cap until serve restarts."""
+        now = self.clock() if now is None else now
+        with self.db.write() as conn:
+            rows = conn.execute(f"{_SELECT} WHERE jobs.status = 'running' AND jobs.claimed_by IS NOT NULL").fetchall()
+            orphans = [Job.from_row(r) for r in rows if not alive(str(r["claimed_by"]))]
+            return [self._crashed(conn, job, now, f"the process running it ({job.claimed_by}) is gone")
+                    for job in orphans]
+
     def finish(self, job_id: str, outcome: Outcome, *, exit_code: int | None = None, account: str | None = None,
                uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None) -> str:
         """Record how a running job's attempt ended and return the job's new status."""
@@ -403,28 +453,32 @@ class JobQueue:
             self._close_attempt(conn, job, now, "interrupted", reason)
             self._transition(conn, job_id, "running", "queued", now, reason)
 
-    def recover_after_crash(self, now: float | None = None) -> list[tuple[str, str]]:
+    def recover_after_crash(self, now: float | None = None, *,
+                            alive: Callable[[str], bool] | None = None) -> list[tuple[str, str]]:
         """Settle every job a dead gateway left ``running``: re-queue it if attempts remain
-        (the interrupted attempt counts, it may have had effects), else mark it dead.
+        (the interrupted attempt counts, it may have had effects), else mark it dead. A job
+        held by another process that is still alive (``claimed_by``, checked by ``alive``)
+        is left to it.
 
         Call only at boot, before any dispatcher of this database runs: a live worker's
         job is indistinguishable from an orphan here.
         """
         now = self.clock() if now is None else now
         error = "the gateway stopped while this job was running (crash, kill or power loss)"
-        settled: list[tuple[str, str]] = []
         with self.db.write() as conn:
             rows = conn.execute(f"{_SELECT} WHERE jobs.status = 'running' ORDER BY jobs.started_at, jobs.rowid").fetchall()
-            for row in rows:
-                job = Job.from_row(row)
-                status = "queued" if job.attempt < job.max_attempts else "dead"
-                conn.execute("UPDATE jobs SET status = ?, next_attempt_at = ?, finished_at = ?, last_error = ?,"
-                             " updated_at = ? WHERE id = ?",
-                             (status, now, None if status == "queued" else now, error, now, job.id))
-                self._close_attempt(conn, job, now, "crashed", error)
-                self._transition(conn, job.id, "running", status, now, "recovered_after_crash")
-                settled.append((job.id, status))
-        return settled
+            jobs = [Job.from_row(r) for r in rows]
+            return [self._crashed(conn, job, now, error) for job in jobs
+                    if not (job.claimed_by and alive is not None and alive(job.claimed_by))]
+
+    def _crashed(self, conn: sqlite3.Connection, job: Job, now: float, error: str) -> tuple[str, str]:
+        status = "queued" if job.attempt < job.max_attempts else "dead"
+        conn.execute("UPDATE jobs SET status = ?, next_attempt_at = ?, finished_at = ?, last_error = ?,"
+                     " updated_at = ?, claimed_by = NULL WHERE id = ?",
+                     (status, now, None if status == "queued" else now, error, now, job.id))
+        self._close_attempt(conn, job, now, "crashed", error)
+        self._transition(conn, job.id, "running", status, now, "recovered_after_crash")
+        return job.id, status
 
     # -- reads -------------------------------------------------------------------------
 

@@ -62,15 +62,15 @@ class PluginStateStore:
 
 
 def apply_state_updates(db: StateDB, plugin: str, decision: Outcome, updates: Mapping[str, Any] | None, *,
-                        limit: int) -> Outcome:
+                        limit: int) -> tuple[Outcome, StateTooLarge | None]:
     """Merge a successful run's ``state_updates`` (call inside the write block that records
     the run). Over ``limit`` (``service.max_plugin_state``) the run fails instead, reason
-    ``state_too_large``, and the state is left as it was: a retry would only produce the
-    same state again. Shared by serve and ``plugin run``."""
+    ``state_too_large`` (returned with the refusal), and the state is left as it was: a
+    retry would only produce the same state again. Shared by serve and ``plugin run``."""
     if not isinstance(decision, Succeeded) or not updates:
-        return decision
+        return decision, None
     try:
         db.plugin_state.merge_state(plugin, dict(updates), limit=limit)
     except StateTooLarge as err:
-        return Failed(err.one_line(), "state_too_large")
-    return decision
+        return Failed(err.one_line(), "state_too_large"), err
+    return decision, None

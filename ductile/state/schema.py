@@ -129,4 +129,11 @@ _V4 = (
     "CREATE INDEX jobs_event ON jobs (event_id) WHERE event_id IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+# v5: who holds a running job outside serve. ``plugin run`` records its job in the ledger as
+# running (so serve's per-plugin caps count it) and names its process here; serve recovers
+# such a job when that process is gone, instead of waiting for its own next boot.
+_V5 = (
+    "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
