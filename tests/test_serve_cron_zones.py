@@ -2,7 +2,7 @@
 
 The policy (ductile.serve.ticks): a skipped local time runs once, at the change; a
 repeated local time runs once, at its first occurrence. The tables drive the scheduler's
-own decision function every 30 s through each change day and list every run."""
+own decision function every minute through each change day and list every run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ SPRING = (datetime(2025, 3, 29, 20, tzinfo=timezone.utc), datetime(2025, 3, 31, 
 AUTUMN = (datetime(2025, 10, 25, 20, tzinfo=timezone.utc), datetime(2025, 10, 27, 3, tzinfo=timezone.utc))
 
 
-def runs(expr: str, span: tuple[datetime, datetime], zone: ZoneInfo = BERLIN, step: float = 30.0) -> list[str]:
+def runs(expr: str, span: tuple[datetime, datetime], zone: ZoneInfo = BERLIN, step: float = 60.0) -> list[str]:
     """Every slot the scheduler fires for ``expr`` while the clock walks through ``span``."""
     s = Schedule("s", "plugins.p.schedules[0]", "p", "poll", None, expr, 0.0, 1, {}, zone.key, zone)
     last: float | None = None
