@@ -48,7 +48,7 @@ from ductile.serve.logs import log
 from ductile.serve.record import Recorded, identity, record_run
 from ductile.serve.settle import settle
 from ductile.state.db import StateDB
-from ductile.state.jobs import Deferred
+from ductile.state.jobs import Claim, Deferred
 from ductile.state.jobs import Job as QueuedJob
 
 _log = logging.getLogger("ductile.dispatch")
@@ -152,30 +152,36 @@ class Dispatcher:
     def _limit(self, plugin: str) -> int | None:
         return concurrency_limit(self.runtime, plugin)
 
+    def _claim(self) -> Claim:
+        now = self.clock()
+        return self.db.jobs.claim(now, running_limits=self._limit, exclude_plugins=self._paused_now(now))
+
     def _work(self) -> None:
         failures = 0
-        while not self._stop.is_set():
-            try:
-                now = self.clock()
-                claim = self.db.jobs.claim(now, running_limits=self._limit, exclude_plugins=self._paused_now(now))
-            except DuctileError as err:
-                failures += 1
-                self._db_problem(err, "cannot claim a job")
-                self._idle(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** min(failures, 8)))
-                continue
-            failures = 0
-            job = claim.job
+        job: QueuedJob | None = None
+        while job is not None or not self._stop.is_set():  # a job already claimed is always run
             if job is None:
-                self._idle(self._sleep_for(claim.next_due))
-                continue
-            self.health.resolve(_log, "state:")  # the claim was a write the database accepted
+                try:
+                    claim = self._claim()
+                except DuctileError as err:
+                    failures += 1
+                    self._db_problem(err, "cannot claim a job")
+                    self._idle(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** min(failures, 8)))
+                    continue
+                failures = 0
+                job = claim.job
+                if job is None:
+                    self._idle(self._sleep_for(claim.next_due))
+                    continue
+                self.health.resolve(_log, "state:")  # the claim was a write the database accepted
             cancel = threading.Event()
             with self._lock:
                 self._live[job.id] = cancel
                 if self._cancelling.is_set():  # claimed in the instant the deadline passed
                     cancel.set()
+            following: QueuedJob | None = None
             try:
-                self._run(job, cancel)
+                following = self._run(job, cancel)
             except Unrecorded as err:
                 log(_log, logging.ERROR, f"job {job.id} finished but its outcome could not be recorded before the "
                     f"shutdown deadline ({err}); it stays running and is recovered at the next boot",
@@ -188,6 +194,7 @@ class Dispatcher:
                     self._live.pop(job.id, None)
             if self._limit(job.plugin) is not None:
                 self.wake()  # a capped plugin has room again: an idle worker may take its next job
+            job = following
 
     def _db_problem(self, err: DuctileError, doing: str) -> None:
         cause = err.cause if isinstance(err, StateError) else err.kind
@@ -240,7 +247,9 @@ class Dispatcher:
         finally:
             self._tls.events = None
 
-    def _run(self, queued: QueuedJob, cancel: threading.Event) -> None:
+    def _run(self, queued: QueuedJob, cancel: threading.Event) -> QueuedJob | None:
+        """Run one job and record it; return the next job, claimed in the same transaction
+        that recorded this one (one commit per job instead of two), or None."""
         result, gateway_events = self._execute(queued, cancel)
         pc = self.config.plugins.get(queued.plugin)
         deferrals = self._deferrals.get(queued.plugin, 0) + 1
@@ -253,13 +262,20 @@ class Dispatcher:
             self.requeued += 1
             log(_log, logging.WARNING, f"job {queued.id} killed at the shutdown deadline and re-queued",
                 job_id=queued.id, plugin=queued.plugin, command=queued.command)
-            return
-        rec: Recorded = self._record(f"the outcome of job {queued.id} ({queued.plugin}/{queued.command})",
-                                     lambda: record_run(self.db, self.config, queued, result, decision, gateway_events),
-                                     cancel)
+            return None
+        if isinstance(decision, Deferred):  # before the next claim, which must skip this plugin
+            self._paused[queued.plugin] = decision.next_attempt_at
+
+        def record() -> tuple[Recorded, QueuedJob | None]:
+            with self.db.write():
+                rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
+                following = None if self._stop.is_set() else self._claim().job
+            return rec, following
+
+        rec, following = self._record(f"the outcome of job {queued.id} ({queued.plugin}/{queued.command})", record,
+                                      cancel)
         if isinstance(decision, Deferred):
             self._deferrals[queued.plugin] = deferrals
-            self._paused[queued.plugin] = decision.next_attempt_at
             err = result.outcome.error
             self.health.report(_log, f"plugin:{queued.plugin}", f"jobs of plugin {queued.plugin} are deferred: "
                                f"{err.message if err else decision.error}", err.fix if err else "", level=logging.WARNING,
@@ -272,6 +288,7 @@ class Dispatcher:
         self._report(queued, result, rec.status, rec.downstream)
         if rec.downstream:
             self.wake(len(rec.downstream))
+        return following
 
     def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str]) -> None:
         out = result.outcome

@@ -9,11 +9,13 @@ Choices, and why:
   vanishes, or a ``succeeded`` write command that runs again. FULL costs one fsync per
   transaction (well under a millisecond here), small next to spawning a plugin.
 * **Connections**: a small pool, one connection checked out per thread for the length of
-  a transaction (nested blocks on the same thread join it). Writers are serialised by
-  SQLite itself (``BEGIN IMMEDIATE`` + ``busy_timeout``), the same mechanism that already
-  has to arbitrate between processes, so threads and processes contend in one way. A
-  pool instead of ``threading.local`` because the HTTP API serves each request on a fresh
-  thread; per-thread connections would leak one per request.
+  a transaction (nested blocks on the same thread join it). Writers of one process queue
+  on a lock of their own before ``BEGIN IMMEDIATE``; between processes SQLite arbitrates
+  (``BEGIN IMMEDIATE`` + ``busy_timeout``). The busy handler sleeps up to 100 ms between
+  tries, so letting threads of one process contend through it made a burst of triggers
+  and two workers spend most of their time asleep on a lock that was free. A pool instead
+  of ``threading.local`` because the HTTP API serves each request on a fresh thread;
+  per-thread connections would leak one per request.
 * **Mode 0600**: the file is created empty with ``O_EXCL`` and 0600 before SQLite opens
   it; SQLite gives ``-wal``/``-shm`` the main file's permissions. Loose modes on files we
   own are tightened, never widened.
@@ -162,6 +164,10 @@ class StateDB:
         self._idle: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._closed = False
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler,
+        # which polls with sleeps of up to 100 ms: under a burst that left workers asleep
+        # while the lock was free. Other processes still meet at BEGIN IMMEDIATE.
+        self._writers = threading.Lock()
 
     # -- connections ---------------------------------------------------------------
 
@@ -220,6 +226,9 @@ class StateDB:
             return
         conn = self._acquire()
         self._local.conn, self._local.mode = conn, mode
+        writer = mode == "write"
+        if writer:
+            self._writers.acquire()
         try:
             try:
                 conn.execute(begin)
@@ -233,6 +242,8 @@ class StateDB:
         except sqlite3.Error as err:
             raise self._state_error(err) from err
         finally:
+            if writer:
+                self._writers.release()
             self._local.conn = None
             self._release(conn)
 
