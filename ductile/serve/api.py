@@ -17,6 +17,7 @@ so a slow disk never stalls the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -38,6 +39,7 @@ from ductile.errors import DuctileError, StateError
 from ductile.runtime.boot import Runtime
 from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
 from ductile.serve.health import Health
+from ductile.serve.intake import Intake
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
@@ -63,6 +65,13 @@ class ApiContext:
     draining: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
     health: Health = field(default_factory=Health)
+    intake: Intake | None = None  # group commit of triggers (serve); None: one transaction each
+
+    async def enqueue(self, plugin: str, command: str, payload: Any, **options: Any) -> str:
+        """Queue a job (``options`` as ``JobQueue.enqueue`` takes them); its id once committed."""
+        if self.intake is None:
+            return await run_in_threadpool(lambda: self.db.jobs.enqueue(plugin, command, payload, **options))
+        return await asyncio.wrap_future(self.intake.submit(plugin, command, payload, **options))
 
     def refused(self, err: DuctileError, what: str) -> JSONResponse:
         """A job the database would not take: 503 with the cause's fix (the client may retry;
@@ -167,8 +176,7 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            job_id = await run_in_threadpool(self.ctx.db.jobs.enqueue, name, command, payload,
-                                             max_attempts=pc.retry.max_attempts)
+            job_id = await self.ctx.enqueue(name, command, payload, max_attempts=pc.retry.max_attempts)
         except DuctileError as err:
             return self.ctx.refused(err, f"a trigger of {name}/{command}")
         self.ctx.wake()

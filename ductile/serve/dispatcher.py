@@ -267,7 +267,7 @@ class Dispatcher:
             self._paused[queued.plugin] = decision.next_attempt_at
 
         def record() -> tuple[Recorded, QueuedJob | None]:
-            with self.db.write():
+            with self.db.write(durable=False):  # see StateDB.write: a power loss re-runs, never loses
                 rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
                 following = None if self._stop.is_set() else self._claim().job
             return rec, following

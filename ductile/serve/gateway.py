@@ -26,6 +26,7 @@ from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
 from ductile.serve.dispatcher import Dispatcher
 from ductile.serve.health import Health
+from ductile.serve.intake import Intake
 from ductile.serve.logs import Redactor, log
 from ductile.serve.maintenance import Maintenance
 from ductile.serve.notify import notify
@@ -44,8 +45,10 @@ class Gateway:
                                      health=self.health)
         self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake, health=self.health)
         self.maintenance = Maintenance(booted.db, self.health)
+        self.intake = Intake(booted.db)
         self.ctx = ApiContext(booted.db, rt, TokenTable(booted.secrets.tokens), dict(booted.secrets.webhook_keys),
-                              wake=self.dispatcher.wake, running=self.dispatcher.running, health=self.health)
+                              wake=self.dispatcher.wake, running=self.dispatcher.running, health=self.health,
+                              intake=self.intake)
         self._signals = 0
         self._stop = threading.Event()
         self._server: object | None = None
@@ -75,6 +78,7 @@ class Gateway:
             time.sleep(0.02)
 
     def start(self) -> None:
+        self.intake.start()
         self.dispatcher.start()
         self.scheduler.start()
         self.maintenance.start()
@@ -137,6 +141,7 @@ class Gateway:
             server.should_exit = True  # type: ignore[attr-defined]
             if self._server_thread is not None:
                 self._server_thread.join(10)
+        self.intake.stop()
         log(_log, logging.INFO, f"stopped: {self.dispatcher.finished} job(s) finished, "
             f"{self.dispatcher.requeued} re-queued", finished=self.dispatcher.finished,
             requeued=self.dispatcher.requeued)
