@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(VPY) bench/spawn.py $(BENCH_ARGS)
 	$(VPY) bench/boot.py $(BENCH_ARGS)
 	$(VPY) bench/throughput.py 300 3 --profile
-	$(VPY) bench/queue.py $(BENCH_ARGS)
+	$(VPY) bench/queue_depth.py $(BENCH_ARGS)
 
 # The demo lives in .demo/ (git-ignored) and is reused on the next run; as root it
 # provisions two demo accounts and enforces the wall, otherwise it runs unconfined.
