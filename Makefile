@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(VPY) bench/startup.py $(BENCH_ARGS)
 	$(VPY) bench/spawn.py $(BENCH_ARGS)
 	$(VPY) bench/boot.py $(BENCH_ARGS)
-	$(VPY) bench/throughput.py 300 3 --profile
+	$(VPY) bench/throughput.py 300 5 --profile
 	$(VPY) bench/queue_depth.py $(BENCH_ARGS)
 
 # The demo lives in .demo/ (git-ignored) and is reused on the next run; as root it

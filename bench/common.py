@@ -216,6 +216,9 @@ def profile(pid: int, seconds: float, out: Path) -> Path | None:
     return out if out.exists() else None
 
 
+GENERIC = {"thread", "Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run", "<module>"}
+
+
 def summarize_profile(path: Path, top: int = 14) -> list[tuple[str, float]]:
     """Share of samples in which each function appears (inclusive), busiest first."""
     totals: Counter[str] = Counter()
@@ -226,7 +229,7 @@ def summarize_profile(path: Path, top: int = 14) -> list[tuple[str, float]]:
             continue
         n = int(count)
         samples += n
-        frames = {f.split(" (")[0] for f in stack.split(";")}
+        frames = {f.split(" (")[0] for f in stack.split(";")} - GENERIC
         for frame in frames:
             totals[frame] += n
     return [(f, c / samples) for f, c in totals.most_common(top)] if samples else []
