@@ -64,6 +64,11 @@ def sleepy(tmp_path: Path):  # type: ignore[no-untyped-def]
         _kill_plugins(w)
 
 
+def _drained(w: ServeWorld) -> bool:
+    h = w.request("GET", "/healthz")[1]
+    return h["queue_depth"] == 0 and h["running"] == 0
+
+
 def _running(w: ServeWorld, job_id: str) -> bool:
     return w.job(job_id, TOKEN)["status"] == "running"
 
@@ -141,11 +146,7 @@ def test_two_thousand_jobs_all_finish_none_twice(tmp_path: Path) -> None:
         conn.close()
         assert len(set(ids)) == 2000
 
-        def drained() -> bool:
-            h = w.request("GET", "/healthz")[1]
-            return h["queue_depth"] == 0 and h["running"] == 0
-
-        wait_for("the queue to drain", drained, deadline=600, log=w.log, interval=0.5)
+        wait_for("the queue to drain", lambda: _drained(w), deadline=600, log=w.log, interval=0.5)
     finally:
         assert w.stop() == 0
     db = sqlite3.connect(w.db)
@@ -258,11 +259,7 @@ def test_kill_9_during_a_burst_of_triggers_loses_no_accepted_job_and_runs_none_t
             t.join(60)
     w.start()
     try:
-        def drained() -> bool:
-            h = w.request("GET", "/healthz")[1]
-            return h["queue_depth"] == 0 and h["running"] == 0
-
-        wait_for("the queue to drain after the restart", drained, deadline=300, log=w.log, interval=0.2)
+        wait_for("the queue to drain after the restart", lambda: _drained(w), deadline=300, log=w.log, interval=0.2)
     finally:
         assert w.stop() == 0
     db = sqlite3.connect(w.db)

@@ -14,12 +14,12 @@ again at the next tick; it never stops the gateway.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from ductile.errors import DuctileError, StateError
 from ductile.serve.health import Health
 from ductile.serve.logs import log
+from ductile.serve.periodic import Periodic
 from ductile.state.db import StateDB
 from ductile.state.owner import is_alive
 
@@ -32,23 +32,14 @@ class Maintenance:
                  extra: tuple[Callable[[], None], ...] = ()) -> None:
         self.db = db
         self.health = health
-        self.every = every
         self.extra = extra
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = Periodic("maintenance", every, self.run_once, first_now=False)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
-        self._thread.start()
+        self._timer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.run_once()
+        self._timer.stop(timeout)
 
     def run_once(self) -> None:
         """One round: every task, each on its own (one failing does not skip the others)."""

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 
 from ductile.errors import DuctileError, StateError
 from ductile.serve.health import Health
 from ductile.serve.logs import log
+from ductile.serve.periodic import Periodic
 from ductile.serve.ticks import Schedule, decide
 from ductile.state.db import StateDB
 
@@ -32,30 +32,20 @@ class Scheduler:
         self.on_enqueue = on_enqueue
         self.clock = clock
         self.rand = rand
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = Periodic("scheduler", TICK, self.tick, first_now=True)
 
     def start(self) -> None:
-        if not self.schedules:
-            return
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        if self.schedules:
+            self._timer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.tick()
-            self._stop.wait(TICK)
+        self._timer.stop(timeout)
 
     def tick(self) -> int:
         """Fire every due schedule once; return how many jobs were enqueued."""
         fired = 0
         for s in self.schedules:
-            if self._stop.is_set():
+            if self._timer.stopping:
                 break
             now = self.clock()
             try:

@@ -57,15 +57,17 @@ _EARLIEST = ("SELECT next_attempt_at, rowid, id FROM jobs INDEXED BY jobs_due WH
 _RUNNING = "SELECT plugin, count(*) FROM jobs INDEXED BY jobs_running WHERE status = 'running' GROUP BY plugin"
 
 
+_TIMES = ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at")
+
+
 @dataclass(frozen=True)
-class Job:
-    """One row of ``jobs``, decoded. Times are epoch seconds; ``as_dict`` renders ISO-8601."""
+class JobHead:
+    """What every view of a job shows: who, what, where it stands, when. Times are epoch
+    seconds; ``as_dict`` renders them ISO-8601."""
 
     id: str
     plugin: str
     command: str
-    payload: Any
-    event: Any
     status: str
     attempt: int
     max_attempts: int
@@ -74,14 +76,28 @@ class Job:
     updated_at: float
     started_at: float | None
     finished_at: float | None
-    result: Any
-    last_error: str | None
-    stderr_tail: str | None
     dedupe_key: str | None
     parent_job_id: str | None
     event_depth: int
     account: str | None
     uid: int | None
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for key in _TIMES:
+            out[key] = iso(out[key])
+        return out
+
+
+@dataclass(frozen=True)
+class Job(JobHead):
+    """One whole row of ``jobs``, decoded: with payload, event, result and stderr tail."""
+
+    payload: Any
+    event: Any
+    result: Any
+    stderr_tail: str | None
     event_id: str | None = None
     claimed_by: str | None = None  # a process outside serve running it (``plugin run``)
 
@@ -99,55 +115,22 @@ class Job:
             data["event"] = {**(data["event"] or {}), "payload": payload}
         return cls(**data)
 
-    def as_dict(self) -> dict[str, Any]:
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        for key in ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at"):
-            out[key] = iso(out[key])
-        return out
-
 
 SUMMARY_ERROR_MAX = 200  # characters of last_error in a listing (the whole error is on the job)
-_SUMMARY_FIELDS = ("id", "plugin", "command", "status", "attempt", "max_attempts", "next_attempt_at", "created_at",
-                   "updated_at", "started_at", "finished_at", "dedupe_key", "parent_job_id", "event_depth",
-                   "account", "uid")
-_SUMMARY_COLUMNS = ", ".join(f"jobs.{c}" for c in _SUMMARY_FIELDS) + \
+_SUMMARY_COLUMNS = ", ".join(f"jobs.{f}" for f in JobHead.__dataclass_fields__ if f != "last_error") + \
     f", substr(jobs.last_error, 1, {SUMMARY_ERROR_MAX + 1}) AS last_error"
 
 
 @dataclass(frozen=True)
-class JobSummary:
-    """A job as a listing shows it: everything but payload, event, result and stderr, and
-    the first ``SUMMARY_ERROR_MAX`` characters of its last error."""
-
-    id: str
-    plugin: str
-    command: str
-    status: str
-    attempt: int
-    max_attempts: int
-    next_attempt_at: float
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    dedupe_key: str | None
-    parent_job_id: str | None
-    event_depth: int
-    account: str | None
-    uid: int | None
-    last_error: str | None
+class JobSummary(JobHead):
+    """A job as a listing shows it: the head only, and the first ``SUMMARY_ERROR_MAX``
+    characters of its last error (``GET /job/{id}`` and ``job show`` have the rest)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobSummary:
         data = {k: row[k] for k in row.keys()}
         data["last_error"] = clip(data["last_error"], SUMMARY_ERROR_MAX)
         return cls(**data)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        for key in ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at"):
-            out[key] = iso(out[key])
-        return out
 
 
 @dataclass(frozen=True)
