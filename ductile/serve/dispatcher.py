@@ -3,9 +3,9 @@ queue and running it through the one Executor, then recording the outcome.
 
 Why threads and a database queue rather than an in-memory one: the queue *is* the
 record. A job accepted with 202 is a row before the API answers; a worker takes it with
-``claim_next`` (one transaction, so two workers never share a job), runs it, and settles
-it with one more transaction. Nothing lives only in memory, so a crash loses nothing the
-next boot cannot recover.
+``claim`` (one transaction, so two workers never share a job), runs it, and settles
+it with one more transaction — the one that also claims the worker's next job. Nothing
+lives only in memory, so a crash loses nothing the next boot cannot recover.
 
 Per-plugin concurrency: a plugin whose manifest says ``concurrency_safe: false`` runs one
 job at a time; ``claim`` skips it while one is running and younger jobs of other

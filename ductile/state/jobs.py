@@ -586,7 +586,7 @@ class JobQueue:
     def _close_attempt(conn: sqlite3.Connection, job: Job, now: float, outcome: str, error: str | None, *,
                        exit_code: int | None = None, account: str | None = None, uid: int | None = None,
                        stderr_tail: str | None = None) -> None:
-        """Complete the open attempt row that ``claim_next`` wrote for this run."""
+        """Complete the open attempt row that ``claim`` (or ``start_now``) wrote for this run."""
         values = (now, outcome, exit_code, error, account, uid, stderr_tail)
         updated = conn.execute(
             "UPDATE job_attempts SET finished_at = ?, outcome = ?, exit_code = ?, error = ?, account = ?,"
