@@ -11,7 +11,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test serve venv clean tools deploy-files
+.PHONY: test serve venv clean tools deploy-files bench
 
 $(VPY):
 	@test -n "$(PYTHON)" || { deploy/find-python.sh >/dev/null; exit 1; }
@@ -33,6 +33,18 @@ tools:
 
 test: $(STAMP) tools
 	$(VPY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# Performance, measured side by side and printed as tables (docs/performance.md keeps them).
+# Needs root: the jobs drop to a numeric account. py-spy (the sampling profiler behind the
+# "where the time goes" tables) is installed into the venv here, not by hand.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@$(VENV)/bin/py-spy --version >/dev/null 2>&1 || $(VPY) -m pip install -q 'py-spy>=0.3'
+	$(VPY) bench/startup.py $(BENCH_ARGS)
+	$(VPY) bench/spawn.py $(BENCH_ARGS)
+	$(VPY) bench/boot.py $(BENCH_ARGS)
+	$(VPY) bench/throughput.py 300 5 --profile
+	$(VPY) bench/queue_depth.py $(BENCH_ARGS)
 
 # The demo lives in .demo/ (git-ignored) and is reused on the next run; as root it
 # provisions two demo accounts and enforces the wall, otherwise it runs unconfined.

@@ -23,12 +23,12 @@ def job() -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True,
               help="How many jobs, newest first.")
 def list_(config_path: str | None, as_json: bool, status: str | None, plugin: str | None, limit: int) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first: summaries without payload or result (`job show ID` has them)."""
     from ductile.render import emit_json, say, table
     from ductile.state.ledger import open_ledger
 
     with open_ledger(config_path) as db:
-        jobs = db.jobs.list_jobs(status=status, plugin=plugin, limit=limit)
+        jobs = db.jobs.summaries(status=status, plugin=plugin, limit=limit)
     if as_json:
         emit_json([j.as_dict() for j in jobs])
         return

@@ -173,15 +173,37 @@ def principal_revoke(name: str, config_path: str | None) -> None:
 @vault.command("rotate-key")
 @config_option
 def rotate_key(config_path: str | None) -> None:
-    """Re-encrypt the vault to a new age key; the old key is kept as <key>.old for you to shred."""
+    """Re-encrypt the vault to a new age key; the old key is kept as <key>.old for you to shred.
+
+    Crash-safe: killed at any step, the next vault command (or vault recover) finishes the
+    rotation, or rolls it back if the vault was not yet encrypted to the new key.
+    """
     from ductile.vault.lifecycle import rotate_key as rotate
 
     store, sink, actor = _context(config_path)
     outcome = rotate(store, sink, actor)
     click.echo(f"new age key {outcome.key_file} (public key {outcome.public_key}); vault re-encrypted and verified")
-    click.echo(f"the old key is at {outcome.old_key_file}: it no longer opens the vault or its backup; "
-               f"shred it: shred -u {outcome.old_key_file}")
+    click.echo(f"the old key is at {outcome.old_key_file} (a copy, not a link): it no longer opens the vault or its "
+               f"backup; once you no longer need it, shred it: shred -u {outcome.old_key_file}")
     click.echo("if the old key may have leaked, also roll every secret value (ductile vault set NAME)")
+
+
+@vault.command("recover")
+@config_option
+def recover(config_path: str | None) -> None:
+    """Finish or roll back an interrupted key rotation and remove stale temporary files.
+
+    Runs under the vault lock and changes nothing else. Every vault command that writes does
+    this first anyway; doctor names this command when it finds something to recover.
+    """
+    from ductile.vault.lifecycle import recover as run_recover
+
+    store, sink, actor = _context(config_path)
+    done = run_recover(store, sink, actor)
+    for line in done:
+        click.echo(line)
+    if not done:
+        click.echo(f"nothing to recover: {store.key_file} opens {store.vault_file}")
 
 
 @vault.command("audit")

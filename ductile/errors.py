@@ -123,6 +123,14 @@ class SpawnFailed(DuctileError):
         self.terminal = terminal
 
 
+class GatewayFault(DuctileError):
+    """The gateway itself could not start a job (its age key unreadable, a plugin directory
+    gone): not the plugin's fault, so the job is deferred and retried without charging an
+    attempt, and the gateway reports itself degraded until it clears."""
+
+    kind = "gateway_fault"
+
+
 class NoDowngradeTarget(DuctileError):
     """A plugin failed its fingerprint binding and no ``untrusted`` tier exists."""
 
@@ -157,9 +165,16 @@ class LockError(DuctileError):
 
 
 class StateError(DuctileError):
-    """The state database is unusable."""
+    """The state database is unusable. ``cause`` names why (``disk_full``, ``corrupt``, ... see
+    ``ductile.state.faults``); ``transient`` says whether retrying later may succeed."""
 
     kind = "state"
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "", cause: str = "other",
+                 transient: bool = False) -> None:
+        super().__init__(message, where=where, fix=fix)
+        self.cause = cause
+        self.transient = transient
 
 
 class UsageError(DuctileError):

@@ -160,3 +160,33 @@ def test_config_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "config.yaml"
     bad.write_text("service:\n  max_workers: many\n")
     assert_one_line_error(run_ductile("config", "show", "--config", str(bad)), "service.max_workers", "config.yaml:2")
+
+
+def test_the_builtin_table_is_setup_cfg_and_each_summary_is_its_docstring() -> None:
+    import configparser
+
+    from ductile.cli import BUILTIN, _module_summary
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    declared = {}
+    for line in cfg["options.entry_points"]["ductile.commands"].strip().splitlines():
+        noun, _, target = line.partition("=")
+        declared[noun.strip()] = target.strip()
+    assert {n: f"{m}:{a}" for n, (m, a, _) in BUILTIN.items()} == declared
+    for noun, (module, _, summary) in BUILTIN.items():
+        assert summary == _module_summary(module), noun
+
+
+def test_help_does_not_scan_distributions_with_importlib_metadata() -> None:
+    code = textwrap.dedent("""
+        import sys, json
+        from ductile.cli import main
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        print(json.dumps("importlib.metadata" in sys.modules))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.splitlines()[-1]) is False

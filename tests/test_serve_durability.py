@@ -64,6 +64,11 @@ def sleepy(tmp_path: Path):  # type: ignore[no-untyped-def]
         _kill_plugins(w)
 
 
+def _drained(w: ServeWorld) -> bool:
+    h = w.request("GET", "/healthz")[1]
+    return h["queue_depth"] == 0 and h["running"] == 0
+
+
 def _running(w: ServeWorld, job_id: str) -> bool:
     return w.job(job_id, TOKEN)["status"] == "running"
 
@@ -141,11 +146,7 @@ def test_two_thousand_jobs_all_finish_none_twice(tmp_path: Path) -> None:
         conn.close()
         assert len(set(ids)) == 2000
 
-        def drained() -> bool:
-            h = w.request("GET", "/healthz")[1]
-            return h["queue_depth"] == 0 and h["running"] == 0
-
-        wait_for("the queue to drain", drained, deadline=600, log=w.log, interval=0.5)
+        wait_for("the queue to drain", lambda: _drained(w), deadline=600, log=w.log, interval=0.5)
     finally:
         assert w.stop() == 0
     db = sqlite3.connect(w.db)
@@ -216,3 +217,58 @@ def test_a_plugin_that_is_not_concurrency_safe_runs_one_job_at_a_time(tmp_path: 
         assert w.stop() == 0
     assert all(r["status"] == "succeeded" for r in results)
     assert [r["result"]["overlap"] for r in results] == [False] * 6
+
+
+def test_kill_9_during_a_burst_of_triggers_loses_no_accepted_job_and_runs_none_twice(tmp_path: Path) -> None:
+    """Eight clients trigger as fast as they can; serve is SIGKILLed mid-burst. Every job
+    answered 202 must finish after the restart; a job that never started runs exactly once,
+    and only a job a worker was running at the kill may run once more (its crashed attempt)."""
+    import threading
+
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          tally: {retry: {max_attempts: 3, backoff_base: 1s}}
+        """, workers=2), {"tally": TALLY}, secrets={"api-ops": TOKEN})
+    w.start()
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=30)
+        while not stop.is_set():
+            try:
+                conn.request("POST", "/plugin/tally/poll", body=b"{}", headers={"Authorization": f"Bearer {TOKEN}"})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException):
+                return  # the gateway is gone: an unanswered request promised nothing
+            if resp.status == 202:
+                with lock:
+                    accepted.append(json.loads(body)["job_id"])
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for t in clients:
+        t.start()
+    try:
+        wait_for("a few hundred accepted triggers", lambda: len(accepted) >= 300, log=w.log)
+        w.kill()  # SIGKILL in the middle of the burst
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(60)
+    w.start()
+    try:
+        wait_for("the queue to drain after the restart", lambda: _drained(w), deadline=300, log=w.log, interval=0.2)
+    finally:
+        assert w.stop() == 0
+    db = sqlite3.connect(w.db)
+    status = dict(db.execute("SELECT id, status FROM jobs").fetchall())
+    crashed = Counter(r[0] for r in db.execute("SELECT job_id FROM job_attempts WHERE outcome = 'crashed'"))
+    db.close()
+    assert len(set(accepted)) == len(accepted) >= 300
+    assert {j: status.get(j) for j in accepted} == {j: "succeeded" for j in accepted}  # none lost
+    runs = Counter((w.base / "state" / "unconfined" / "tally" / "tally.txt").read_text().split())
+    for job_id in accepted:
+        assert 1 <= runs[job_id] <= 1 + crashed[job_id], (job_id, runs[job_id], crashed[job_id])
+    assert sum(crashed.values()) <= 2  # at most one job per worker was running at the kill

@@ -41,6 +41,9 @@ def test_serve_drops_scheduled_jobs_to_the_account_and_the_ledger_shows_its_uid(
 
         job = wait_for("a scheduled probe job to succeed", succeeded, log=log.read_text, interval=0.3)
         assert job["account"] == "default" and job["uid"] == uid
+        full = w.run("job", "show", job["id"], "--json")  # a listing is summaries; the result is here
+        assert full.returncode == 0, full.stderr
+        job = json.loads(full.stdout)["job"]
         assert job["result"]["resuid"] == [uid, uid, uid] and job["result"]["groups"] == []
         assert job["result"]["caps"]["CapEff"] == "0000000000000000"
         shown = w.run("job", "show", job["id"])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
 from ductile.state import open_state
-from ductile.state.jobs import STATUSES, Dead, Failed, JobQueue, Outcome, Retry, Succeeded, TimedOut
+from ductile.state.jobs import STATUSES, Dead, Deferred, Failed, JobQueue, Outcome, Retry, Succeeded, TimedOut
 
 PLUGINS = ("alpha", "beta", "serial")
 LIMITS = {"serial": 1}
@@ -36,6 +36,7 @@ outcomes = st.one_of(
     st.builds(Failed, st.just("no"), st.sampled_from(["exit_code_78", "plugin_retry_false"])),
     st.builds(TimedOut, st.just("slow"), st.none() | st.floats(0, 100).map(lambda d: T0 + d)),
     st.builds(Dead, st.just("gone")),
+    st.builds(Deferred, st.just("key unreadable"), st.floats(0, 100).map(lambda d: T0 + d)),
 )
 
 
@@ -51,6 +52,8 @@ def expected_after(outcome: Outcome, m: Model) -> tuple[str, float]:
         if outcome.retry_at is None:
             return "timed_out", m.due
         return ("dead", m.due) if exhausted else ("queued", outcome.retry_at)
+    if isinstance(outcome, Deferred):
+        return "queued", outcome.next_attempt_at  # never dead: the attempt is not charged
     return "dead", m.due
 
 
@@ -82,13 +85,14 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(target=running)
     def claim(self) -> str:
         busy = {p: sum(1 for m in self.model.values() if m.plugin == p and m.status == "running") for p in PLUGINS}
-        eligible = [(m.seq, jid) for jid, m in self.model.items()
+        # the job due the longest goes first; among jobs due at the same instant, the older one
+        eligible = [(m.due, m.seq, jid) for jid, m in self.model.items()
                     if m.status == "queued" and m.due <= self.now and busy[m.plugin] < LIMITS.get(m.plugin, 99)]
         job = self.q.claim_next(self.now, running_limits=LIMITS)
         if not eligible:
             assert job is None
             return "none"  # hypothesis needs a value; finish/requeue ignore it
-        expected = min(eligible)[1]
+        expected = min(eligible)[2]
         assert job is not None and job.id == expected
         assert job.id not in self.succeeded
         m = self.model[job.id]
@@ -104,6 +108,8 @@ class QueueMachine(RuleBasedStateMachine):
         status, due = expected_after(outcome, m)
         assert self.q.finish(job_id, outcome) == status
         m.status, m.due = status, due
+        if isinstance(outcome, Deferred):
+            m.attempt -= 1
         if status == "succeeded":
             self.succeeded.add(job_id)
 

@@ -24,7 +24,7 @@ CLAIMER = textwrap.dedent("""
     import os, sys, threading, time
     from ductile.state import open_state
     db_path, go, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    db = open_state(db_path, create=False)
+    db = open_state(db_path)  # a claimer writes: a writer opening
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.005)
@@ -85,7 +85,7 @@ def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
 CAPPED = textwrap.dedent("""
     import os, sys, time
     from ductile.state import open_state
-    db = open_state(sys.argv[1], create=False)
+    db = open_state(sys.argv[1])
     print("ready", flush=True)
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.005)
@@ -117,7 +117,7 @@ def test_a_cap_of_one_holds_across_processes(tmp_path: Path) -> None:
 HOLDER = textwrap.dedent("""
     import sys, time
     from ductile.state import open_state
-    db = open_state(sys.argv[1], create=False)
+    db = open_state(sys.argv[1])
     job = db.jobs.claim_next(time.time() + 3600)
     print(job.id, flush=True)   # the row is committed as running; now "run the plugin"
     time.sleep(3600)
@@ -154,7 +154,7 @@ def test_kill_9_while_a_job_runs_is_recovered(tmp_path: Path, max_attempts: int,
 MID_TRANSACTION = textwrap.dedent("""
     import sys, time
     from ductile.state import open_state
-    db = open_state(sys.argv[1], create=False)
+    db = open_state(sys.argv[1])
     with db.write():
         job = db.jobs.claim_next(time.time() + 3600)
         db.events.record_event("never.committed", {})

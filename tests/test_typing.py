@@ -1,5 +1,5 @@
 """The wall's logic and the one spawn path stay `mypy --strict` clean: privsep (pure
-decisions), runtime (spawn, executor, boot), the lock, and serve."""
+decisions), runtime (spawn, executor, boot), the lock, serve, the state database and the vault."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.parametrize("target", ["ductile/privsep", "ductile/runtime", "ductile/lock.py", "ductile/serve"])
+@pytest.mark.parametrize("target", ["ductile/privsep", "ductile/runtime", "ductile/lock.py", "ductile/serve",
+                                    "ductile/state", "ductile/vault"])
 def test_is_mypy_strict_clean(target: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
                            target], cwd=REPO, capture_output=True, text=True)

@@ -12,6 +12,7 @@ from ductile.config.model import Config, PluginConfig
 from ductile.errors import DuctileError, VaultError, VaultPrincipalRequired
 from ductile.vault import lifecycle
 from ductile.vault.audit import (
+    ATTEMPT,
     DENIED,
     OK,
     REFUSED,
@@ -42,12 +43,15 @@ def test_every_lifecycle_operation_is_recorded(world: tuple[VaultStore, MemoryAu
     assert lifecycle.revoke_secret(store, "tok", "other", sink, "cli:test")
     lifecycle.revoke_principal(store, "other", sink, "cli:test")
     lifecycle.rotate_key(store, sink, "cli:test")
-    assert [(r.op, r.principal, r.outcome) for r in sink.records] == [
+    attempts, outcomes = sink.records[0::2], sink.records[1::2]
+    assert [(r.op, r.principal, r.outcome) for r in outcomes] == [
         ("init", "", OK), ("principal_add", "echo", OK), ("principal_add", "other", OK), ("set", "echo", OK),
         ("set", "", OK), ("grant", "other", OK), ("revoke", "other", OK), ("principal_revoke", "other", OK),
         ("rotate_key", "", OK)]
+    # every operation is on record before it touches the vault: a crash leaves the attempt
+    assert [(r.op, r.principal, r.outcome) for r in attempts] == [(r.op, r.principal, ATTEMPT) for r in outcomes]
     assert all(r.actor == "cli:test" for r in sink.records)
-    assert sink.records[4].detail == "secret=tok rolled roll_count=1"
+    assert outcomes[4].detail == "secret=tok rolled roll_count=1"
 
 
 def test_refused_operations_are_recorded_and_re_raised(world: tuple[VaultStore, MemoryAuditSink]) -> None:
@@ -59,7 +63,7 @@ def test_refused_operations_are_recorded_and_re_raised(world: tuple[VaultStore, 
         lifecycle.init_vault(store, sink, "cli:test")
     with pytest.raises(VaultError):
         lifecycle.set_secret(store, "tok", "v", ["ghost"], sink, "cli:test")
-    assert [(r.op, r.outcome) for r in sink.records] == [
+    assert [(r.op, r.outcome) for r in sink.records if r.outcome != ATTEMPT] == [
         ("principal_add", REFUSED), ("init", OK), ("init", REFUSED), ("set", REFUSED)]
     assert "principal ghost" in sink.records[-1].detail or "is not in the vault" in sink.records[-1].detail
 

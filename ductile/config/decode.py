@@ -77,6 +77,7 @@ _PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5]
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):" + _PORT + "$"
 CRON_PATTERN = r"^\s*[\d*/,A-Za-z?-]+(\s+[\d*/,A-Za-z?-]+){4}\s*$"
 PATH_PATTERN = r"^[^\x00]+$"
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 
 
 class Decoder:
@@ -270,4 +271,23 @@ class Decoder:
                 self.problem(path, f"{value!r} is not a five-field cron expression",
                              "write minute hour day-of-month month day-of-week, e.g. '0 7 * * *'")
             return value
+        if kind == "timezone":
+            if not is_zone(value):
+                self.problem(path, f"{value!r} is not a time zone in the zone database",
+                             "write an IANA name such as Europe/Berlin, America/New_York or UTC "
+                             "(the names under /usr/share/zoneinfo)")
+            return value
         return value
+
+
+def is_zone(name: str) -> bool:
+    """An IANA zone name the host's zone database knows (``zoneinfo`` refuses paths itself)."""
+    if not re.fullmatch(TIMEZONE_PATTERN, name):
+        return False
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True

@@ -27,6 +27,7 @@ HEADER_NAME = r"^[A-Za-z0-9-]+$"
 #   abspath   str that must already be absolute (account state_dir)
 #   listen    "host:port"                 cron   five-field cron text
 #   percent   "50%" -> int 50 (a share of one CPU; 200% is two CPUs)
+#   timezone  an IANA zone name (Europe/Berlin, UTC), checked against the zone database
 
 
 def spec(
@@ -74,6 +75,10 @@ class ServiceConfig:
     max_plugin_output: int = spec(
         4 * 1024 * 1024, doc="Cap on one job's stdout; overflow fails the job.", kind="size",
         minimum=1024, maximum=1024**3,
+    )
+    max_plugin_state: int = spec(
+        1024 * 1024, doc="Cap on one plugin's stored state (its JSON after state_updates are merged); a larger "
+        "update fails the job and leaves the state as it was.", kind="size", minimum=1024, maximum=256 * 1024**2,
     )
     kill_grace: float = spec(
         5.0, doc="Time between SIGTERM and SIGKILL when a plugin times out.", kind="duration",
@@ -140,6 +145,9 @@ class ScheduleConfig:
     command: str = spec("poll", doc="Command to run.", pattern=COMMAND_NAME)
     jitter: float = spec(0.0, doc="Random delay up to this long added to each run.", kind="duration")
     payload: dict[str, Any] = spec(default_factory=dict, doc="Payload passed to the plugin.")
+    timezone: str | None = spec(
+        None, doc="IANA time zone whose wall clock the cron expression reads (default: the host's).", kind="timezone",
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, get_args, get_origin
 
-from ductile.config.decode import CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, alternatives, hints_of, is_optional
+from ductile.config.decode import (CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, TIMEZONE_PATTERN, alternatives, hints_of,
+                                    is_optional)
 from ductile.config.model import Config
 from ductile.config.units import DURATION_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
 
@@ -46,6 +47,8 @@ def _leaf(hint: Any, meta: dict[str, Any]) -> dict[str, Any]:
             out["pattern"] = LISTEN_PATTERN
         if kind == "cron":
             out["pattern"] = CRON_PATTERN
+        if kind == "timezone":
+            out["pattern"] = TIMEZONE_PATTERN
         return out
     raise TypeError(f"no schema for {hint!r}")  # pragma: no cover
 

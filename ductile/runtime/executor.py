@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ductile.config.model import PluginConfig
-from ductile.errors import AccountDropFailed, AccountRefused, DuctileError, PluginError
+from ductile.errors import AccountDropFailed, AccountRefused, DuctileError, GatewayFault, PluginError
 from ductile.plugins.discovery import Plugin
 from ductile.plugins.protocol import build_request
 from ductile.privsep.accounts import ResolvedAccount, resolve_account
@@ -68,6 +68,19 @@ class JobResult:
                      "reason": self.binding.reason} if self.binding else None,
             "stderr_tail": self.outcome.stderr_tail[-4096:],
         }
+
+
+def plugin_missing(plugin: Plugin) -> GatewayFault | None:
+    """A plugin found at boot whose directory or entrypoint is gone now: the host changed
+    under the gateway (a deploy in progress, an unmounted disk), not the plugin's answer —
+    so the job is deferred and retried, not failed for good."""
+    for path, what in ((plugin.directory, "directory"), (plugin.entrypoint, "entrypoint")):
+        if not os.path.lexists(path):
+            return GatewayFault(f"plugin {plugin.name}'s {what} {path} is missing (it was there when the gateway "
+                                "started)", where=f"plugins.{plugin.name}",
+                                fix=f"restore {path} (jobs are retried meanwhile), or disable plugins.{plugin.name} "
+                                    "and restart the gateway")
+    return None
 
 
 class EventSink(Protocol):
@@ -132,6 +145,9 @@ class Executor:
             why = f": {skipped[0].message}" if skipped else ""
             raise PluginError(f"plugin '{job.plugin}' was not found in plugin_roots or was refused{why}",
                               where=f"plugins.{job.plugin}", fix="`ductile plugin list` shows what was found and why not")
+        missing = plugin_missing(plugin)
+        if missing is not None:
+            raise missing
         if job.command not in {c.name for c in plugin.manifest.commands}:
             known = ", ".join(c.name for c in plugin.manifest.commands)
             raise PluginError(f"plugin '{job.plugin}' has no command '{job.command}' (it has: {known})",
@@ -189,5 +205,7 @@ class Executor:
             if isinstance(err, AccountDropFailed) and resolved is not None:
                 self.emit("plugin.drop_failed", {"job_id": job.job_id, "plugin": job.plugin, "account": resolved.name,
                                                  "uid": resolved.uid, "gid": resolved.gid, "error": err.message})
-            # nothing ran: refusals before the spawn never get better by retrying
-            return JobResult(job, Outcome("failed", True, None, err, None), resolved, spec, binding=binding)
+            # nothing ran: refusals before the spawn never get better by retrying, unless the
+            # gateway itself is at fault (GatewayFault: the job is deferred, see serve.settle)
+            terminal = not isinstance(err, GatewayFault)
+            return JobResult(job, Outcome("failed", terminal, None, err, None), resolved, spec, binding=binding)

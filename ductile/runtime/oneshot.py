@@ -1,18 +1,32 @@
 """``plugin run``: boot, then one job through the shared executor. The plugin gets its
-stored state and its ``state_updates`` are merged back; events it emits are recorded (not
-routed: pipelines run under ``serve``); vault compose is audited in the state DB."""
+stored state and its ``state_updates`` are merged back (within ``service.max_plugin_state``);
+events it emits are recorded (not routed: pipelines run under ``serve``); vault compose is
+audited in the state DB.
+
+The job is recorded in the ledger as it starts (``JobQueue.start_now``), so a running
+``serve`` counts it against the plugin's concurrency cap, and a plugin that is not safe to
+run twice is refused here — naming the job that holds it — rather than run beside serve's.
+Its outcome is recorded in one transaction with its state updates, as serve records its own.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from ductile.config import LoadedConfig
 from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
+from ductile.runtime.concurrency import concurrency_limit
 from ductile.runtime.executor import Job, JobResult
+from ductile.runtime.outcome import Outcome
 from ductile.runtime.wiring import make_executor, record_boot
-from ductile.state.db import open_state
+from ductile.state.db import StateDB, open_state
+from ductile.state.jobs import Failed, Succeeded, TimedOut
+from ductile.state.jobs import Outcome as QueueOutcome
+from ductile.state.owner import process_token
+from ductile.state.plugin_state import apply_state_updates
 
 
 def parse_payload(text: str) -> dict[str, Any]:
@@ -38,21 +52,52 @@ def parse_payload(text: str) -> dict[str, Any]:
     return value
 
 
+def ledger_outcome(outcome: Outcome) -> QueueOutcome:
+    """A manual run has one attempt: succeeded, timed out, or failed (never retried)."""
+    if outcome.status == "succeeded":
+        return Succeeded(outcome.response.result if outcome.response is not None else None)
+    if outcome.status == "timed_out":
+        return TimedOut(outcome.reason)
+    return Failed(outcome.reason or "failed", outcome.error.kind if outcome.error is not None else "failed")
+
+
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
     runtime = boot(loaded)  # refuses before anything runs or is opened
     try:
         state = open_state(loaded.config.state.path)
         record_boot(runtime, state)
         executor = make_executor(runtime, state)
-        job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))
+        known = plugin in runtime.plugins and plugin in runtime.config.plugins
+        job_id = None
+        if known:  # an unknown plugin is refused by the executor with its own message, off the ledger
+            job_id = state.jobs.start_now(plugin, command, payload, limit=concurrency_limit(runtime, plugin),
+                                          claimed_by=process_token()).id
+        current = state.plugin_state.get_state(plugin)
+        job = Job(plugin=plugin, command=command, payload=payload, state=current) if job_id is None else \
+            Job(plugin=plugin, command=command, payload=payload, state=current, job_id=job_id)
         result = executor.run(job)
+        if job_id is not None:
+            result = _record(state, runtime, job_id, result)
     finally:
         runtime.close()
-    response = result.outcome.response
-    if result.outcome.status == "succeeded" and response is not None:
-        with state.write():
-            if response.state_updates:
-                state.plugin_state.merge_state(plugin, response.state_updates)
-            for event in response.events:
-                state.events.record_event(event.type, event.payload, plugin=plugin)
     return result, runtime
+
+
+def _record(state: StateDB, runtime: Runtime, job_id: str, result: JobResult) -> JobResult:
+    """The outcome, the state updates and the events in one transaction (as serve does)."""
+    out = result.outcome
+    response = out.response
+    account = result.account
+    with state.write():
+        decision, refused = apply_state_updates(state, result.job.plugin, ledger_outcome(out),
+                                                response.state_updates if response else None,
+                                                limit=runtime.config.service.max_plugin_state)
+        state.jobs.finish(job_id, decision, exit_code=out.exit_code, stderr_tail=out.stderr_tail or None,
+                          account=(account.name if account.confined else "unconfined") if account else None,
+                          uid=(account.uid if account.confined else None) if account else None)
+        if isinstance(decision, Succeeded) and response is not None:
+            for event in response.events:
+                state.events.record_event(event.type, event.payload, source_job_id=job_id, plugin=result.job.plugin)
+    if refused is not None:  # the plugin answered ok, but its state was refused: the run failed
+        return replace(result, outcome=replace(out, status="failed", terminal=True, error=refused))
+    return result

@@ -1,17 +1,26 @@
 """Turn what a plugin process did into a job outcome. Pure.
 
-Order of questions: did the trampoline fail before the plugin ran (state_dir unreachable,
+Order of questions: did the plugin vanish from under the gateway? did the trampoline fail before the plugin ran (state_dir unreachable,
 entrypoint or interpreter not executable by the account)? did the gateway cancel it
 (shutdown)? did we kill it (timeout, output overflow)? is its answer a protocol v2 response? what does the answer say?
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ductile.errors import DuctileError, JobCancelled, PluginFailed, PluginTimeout, ProtocolError, SpawnFailed
+from ductile.errors import (
+    DuctileError,
+    GatewayFault,
+    JobCancelled,
+    PluginFailed,
+    PluginTimeout,
+    ProtocolError,
+    SpawnFailed,
+)
 from ductile.plugins.protocol import Response, decode_response, is_terminal
 from ductile.privsep.spawnspec import (EXIT_HANDSHAKE, EXIT_LIMIT, EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_TMPDIR,
                                        EXIT_WORKDIR, TRAMPOLINE_NAME, SpawnSpec)
@@ -80,13 +89,29 @@ def trampoline_failure(spec: SpawnSpec, raw: RawResult) -> SpawnFailed | None:
                            where=spec.entrypoint,
                            fix="make the plugin directory and its parents o+x, the entrypoint o+rx, and use an interpreter "
                                "every account can reach (not one under /root)")
-    return SpawnFailed(f"{spec.entrypoint} or its #! interpreter was not found when run as {who}: {detail}",
-                       where=spec.entrypoint, fix="check the entrypoint's #! line")
+    if not os.path.lexists(spec.entrypoint):  # removed after boot: not the #! line (see vanished)
+        return None
+    return SpawnFailed(f"the #! interpreter of {spec.entrypoint} was not found when run as {who}: {detail}",
+                       where=spec.entrypoint, fix="check the entrypoint's #! line names an interpreter that exists")
+
+
+def vanished(spec: SpawnSpec, raw: RawResult, plugin: str) -> GatewayFault | None:
+    """The entrypoint did not exist when it was exec'd (exit 127, or exit 126/ENOENT from
+    the trampoline) and still does not: the plugin was removed under the gateway."""
+    if raw.stdout or raw.returncode not in (126, 127) or os.path.lexists(spec.entrypoint):
+        return None
+    return GatewayFault(f"plugin {plugin}'s entrypoint {spec.entrypoint} is missing (it was there when the gateway "
+                        "started)", where=f"plugins.{plugin}",
+                        fix=f"restore {spec.entrypoint} (jobs are retried meanwhile), or disable plugins.{plugin} and "
+                            "restart the gateway")
 
 
 def classify(spec: SpawnSpec, raw: RawResult, plugin: str) -> Outcome:
     stderr = raw.stderr_tail.decode("utf-8", "replace")
     where = f"plugin {plugin}"
+    gone = vanished(spec, raw, plugin)
+    if gone is not None:
+        return Outcome("failed", False, None, gone, raw.returncode, stderr)
     failed = trampoline_failure(spec, raw)
     if failed is not None:
         return Outcome("failed", True, None, failed, raw.returncode, stderr)

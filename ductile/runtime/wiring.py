@@ -4,10 +4,11 @@ composer, fingerprint binder and event sink the shared spawn path uses. ``plugin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ductile.config.model import PluginConfig
-from ductile.errors import FingerprintMismatch
+from ductile.errors import FingerprintMismatch, GatewayFault, VaultError
 from ductile.lock import attest
 from ductile.plugins.discovery import Plugin
 from ductile.privsep.accounts import ResolvedAccount
@@ -39,6 +40,13 @@ def record_boot(runtime: Runtime, state: StateDB) -> None:
                                                               "message": r.message, "fix": r.fix})
 
 
+def gateway_fault(err: VaultError) -> GatewayFault:
+    """A vault that cannot be read (key moved, unreadable, vault damaged) stops every job
+    that needs it until an operator fixes it: defer, do not fail for good."""
+    return GatewayFault(f"the vault cannot be read: {err.where}: {err.message}", where=err.where,
+                        fix=f"{err.fix} (jobs are deferred and retried meanwhile)")
+
+
 def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = None) -> Executor:
     """An executor that attests every spawn against the lock (downgrading drifted confined
     plugins), composes the plugin's granted secrets fresh per spawn (a roll is seen next
@@ -48,12 +56,20 @@ def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = 
     store = VaultStore.from_config(runtime.config.secrets)
     sink = StateAuditSink(state.audit)
 
-    def key() -> bytes:
-        doc = store.read()
-        return nonce(doc)
+    def key(failed: list[VaultError]) -> Callable[[], bytes]:
+        def read() -> bytes:
+            try:
+                return nonce(store.read())
+            except VaultError as err:
+                failed.append(err)
+                raise
+        return read
 
     def bind(plugin: Plugin, resolved: ResolvedAccount) -> Binding:
-        lock_state, reason = attest(runtime.loaded, plugin, key)
+        failed: list[VaultError] = []
+        lock_state, reason = attest(runtime.loaded, plugin, key(failed))
+        if failed:  # the key or vault could not be read: the gateway's fault, not drift
+            raise gateway_fault(failed[0])
         return bind_fingerprint(resolved, lock_state, runtime.config, plugin.name, reason)
 
     def compose(name: str, pc: PluginConfig, plugin: Plugin, binding: Binding) -> dict[str, str]:
@@ -67,7 +83,10 @@ def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = 
                 raise FingerprintMismatch(
                     f"plugin {name} is vault principal '{principal}' but failed attestation ({binding.reason or binding.state}): no secrets delivered",
                     where=f"plugins.{name}", fix=f"review the change, then `ductile plugin lock {name}`")
-        return compose_for_plugin(store, name, pc, sink).secrets
+        try:
+            return compose_for_plugin(store, name, pc, sink).secrets
+        except VaultError as err:  # unreadable key or vault; policy refusals are other classes
+            raise gateway_fault(err) from None
 
     def record(type: str, payload: dict[str, Any]) -> None:
         state.events.record_event(type, payload, plugin=payload.get("plugin"))  # payload names the job

@@ -1,24 +1,28 @@
 """The HTTP API (SPEC §8) as a Starlette app; uvicorn serves it (see ``gateway``).
 
-    GET  /healthz                    no token: status, posture, queue depth, uptime
+    GET  /healthz                    no token: status (ok | degraded | draining) and why, posture,
+                                     queue depth, uptime
     GET  /plugins                    plugins the token may see
     POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
-    GET  /jobs?status=&plugin=&limit=
+    GET  /jobs?status=&plugin=&limit=&before=   summaries (no payload/result), streamed, byte-bounded
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
 
 Every error is ``{"error": ..., "fix": ...}`` with a plain status: 400 bad body, 401 no or
-unknown token, 403 scope, 404 unknown plugin/command/job, 413 body too large, 503 draining.
+unknown token, 403 scope, 404 unknown plugin/command/job, 413 body too large, 503 draining
+or a database that cannot take the job now (disk full, read-only: nothing was queued).
 Handlers are async only where they read the body; database work runs in the thread pool
 so a slow disk never stalls the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,21 +30,26 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ductile import __version__
-from ductile.errors import DuctileError
+from ductile.errors import DuctileError, StateError
 from ductile.runtime.boot import Runtime
 from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
+from ductile.serve.health import Health
+from ductile.serve.intake import Intake
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
+from ductile.state.jobs import JobSummary
 from ductile.state.schema import JOB_STATUSES
 
 _log = logging.getLogger("ductile.api")
 MAX_LIST = 1000
+LIST_PAGE = 200                 # summaries per database read while a listing streams
+LIST_BUDGET = 1024 * 1024       # bytes of one /jobs answer; the rest is one ?before= away
 
 
 @dataclass
@@ -55,6 +64,21 @@ class ApiContext:
     running: Callable[[], int]
     draining: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
+    health: Health = field(default_factory=Health)
+    intake: Intake | None = None  # group commit of triggers (serve); None: one transaction each
+
+    async def enqueue(self, plugin: str, command: str, payload: Any, **options: Any) -> str:
+        """Queue a job (``options`` as ``JobQueue.enqueue`` takes them); its id once committed."""
+        if self.intake is None:
+            return await run_in_threadpool(lambda: self.db.jobs.enqueue(plugin, command, payload, **options))
+        return await asyncio.wrap_future(self.intake.submit(plugin, command, payload, **options))
+
+    def refused(self, err: DuctileError, what: str) -> JSONResponse:
+        """A job the database would not take: 503 with the cause's fix (the client may retry;
+        nothing was queued), and one log line per cause, not one per request."""
+        cause = err.cause if isinstance(err, StateError) else err.kind
+        self.health.report(_log, f"state:{cause}", f"refused {what}: {err.message}", err.fix)
+        return error(503, f"the gateway cannot queue jobs right now: {err.message}", err.fix, {"Retry-After": "10"})
 
 
 def error(status: int, message: str, fix: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -88,10 +112,14 @@ class Api:
     # -- routes --------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        depth = await run_in_threadpool(self.ctx.db.jobs.queue_depth)
+        try:
+            depth: int | None = await run_in_threadpool(self.ctx.db.jobs.queue_depth)
+        except DuctileError:
+            depth = None  # a database that cannot be read is reported below, not a 500
         verdict = self.ctx.runtime.assessment.verdict
+        summary = self.ctx.health.summary(draining=self.ctx.draining.is_set())
         return JSONResponse({
-            "status": "draining" if self.ctx.draining.is_set() else "ok",
+            **summary.as_dict(),
             "posture": verdict.posture,
             "queue_depth": depth,
             "running": self.ctx.running(),
@@ -148,10 +176,9 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            job_id = await run_in_threadpool(self.ctx.db.jobs.enqueue, name, command, payload,
-                                             max_attempts=pc.retry.max_attempts)
+            job_id = await self.ctx.enqueue(name, command, payload, max_attempts=pc.retry.max_attempts)
         except DuctileError as err:
-            return error(500, err.message, err.fix)
+            return self.ctx.refused(err, f"a trigger of {name}/{command}")
         self.ctx.wake()
         log(_log, logging.INFO, f"queued {name}/{command} for token {who.name}", job_id=job_id, plugin=name,
             command=command, token=who.name)
@@ -185,7 +212,7 @@ class Api:
         if isinstance(who, JSONResponse):
             return who
         q = request.query_params
-        status, plugin = q.get("status") or None, q.get("plugin") or None
+        status, plugin, before = q.get("status") or None, q.get("plugin") or None, q.get("before") or None
         if status is not None and status not in JOB_STATUSES:
             return error(400, f"unknown status {status!r}", "use one of " + ", ".join(JOB_STATUSES))
         try:
@@ -196,8 +223,39 @@ class Api:
             return error(400, f"limit {limit} is out of range", f"use 1..{MAX_LIST}")
         if plugin is not None and not who.can_read(plugin):
             return error(403, f"token {who.name} may not read jobs of plugin {plugin}", f"add '{plugin}:ro' to its scopes")
-        jobs = await run_in_threadpool(self.ctx.db.jobs.list_jobs, status, plugin, limit, plugins=who.readable())
-        return JSONResponse({"jobs": [j.as_dict() for j in jobs]})
+        readable = who.readable()
+        first = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, min(LIST_PAGE, limit),
+                                        plugins=readable, before=before)
+        return StreamingResponse(self._stream(first, status, plugin, limit, readable), media_type="application/json")
+
+    async def _stream(self, page: list[JobSummary], status: str | None, plugin: str | None, limit: int,
+                      readable: frozenset[str] | None) -> AsyncIterator[bytes]:
+        """``{"jobs": [...], "truncated": bool, "next_before": id|null}``, encoded page by page
+        (``LIST_PAGE`` summaries per database read) and cut at ``LIST_BUDGET`` bytes: what one
+        answer can cost the gateway is bounded whatever the jobs hold and however many clients
+        ask at once. ``next_before`` continues the listing (``?before=``) after a cut."""
+        yield b'{"jobs":['
+        sent, count, truncated, last = 0, 0, False, None
+        while True:
+            for summary in page:
+                chunk = _encode(summary.as_dict())
+                if count and sent + len(chunk) + 1 > LIST_BUDGET:
+                    truncated = True
+                    break
+                yield (b"," if count else b"") + chunk
+                sent, count, last = sent + len(chunk) + 1, count + 1, summary.id
+            want = min(LIST_PAGE, limit - count)
+            if truncated or want <= 0 or len(page) < LIST_PAGE:
+                break
+            page = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, want, plugins=readable,
+                                           before=last)
+        yield b'],"truncated":' + (b"true" if truncated else b"false") + b',"next_before":' + \
+            _encode(last if truncated else None) + b"}"
+
+
+def _encode(value: Any) -> bytes:
+    """The same JSON as JSONResponse writes."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,7 @@
 """serve's boot, in SPEC §8 order, as one function that either returns everything the
 gateway needs or raises one ``DuctileError`` before a single plugin has run:
 
-    load + validate config -> discover plugins -> single-instance lock -> open state (WAL)
+    load + validate config -> discover plugins -> single-instance lock -> open state (WAL, quick_check)
       -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
       -> containment; sweep every account's leftovers (a killed gateway's orphans)
       -> recover jobs a crash left running (after the sweep: a re-queued job never runs
@@ -24,6 +24,7 @@ from ductile.serve.instance import InstanceLock
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state
+from ductile.state.owner import is_alive
 
 
 @dataclass
@@ -81,10 +82,11 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     runtime: Runtime | None = None
     try:
         db = open_state(config.state.path)
+        db.quick_check()  # a damaged file is refused here, with the fix, not job by job later
         runtime = boot(loaded, discovery=discovery)
         assert runtime.containment is not None
         swept = runtime.containment.sweep_accounts(config)
-        recovered = db.jobs.recover_after_crash()
+        recovered = db.jobs.recover_after_crash(alive=is_alive)  # a live `plugin run` keeps its job
         schedules = schedules_of(config)
         secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))
         listener = bind(config.api.listen) if config.api.enabled else None

@@ -3,13 +3,25 @@ queue and running it through the one Executor, then recording the outcome.
 
 Why threads and a database queue rather than an in-memory one: the queue *is* the
 record. A job accepted with 202 is a row before the API answers; a worker takes it with
-``claim_next`` (one transaction, so two workers never share a job), runs it, and settles
-it with one more transaction. Nothing lives only in memory, so a crash loses nothing the
-next boot cannot recover.
+``claim`` (one transaction, so two workers never share a job), runs it, and settles
+it with one more transaction — the one that also claims the worker's next job. Nothing
+lives only in memory, so a crash loses nothing the next boot cannot recover.
 
 Per-plugin concurrency: a plugin whose manifest says ``concurrency_safe: false`` runs one
-job at a time; ``claim_next`` skips it while one is running and younger jobs of other
+job at a time; ``claim`` skips it while one is running and younger jobs of other
 plugins go ahead.
+
+Idle workers sleep: until they are woken (a trigger, a schedule, a capped plugin's job
+finishing) or until the earliest queued job falls due (``Claim.next_due``), never in a
+polling loop. A wake-up that arrives while a worker is busy is kept as a ticket, so it is
+not lost in the instant between a claim that found nothing and the wait.
+
+Settle until recorded: a finished job's outcome stays with its worker until the database
+accepts it. A transient fault (disk full, read-only mount, a held lock) is retried with
+backoff and shown as ``degraded`` (``health``); the worker takes no new job meanwhile. Only
+the shutdown deadline makes it give up, and then the job stays ``running`` and is
+recovered at the next boot. A gateway fault before the spawn (``GatewayFault``) defers the
+job without charging its attempt.
 
 Shutdown: ``stop_claiming`` ends intake; ``cancel_running`` sets each running job's cancel
 event, which the executor's spawn edge turns into a kill of the plugin's process group
@@ -23,21 +35,31 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ductile.config.model import RetryConfig
-from ductile.errors import DuctileError
+from ductile.errors import DuctileError, GatewayFault, StateError
 from ductile.runtime.boot import Runtime
+from ductile.runtime.concurrency import concurrency_limit
 from ductile.runtime.executor import EventSink, Executor, Job, JobResult
+from ductile.runtime.outcome import Outcome
+from ductile.serve.health import Health
 from ductile.serve.logs import log
-from ductile.serve.record import identity, record_run
+from ductile.serve.record import Recorded, identity, record_run
 from ductile.serve.settle import settle
 from ductile.state.db import StateDB
+from ductile.state.jobs import Claim, Deferred
 from ductile.state.jobs import Job as QueuedJob
 
 _log = logging.getLogger("ductile.dispatch")
 _plugin_log = logging.getLogger("ductile.plugin")
-IDLE_POLL = 0.5  # seconds a worker waits for work before looking again (retries fall due)
+IDLE_MAX = 5.0       # longest sleep with nothing to do: picks up work another process queued
+RECORD_BACKOFF = (0.5, 30.0)  # first and longest wait between attempts to record an outcome
+T = TypeVar("T")
+
+
+class Unrecorded(Exception):
+    """The shutdown deadline came before the database accepted a finished job's outcome."""
 PLUGIN_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
                  "error": logging.ERROR}
 
@@ -46,8 +68,10 @@ ExecutorFactory = Callable[[EventSink], Executor]
 
 class Dispatcher:
     def __init__(self, db: StateDB, runtime: Runtime, make_executor: ExecutorFactory, *,
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 health: Health | None = None) -> None:
         self.db = db
+        self.health = health if health is not None else Health()
         self.runtime = runtime
         self.config = runtime.config
         self.clock = clock
@@ -60,6 +84,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._live: dict[str, threading.Event] = {}
         self._threads: list[threading.Thread] = []
+        self._tickets = 0                      # wake-ups not yet taken by a worker
+        self._deferrals: dict[str, int] = {}   # plugin -> gateway faults in a row
+        self._paused: dict[str, float] = {}    # plugin -> when its next job may be tried after a gateway fault
         self.finished = 0
         self.requeued = 0
 
@@ -75,7 +102,27 @@ class Dispatcher:
         """Tell ``n`` idle workers new work is queued (the API and scheduler call this). One
         job wakes one worker: waking all of them would only make them race for the write lock."""
         with self._wake:
+            self._tickets = min(self._tickets + n, max(1, len(self._threads)))
             self._wake.notify(n)
+
+    def _idle(self, seconds: float) -> None:
+        """Sleep until woken or ``seconds`` pass, unless a wake-up is already waiting."""
+        with self._wake:
+            if not self._tickets and not self._stop.is_set():
+                self._wake.wait(seconds)
+            if self._tickets:
+                self._tickets -= 1
+
+    def _sleep_for(self, next_due: float | None) -> float:
+        wake_at = [t for t in (next_due, *self._paused.values()) if t is not None]
+        if not wake_at:
+            return IDLE_MAX
+        return min(IDLE_MAX, max(0.01, min(wake_at) - self.clock()))
+
+    def _paused_now(self, now: float) -> list[str]:
+        """Plugins whose last job hit a gateway fault: one job probes per backoff period,
+        instead of every queued job of the plugin being claimed and deferred in turn."""
+        return [p for p, until in list(self._paused.items()) if until > now]
 
     def stop_claiming(self) -> None:
         self._stop.set()
@@ -103,34 +150,73 @@ class Dispatcher:
     # -- one worker --------------------------------------------------------------------
 
     def _limit(self, plugin: str) -> int | None:
-        found = self.runtime.plugins.get(plugin)
-        return 1 if found is not None and not found.manifest.concurrency_safe else None
+        return concurrency_limit(self.runtime, plugin)
+
+    def _claim(self) -> Claim:
+        now = self.clock()
+        return self.db.jobs.claim(now, running_limits=self._limit, exclude_plugins=self._paused_now(now))
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self.db.jobs.claim_next(self.clock(), running_limits=self._limit)
-            except DuctileError as err:
-                log(_log, logging.ERROR, f"cannot claim a job: {err.one_line()}")
-                job = None
+        failures = 0
+        job: QueuedJob | None = None
+        while job is not None or not self._stop.is_set():  # a job already claimed is always run
             if job is None:
-                with self._wake:
-                    if not self._stop.is_set():
-                        self._wake.wait(IDLE_POLL)
-                continue
+                try:
+                    claim = self._claim()
+                except DuctileError as err:
+                    failures += 1
+                    self._db_problem(err, "cannot claim a job")
+                    self._idle(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** min(failures, 8)))
+                    continue
+                failures = 0
+                job = claim.job
+                if job is None:
+                    self._idle(self._sleep_for(claim.next_due))
+                    continue
+                self.health.resolve(_log, "state:")  # the claim was a write the database accepted
             cancel = threading.Event()
             with self._lock:
                 self._live[job.id] = cancel
                 if self._cancelling.is_set():  # claimed in the instant the deadline passed
                     cancel.set()
+            following: QueuedJob | None = None
             try:
-                self._run(job, cancel)
+                following = self._run(job, cancel)
+            except Unrecorded as err:
+                log(_log, logging.ERROR, f"job {job.id} finished but its outcome could not be recorded before the "
+                    f"shutdown deadline ({err}); it stays running and is recovered at the next boot",
+                    job_id=job.id, plugin=job.plugin)
             except Exception as err:  # noqa: BLE001 - a worker must survive anything one job does
                 log(_log, logging.ERROR, f"job {job.id} could not be recorded: {type(err).__name__}: {err}; "
                     "it stays running and is recovered at the next boot", job_id=job.id, plugin=job.plugin)
             finally:
                 with self._lock:
                     self._live.pop(job.id, None)
+            if self._limit(job.plugin) is not None:
+                self.wake()  # a capped plugin has room again: an idle worker may take its next job
+            job = following
+
+    def _db_problem(self, err: DuctileError, doing: str) -> None:
+        cause = err.cause if isinstance(err, StateError) else err.kind
+        self.health.report(_log, f"state:{cause}", f"{doing}: {err.message}", err.fix)
+
+    def _record(self, what: str, action: Callable[[], T], cancel: threading.Event) -> T:
+        """Run ``action`` (one write transaction) until the database accepts it. A transient
+        fault is retried with backoff; the shutdown deadline (``cancel``) ends the wait."""
+        delay = RECORD_BACKOFF[0]
+        while True:
+            try:
+                result = action()
+            except StateError as err:
+                if not err.transient:
+                    raise
+                self._db_problem(err, f"cannot record {what}")
+                if cancel.wait(delay):
+                    raise Unrecorded(err.one_line()) from err
+                delay = min(delay * 2, RECORD_BACKOFF[1])
+                continue
+            self.health.resolve(_log, "state:")
+            return result
 
     def _collect_event(self, type: str, payload: dict[str, Any]) -> None:
         """Executor events (``plugin.drop_failed``...) are kept with the job and stored in
@@ -141,33 +227,68 @@ class Dispatcher:
         else:
             self.db.events.record_event(type, payload, plugin=payload.get("plugin"))
 
-    def _run(self, queued: QueuedJob, cancel: threading.Event) -> None:
-        state = self.db.plugin_state.get_state(queued.plugin)
-        context = {"attempt": queued.attempt, "max_attempts": queued.max_attempts, "event_depth": queued.event_depth,
-                   "parent_job_id": queued.parent_job_id, "dedupe_key": queued.dedupe_key}
+    def _execute(self, queued: QueuedJob, cancel: threading.Event) -> tuple[JobResult, list[tuple[str, dict[str, Any]]]]:
+        job = Job(plugin=queued.plugin, command=queued.command,
+                  payload=queued.payload if isinstance(queued.payload, dict) else {}, job_id=queued.id,
+                  event=queued.event, context={"attempt": queued.attempt, "max_attempts": queued.max_attempts,
+                                               "event_depth": queued.event_depth, "parent_job_id": queued.parent_job_id,
+                                               "dedupe_key": queued.dedupe_key})
+        try:
+            state = self.db.plugin_state.get_state(queued.plugin)
+        except StateError as err:  # the gateway cannot read its own database: not the plugin's fault
+            fault = GatewayFault(f"cannot read the plugin's state: {err.message}", where=err.where, fix=err.fix)
+            return JobResult(job, Outcome("failed", False, None, fault, None), None, None), []
         self._tls.events = []
         try:
-            result = self.executor.run(Job(plugin=queued.plugin, command=queued.command,
-                                           payload=queued.payload if isinstance(queued.payload, dict) else {},
-                                           job_id=queued.id, event=queued.event, context=context, state=state),
+            result = self.executor.run(Job(plugin=job.plugin, command=job.command, payload=job.payload,
+                                           job_id=job.job_id, event=job.event, context=job.context, state=state),
                                        cancel=cancel)
-            gateway_events = list(self._tls.events)
+            return result, list(self._tls.events)
         finally:
             self._tls.events = None
+
+    def _run(self, queued: QueuedJob, cancel: threading.Event) -> QueuedJob | None:
+        """Run one job and record it; return the next job, claimed in the same transaction
+        that recorded this one (one commit per job instead of two), or None."""
+        result, gateway_events = self._execute(queued, cancel)
         pc = self.config.plugins.get(queued.plugin)
+        deferrals = self._deferrals.get(queued.plugin, 0) + 1
         decision = settle(result.outcome, attempt=queued.attempt, max_attempts=queued.max_attempts,
-                          retry=pc.retry if pc is not None else RetryConfig(), now=self.clock(), rand=self.rand())
+                          retry=pc.retry if pc is not None else RetryConfig(), now=self.clock(), rand=self.rand(),
+                          deferrals=deferrals)
         if decision is None:
-            self.db.jobs.requeue_running(queued.id, "shutdown: killed at the drain deadline, re-queued")
+            self._record(f"the re-queue of job {queued.id}", lambda: self.db.jobs.requeue_running(
+                queued.id, "shutdown: killed at the drain deadline, re-queued"), cancel)
             self.requeued += 1
             log(_log, logging.WARNING, f"job {queued.id} killed at the shutdown deadline and re-queued",
                 job_id=queued.id, plugin=queued.plugin, command=queued.command)
-            return
-        rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
-        self.finished += 1
+            return None
+        if isinstance(decision, Deferred):  # before the next claim, which must skip this plugin
+            self._paused[queued.plugin] = decision.next_attempt_at
+
+        def record() -> tuple[Recorded, QueuedJob | None]:
+            with self.db.write(durable=False):  # see StateDB.write: a power loss re-runs, never loses
+                rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
+                following = None if self._stop.is_set() else self._claim().job
+            return rec, following
+
+        rec, following = self._record(f"the outcome of job {queued.id} ({queued.plugin}/{queued.command})", record,
+                                      cancel)
+        if isinstance(decision, Deferred):
+            self._deferrals[queued.plugin] = deferrals
+            err = result.outcome.error
+            self.health.report(_log, f"plugin:{queued.plugin}", f"jobs of plugin {queued.plugin} are deferred: "
+                               f"{err.message if err else decision.error}", err.fix if err else "", level=logging.WARNING,
+                               job_id=queued.id)
+        else:
+            self._deferrals.pop(queued.plugin, None)
+            self._paused.pop(queued.plugin, None)
+            self.finished += 1
+            self.health.resolve(_log, f"plugin:{queued.plugin}")
         self._report(queued, result, rec.status, rec.downstream)
         if rec.downstream:
             self.wake(len(rec.downstream))
+        return following
 
     def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str]) -> None:
         out = result.outcome

@@ -25,7 +25,10 @@ from ductile.runtime.wiring import make_executor
 from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
 from ductile.serve.dispatcher import Dispatcher
+from ductile.serve.health import Health
+from ductile.serve.intake import Intake
 from ductile.serve.logs import Redactor, log
+from ductile.serve.maintenance import Maintenance
 from ductile.serve.notify import notify
 from ductile.serve.scheduler import Scheduler
 from ductile.serve.scopes import TokenTable
@@ -37,10 +40,15 @@ class Gateway:
     def __init__(self, booted: Booted, redactor: Redactor | None = None) -> None:
         self.b = booted
         rt = booted.runtime
-        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit))
-        self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake)
+        self.health = Health()
+        self.dispatcher = Dispatcher(booted.db, rt, lambda emit: make_executor(rt, booted.db, emit=emit),
+                                     health=self.health)
+        self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake, health=self.health)
+        self.maintenance = Maintenance(booted.db, self.health)
+        self.intake = Intake(booted.db)
         self.ctx = ApiContext(booted.db, rt, TokenTable(booted.secrets.tokens), dict(booted.secrets.webhook_keys),
-                              wake=self.dispatcher.wake, running=self.dispatcher.running)
+                              wake=self.dispatcher.wake, running=self.dispatcher.running, health=self.health,
+                              intake=self.intake)
         self._signals = 0
         self._stop = threading.Event()
         self._server: object | None = None
@@ -70,8 +78,10 @@ class Gateway:
             time.sleep(0.02)
 
     def start(self) -> None:
+        self.intake.start()
         self.dispatcher.start()
         self.scheduler.start()
+        self.maintenance.start()
         self._start_http()
         cfg = self.b.runtime.config
         listen = cfg.api.listen if self.b.listener is not None else "off"
@@ -111,6 +121,7 @@ class Gateway:
         notify("STOPPING=1", "STATUS=draining")
         self.ctx.draining.set()
         self.scheduler.stop()
+        self.maintenance.stop()
         self.dispatcher.stop_claiming()
         running = self.dispatcher.running()
         log(_log, logging.INFO, f"draining: {running} running job(s) get up to {cfg.service.shutdown_timeout:g}s",
@@ -130,6 +141,7 @@ class Gateway:
             server.should_exit = True  # type: ignore[attr-defined]
             if self._server_thread is not None:
                 self._server_thread.join(10)
+        self.intake.stop()
         rt = self.b.runtime
         if rt.containment is not None:
             for account, n in rt.containment.sweep_accounts(cfg):

@@ -13,6 +13,7 @@ import fcntl
 import os
 
 from ductile.errors import BootRefused
+from ductile.state.faults import space_or_mount
 
 
 class InstanceLock:
@@ -22,13 +23,17 @@ class InstanceLock:
 
     @classmethod
     def for_state(cls, state_path: str) -> InstanceLock:
-        return cls(os.path.abspath(state_path) + ".lock")
+        # realpath: a symlinked state.path must not get a second lock for the same file
+        return cls(os.path.realpath(state_path) + ".lock")
 
     def acquire(self) -> InstanceLock:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
+            fault = space_or_mount(err, self.path, "cannot open the instance lock")
+            if fault is not None:
+                raise BootRefused(fault.message, where=self.path, fix=fault.fix) from None
             raise BootRefused(f"cannot open the instance lock: {err.strerror}", where=self.path,
                               fix="run ductile serve as the account that owns the state directory") from None
         try:

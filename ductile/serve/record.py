@@ -7,7 +7,8 @@ stored without its pipeline jobs would never be handled. A ``kill -9`` leaves ei
 all of it or none of it (the job then stays ``running`` and is recovered at boot).
 
 State updates and plugin events are taken from successful runs only: a failed run is
-retried, and its retry will say again what it wants to change.
+retried, and its retry will say again what it wants to change. State updates that would
+grow the plugin's state past ``service.max_plugin_state`` fail the run instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ductile.serve.pipelines import DEPTH_EXCEEDED, route
 from ductile.state.db import StateDB
 from ductile.state.jobs import Job as QueuedJob
 from ductile.state.jobs import Outcome, Succeeded
+from ductile.state.plugin_state import apply_state_updates
 
 _log = logging.getLogger("ductile.pipelines")
 
@@ -57,7 +59,7 @@ def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload:
     for d in jobs:
         rec.downstream.append(db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event,
                                               max_attempts=d.max_attempts, parent_job_id=source.id,
-                                              event_depth=d.depth))
+                                              event_depth=d.depth, event_id=event_id))
     for s in stopped:
         db.events.record_event(DEPTH_EXCEEDED, s.as_payload(), source_job_id=source.id, plugin=source.plugin,
                                depth=source.event_depth)
@@ -71,13 +73,14 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
     account, uid = identity(result)
     out = result.outcome
     with db.write():
+        response = out.response
+        decision, _ = apply_state_updates(db, job.plugin, decision, response.state_updates if response else None,
+                                          limit=config.service.max_plugin_state)
         rec = Recorded(db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
                                       stderr_tail=out.stderr_tail or None))
         emitted: list[tuple[str, Any]] = list(gateway_events)
-        if isinstance(decision, Succeeded) and out.response is not None:
-            if out.response.state_updates:
-                db.plugin_state.merge_state(job.plugin, dict(out.response.state_updates))
-            emitted += [(e.type, e.payload) for e in out.response.events]
+        if isinstance(decision, Succeeded) and response is not None:
+            emitted += [(e.type, e.payload) for e in response.events]
         for type_, payload in emitted:
             store_event(db, config, rec, type_, payload, job)
     return rec

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ductile.errors import DuctileError
+from ductile.errors import DuctileError, StateError
+from ductile.serve.health import Health
 from ductile.serve.logs import log
+from ductile.serve.periodic import Periodic
 from ductile.serve.ticks import Schedule, decide
 from ductile.state.db import StateDB
 
@@ -23,36 +24,28 @@ TICK = 1.0
 
 class Scheduler:
     def __init__(self, db: StateDB, schedules: Sequence[Schedule], *, on_enqueue: Callable[[], None],
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 health: Health | None = None) -> None:
         self.db = db
+        self.health = health if health is not None else Health()
         self.schedules = list(schedules)
         self.on_enqueue = on_enqueue
         self.clock = clock
         self.rand = rand
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = Periodic("scheduler", TICK, self.tick, first_now=True)
 
     def start(self) -> None:
-        if not self.schedules:
-            return
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        if self.schedules:
+            self._timer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.tick()
-            self._stop.wait(TICK)
+        self._timer.stop(timeout)
 
     def tick(self) -> int:
         """Fire every due schedule once; return how many jobs were enqueued."""
         fired = 0
         for s in self.schedules:
-            if self._stop.is_set():
+            if self._timer.stopping:
                 break
             now = self.clock()
             try:
@@ -67,8 +60,10 @@ class Scheduler:
                         fired += 1
                         log(_log, logging.INFO, f"schedule {s.where} fired", job_id=job_id, plugin=s.plugin,
                             command=s.command, slot=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot)))
-            except DuctileError as err:
-                log(_log, logging.ERROR, f"schedule {s.where} could not fire: {err.one_line()}", plugin=s.plugin)
+            except DuctileError as err:  # the slot is not recorded, so the next tick tries it again
+                cause = err.cause if isinstance(err, StateError) else err.kind
+                self.health.report(_log, f"state:{cause}", f"schedule {s.where} could not fire: {err.message}",
+                                   err.fix, plugin=s.plugin)
         if fired:
             self.on_enqueue()
         return fired

@@ -3,6 +3,8 @@
     executor outcome                         queue outcome              final status
     succeeded                                Succeeded(result)          succeeded
     cancelled by the gateway (shutdown)      None -> requeue_running    queued (attempt not charged)
+    gateway fault (key unreadable, plugin    Deferred(now + delay)      queued (attempt not charged)
+      directory gone: the gateway's fault)
     failed, terminal                         Failed(reason)             failed
     failed, retryable                        Retry(now + backoff)       queued | dead when exhausted
     timed_out, attempts left                 TimedOut(retry_at)         queued
@@ -19,6 +21,7 @@ from ductile.errors import (
     AccountDropFailed,
     DuctileError,
     FingerprintMismatch,
+    GatewayFault,
     JobCancelled,
     NoDowngradeTarget,
     PluginError,
@@ -27,7 +30,7 @@ from ductile.errors import (
     VaultPrincipalRequired,
 )
 from ductile.runtime.outcome import EX_CONFIG, Outcome
-from ductile.state.jobs import Failed, Retry, Succeeded, TimedOut, backoff
+from ductile.state.jobs import Deferred, Failed, Retry, Succeeded, TimedOut, backoff
 from ductile.state.jobs import Outcome as QueueOutcome
 
 
@@ -47,11 +50,23 @@ def terminal_reason(error: DuctileError | None, exit_code: int | None) -> str:
     return error.kind if error is not None else "failed"
 
 
+DEFER_BASE = 1.0    # seconds before a deferred job is tried again; doubles per deferral
+DEFER_MAX = 60.0    # a fixed fault is picked up within a minute
+
+
+def defer_delay(deferrals: int, rand: float) -> float:
+    """Seconds until a job deferred ``deferrals`` times in a row is tried again."""
+    return backoff(deferrals, DEFER_BASE, DEFER_MAX, rand)
+
+
 def settle(outcome: Outcome, *, attempt: int, max_attempts: int, retry: RetryConfig, now: float,
-           rand: float) -> QueueOutcome | None:
-    """The queue outcome for this run, or None when the gateway itself stopped the job."""
+           rand: float, deferrals: int = 1) -> QueueOutcome | None:
+    """The queue outcome for this run, or None when the gateway itself stopped the job.
+    ``deferrals`` counts this job's gateway faults in a row, for the deferral backoff."""
     if isinstance(outcome.error, JobCancelled):
         return None
+    if isinstance(outcome.error, GatewayFault):
+        return Deferred(outcome.reason, now + defer_delay(deferrals, rand))
     if outcome.status == "succeeded":
         return Succeeded(outcome.response.result if outcome.response is not None else None)
     reason = outcome.reason or outcome.status

@@ -12,7 +12,6 @@ import json
 import logging
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,11 +58,10 @@ def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[
         event = {"type": EVENT_TYPE, "payload": payload, "path": hook.path,
                  "delivery": request.headers.get("x-github-delivery") or request.headers.get("x-request-id")}
         try:
-            job_id = await run_in_threadpool(
-                ctx.db.jobs.enqueue, hook.plugin, hook.command, payload if isinstance(payload, dict) else {},
-                event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1)
+            job_id = await ctx.enqueue(hook.plugin, hook.command, payload if isinstance(payload, dict) else {},
+                                       event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1)
         except DuctileError as err:
-            return error(500, err.message, err.fix)
+            return ctx.refused(err, f"a delivery to {hook.path}")
         ctx.wake()
         log(_log, logging.INFO, f"webhook {hook.path}: queued {hook.plugin}/{hook.command}", job_id=job_id,
             plugin=hook.plugin, path=hook.path)

@@ -4,31 +4,48 @@ Choices, and why:
 
 * **WAL** lets the CLI read (``ductile job list``) while ``serve`` writes, and a reader
   never blocks the writer.
-* **synchronous=FULL**: in WAL mode NORMAL survives ``kill -9`` but may drop the last
-  commits on power loss. For ductile a lost commit is a job accepted with 202 that
-  vanishes, or a ``succeeded`` write command that runs again. FULL costs one fsync per
-  transaction (well under a millisecond here), small next to spawning a plugin.
+* **synchronous=FULL** by default: SQLite's own words — "transactions are durable across
+  application crashes regardless of the synchronous setting", while in WAL mode "a
+  transaction committed with synchronous=NORMAL might roll back following a power loss or
+  system crash". A job accepted with 202 must survive both, so intake commits are FULL.
+  The one exception is a worker recording a job and claiming the next (``write(durable=
+  False)``): that commit survives ``kill -9``; after a power loss it may roll back, and
+  the job is then recovered at boot and runs again (at least once, never lost). It saves
+  an fsync per job, which a profile showed to be the largest cost left in a burst.
 * **Connections**: a small pool, one connection checked out per thread for the length of
-  a transaction (nested blocks on the same thread join it). Writers are serialised by
-  SQLite itself (``BEGIN IMMEDIATE`` + ``busy_timeout``), the same mechanism that already
-  has to arbitrate between processes, so threads and processes contend in one way. A
-  pool instead of ``threading.local`` because the HTTP API serves each request on a fresh
-  thread; per-thread connections would leak one per request.
+  a transaction (nested blocks on the same thread join it). Writers of one process queue
+  on a lock of their own before ``BEGIN IMMEDIATE``; between processes SQLite arbitrates
+  (``BEGIN IMMEDIATE`` + ``busy_timeout``). The busy handler sleeps up to 100 ms between
+  tries, so letting threads of one process contend through it made a burst of triggers
+  and two workers spend most of their time asleep on a lock that was free. A pool instead
+  of ``threading.local`` because the HTTP API serves each request on a fresh thread;
+  per-thread connections would leak one per request.
 * **Mode 0600**: the file is created empty with ``O_EXCL`` and 0600 before SQLite opens
   it; SQLite gives ``-wal``/``-shm`` the main file's permissions. Loose modes on files we
   own are tightened, never widened.
+* **Nothing is silently re-created** (``open_state``): only a file this code has just
+  created is initialised; an empty or foreign file, a second hard link or a stale WAL is
+  refused with the path and the fix. Readers open read-only and never migrate.
+* **Bounded WAL**: ``journal_size_limit`` cuts the WAL back after each checkpoint that
+  resets it, and serve runs ``wal_checkpoint(TRUNCATE)`` periodically (``checkpoint``), so
+  one burst of large rows does not leave a gigabyte WAL behind for good.
+* **Errors say what to do**: every SQLite failure is diagnosed by cause (``faults``):
+  disk full, read-only mount, not ours to write, damaged, locked — each with its own fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from ductile.errors import StateError
+from ductile.state import faults
 from ductile.state.schema import APPLICATION_ID, MIGRATIONS
 
 if TYPE_CHECKING:
@@ -40,12 +57,20 @@ if TYPE_CHECKING:
 
 BUSY_TIMEOUT_MS = 30_000   # a slow disk under a busy serve; waiting beats failing a claim
 POOL_IDLE_MAX = 8          # idle connections kept for reuse; more are closed on release
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint resets it
 SIDE_FILES = ("", "-wal", "-shm")
+SQLITE_HEADER = b"SQLite format 3\x00"
 _Store = TypeVar("_Store")
 
 
-def _fix_for(path: str) -> str:
-    return f"check state.path in the config and that {os.path.dirname(path) or '.'} is writable by uid {os.geteuid()}"
+def fault_error(path: str, cause: str, detail: str, *, where: str | None = None) -> StateError:
+    """A StateError whose message and fix match ``cause`` (see ``faults``)."""
+    fault = faults.diagnose(cause, detail, faults.fs_facts(path))
+    return StateError(fault.message, where=where or path, fix=fault.fix, cause=fault.cause, transient=fault.transient)
+
+
+def os_error(path: str, err: OSError, doing: str, *, where: str = "state.path") -> StateError:
+    return fault_error(path, faults.cause_of_errno(err.errno), f"{doing}: {err.strerror}", where=where)
 
 
 def _ensure_parent(path: str) -> None:
@@ -63,23 +88,54 @@ def _ensure_parent(path: str) -> None:
         except FileExistsError:
             pass
         except OSError as err:
-            raise StateError(f"cannot create state directory {directory}: {err.strerror}",
-                             where="state.path", fix=_fix_for(path)) from err
+            raise os_error(path, err, f"cannot create state directory {directory}") from err
 
 
-def _create_private(path: str) -> None:
-    """Create the database file empty and 0600, so it is never briefly world-readable."""
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return
-    except OSError as err:
-        raise StateError(f"cannot create state database {path}: {err.strerror}",
-                         where="state.path", fix=_fix_for(path)) from err
-    try:
-        os.fchmod(fd, 0o600)
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _damaged(path: str, cause: str, what: str) -> StateError:
+    """Refuse a file at state.path that ductile did not make (or that lost its contents)."""
+    fault = faults.diagnose(cause, what, faults.fs_facts(path))
+    return StateError(f"{path} {what}; ductile initialises only a database file it has just created itself",
+                      where="state.path", fix=fault.fix, cause=fault.cause, transient=False)
+
+
+def check_existing(path: str) -> None:
+    """Refuse an existing state.path that is not a regular, singly linked SQLite file.
+
+    An empty file is refused, never initialised: it is what a truncated copy, a wrong
+    restore or a full disk leaves, and replacing it with a fresh database would make every
+    job in the ledger silently vanish. A second hard link is refused because SQLite names
+    its ``-wal`` after the path: two paths to one file are two WALs, and two gateways (one
+    lock per path) writing it corrupt it.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise os_error(path, err, "cannot stat the state database") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"{path} is not a regular file", where="state.path",
+                         fix="point state.path at a file, not a directory")
+    if st.st_nlink > 1:
+        raise StateError(f"{path} has {st.st_nlink} hard links; a state database reached through two names gets two "
+                         "WAL files and two gateways, and is corrupted", where="state.path",
+                         fix=f"keep one name: find the others (find / -xdev -samefile {path}) and unlink them",
+                         cause="hard_link")
+    if st.st_size == 0:
+        raise _damaged(path, "not_a_database", "is empty (0 bytes)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise os_error(path, err, "cannot read the state database") from err
+    if head != SQLITE_HEADER:
+        raise _damaged(path, "not_a_database", "is not an SQLite database (wrong header)")
 
 
 def tighten_modes(path: str) -> None:
@@ -104,27 +160,40 @@ class StateDB:
     transaction, so a caller can make several store calls atomic.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._closed = False
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler,
+        # which polls with sleeps of up to 100 ms: under a burst that left workers asleep
+        # while the lock was free. Other processes still meet at BEGIN IMMEDIATE.
+        self._writers = threading.Lock()
+        self._sync: dict[int, bool] = {}  # connection -> committing with synchronous=FULL
 
     # -- connections ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                   check_same_thread=False)
+            if self.readonly:  # a reader never writes, migrates or creates anything
+                from urllib.parse import quote
+
+                conn = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA trusted_schema = OFF")
+            if not self.readonly:
+                conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         except sqlite3.Error as err:
-            raise StateError(f"cannot open state database {self.path}: {err}", where="state.path",
-                             fix=_fix_for(self.path)) from err
+            raise self._state_error(err) from err
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -153,7 +222,7 @@ class StateDB:
         conn.close()
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str, mode: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str, mode: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
         held: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if held is not None:
             if mode == "write" and self._local.mode == "read":
@@ -162,8 +231,14 @@ class StateDB:
             return
         conn = self._acquire()
         self._local.conn, self._local.mode = conn, mode
+        writer = mode == "write"
+        if writer:
+            self._writers.acquire()
         try:
             try:
+                if writer and self._sync.get(id(conn)) != durable:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    self._sync[id(conn)] = durable
                 conn.execute(begin)
                 yield conn
                 conn.execute("COMMIT")
@@ -175,25 +250,33 @@ class StateDB:
         except sqlite3.Error as err:
             raise self._state_error(err) from err
         finally:
+            if writer:
+                self._writers.release()
             self._local.conn = None
             self._release(conn)
 
     def _state_error(self, err: sqlite3.Error) -> StateError:
+        """One StateError per SQLite failure, with the fix for its cause (see ``faults``)."""
         text = str(err)
         if isinstance(err, sqlite3.IntegrityError):
             return StateError(f"state database refused a change: {text}", where=self.path,
                               fix="this is a bug in the caller; report it with the command that ran")
-        if "locked" in text or "busy" in text:
-            fix = "another process holds the write lock too long; check for a stuck ductile process"
-        elif "readonly" in text:
-            fix = f"run as the user that owns {self.path} (the gateway user)"
-        else:
-            fix = "check the disk and the file; restore from `ductile system backup` if it is damaged"
-        return StateError(f"state database error: {text}", where=self.path, fix=fix)
+        cause = faults.cause_of_sqlite(getattr(err, "sqlite_errorname", None), text)
+        return fault_error(self.path, cause, text)
 
-    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); joins an enclosing block on this thread."""
-        return self._transaction("BEGIN IMMEDIATE", "write")
+    def write(self, *, durable: bool = True) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); joins an enclosing block on this thread.
+
+        ``durable=False`` commits it with ``synchronous=NORMAL`` (no fsync of its own): it
+        survives a crash of the process like any commit, but a power loss may roll it back
+        until the next durable commit or checkpoint syncs the WAL. Only for writes whose
+        loss the next boot repairs (a worker's record-and-claim: the job is recovered and
+        runs again); never for a promise made to a client (a 202).
+        """
+        if self.readonly:
+            raise StateError(f"state database {self.path} was opened read-only", where=self.path,
+                             fix="this is a bug: a read command tried to write; report it with the command that ran")
+        return self._transaction("BEGIN IMMEDIATE", "write", durable)
 
     def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A read snapshot (``BEGIN``); joins an enclosing block on this thread."""
@@ -271,6 +354,48 @@ class StateDB:
         with self.read() as conn:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
+    def check_schema(self) -> int:
+        """For a read-only opening: the schema must be exactly this release's (never migrated here)."""
+        target = len(MIGRATIONS)
+        with self.read() as conn:
+            version = self._check_identity(conn, target)
+        if version < target:
+            raise StateError(
+                f"state database schema version {version} is older than this ductile's ({target}); "
+                "read commands never migrate it", where=self.path,
+                fix="start `ductile serve` (or run `ductile plugin run`) once with this config: opening it for "
+                    "writing migrates it; then retry")
+        return version
+
+    def quick_check(self) -> None:
+        """``PRAGMA quick_check`` (O(N) but no index cross-check): serve runs it at boot so a
+        damaged file is refused with the fix instead of failing jobs one by one later."""
+        with self.read() as conn:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            raise fault_error(self.path, "corrupt", f"PRAGMA quick_check: {'; '.join(rows)[:300]}", where="state.path")
+
+    def checkpoint(self, *, wait_ms: int = 1000) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the database and cut it to
+        zero bytes. Returns SQLite's (busy, WAL frames, frames checkpointed); busy = 1 means a
+        reader or writer held on for ``wait_ms`` and the WAL was left for the next round.
+
+        On its own connection with a short busy timeout: a TRUNCATE checkpoint makes new
+        writers wait while it is pending, so it must give up quickly rather than stall the
+        queue for the pool's 30 s."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=wait_ms / 1000, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._state_error(err) from err
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as err:
+            raise self._state_error(err) from err
+        finally:
+            conn.close()
+        return int(row[0]), int(row[1]), int(row[2])
+
     def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction; return the version reached."""
         target = len(MIGRATIONS)
@@ -302,30 +427,111 @@ class StateDB:
         return version
 
 
-def open_state(path: str, *, create: bool = True) -> StateDB:
-    """Open (and, with ``create``, create) the state database and bring its schema up to date.
+def _initialise(path: str) -> None:
+    """Make a new, migrated database at ``path`` without ever exposing a half-made file.
 
-    ``create=False`` is for readers such as ``ductile job list``: a missing database is
-    refused instead of being created empty next to a typo'd path.
+    It is built under a temporary name (created ``O_EXCL`` and 0600, so never briefly
+    world-readable), checkpointed into one file, and linked into place: ``link`` fails if
+    ``path`` appeared meanwhile, so an existing file is never replaced, and a crash leaves
+    only a temporary file, never an empty database at ``path``. Stale ``-wal``/``-shm``
+    files without their database are refused: SQLite would replay them into the new file.
+    """
+    for suffix in ("-wal", "-shm"):
+        side = path + suffix
+        if os.path.lexists(side):
+            raise StateError(f"{side} exists but its database {path} does not; it may hold the last commits of a "
+                             "database that was moved or deleted, and SQLite would replay it into a new one",
+                             where="state.path", fix=f"restore {path} beside it, or move it aside: mv {side} {side}.stale",
+                             cause="stale_wal")
+    _ensure_parent(path)
+    directory, base = os.path.split(path)
+    temp = os.path.join(directory, _INIT_TEMP.format(base=base) + secrets.token_hex(6))
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+    except OSError as err:
+        raise os_error(path, err, f"cannot create state database {path}") from err
+    try:
+        db = StateDB(temp)
+        try:
+            db.use_wal()
+            db.migrate()
+            db.checkpoint()
+        finally:
+            db.close()
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs (checked by the caller)
+        except OSError as err:
+            raise os_error(path, err, f"cannot create state database {path}") from err
+        _fsync_dir(directory)
+    finally:
+        for suffix in SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp + suffix)
+
+
+_INIT_TEMP = ".{base}.init-"
+STALE_INIT_AGE = 600.0  # seconds: an unlinked initialisation temp this old belongs to no live process
+
+
+def _drop_init_leftovers(path: str) -> None:
+    """Remove what a process killed inside ``_initialise`` left: a temp still linked to the
+    database (killed between link and unlink: it would count as a second hard link), or an
+    old temp that never got linked."""
+    directory, base = os.path.split(path)
+    prefix = _INIT_TEMP.format(base=base)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix) and not n.endswith(("-wal", "-shm"))]
+    except OSError:
+        return
+    import time
+
+    for name in names:
+        temp = os.path.join(directory, name)
+        try:
+            linked = os.path.lexists(path) and os.path.samefile(temp, path)
+            if not linked and time.time() - os.lstat(temp).st_mtime < STALE_INIT_AGE:
+                continue  # may be another process initialising right now
+            for suffix in ("-wal", "-shm", ""):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp + suffix)
+        except OSError:
+            continue
+
+
+def open_state(path: str, *, create: bool = True) -> StateDB:
+    """Open the state database for writing (``create=True``) or reading (``create=False``).
+
+    Writers (serve, ``plugin run``, vault commands that audit): a missing file is created
+    and initialised; an existing one is checked (``check_existing``) and migrated.
+    Readers (``job list``, ``job show``, ``vault audit``): the file must exist; it is opened
+    read-only and never migrated, created or changed — an older schema is reported with
+    the command that migrates it, instead of a read changing what it reads.
     """
     path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         if not create:
             raise StateError(
                 f"state database {path} does not exist (nothing has run yet, or state.path points elsewhere)",
                 where="state.path",
                 fix="start `ductile serve` once to create it, or set state.path to the gateway's database")
-        _ensure_parent(path)
-        _create_private(path)
-    elif not os.path.isfile(path):
-        raise StateError(f"{path} is not a regular file", where="state.path",
-                         fix="point state.path at a file, not a directory")
-    db = StateDB(path)
+        _initialise(path)
+    elif create:
+        _drop_init_leftovers(path)
+    check_existing(path)
+    db = StateDB(path, readonly=not create)
     try:
-        db.use_wal()
-        db.migrate()
+        if create:
+            db.use_wal()
+            db.migrate()
+        else:
+            db.check_schema()
     except BaseException:
         db.close()
         raise
-    tighten_modes(path)
+    if create:
+        tighten_modes(path)
     return db

@@ -4,6 +4,7 @@ States (ARCHITECTURE "Job states")::
 
     queued -> running -> succeeded | failed | timed_out | dead
                  \\-> queued (retryable failure, with next_attempt_at)
+                 \\-> queued (deferred by a gateway fault or a shutdown: attempt not charged)
 
 Every change writes the job row, its ``job_transitions`` row and (for a run) its
 ``job_attempts`` row in one transaction, so a ``kill -9`` anywhere leaves either the
@@ -34,16 +35,39 @@ ERROR_MAX = 4096  # characters of an error message kept on the job and attempt r
 
 RunningLimits = Mapping[str, int] | Callable[[str], "int | None"]
 
+# The distinct plugins that have queued jobs, by skipping from one to the next on the
+# jobs_due index (a "loose index scan"): one seek per plugin, not one step per queued row.
+# INDEXED BY makes the plan a guarantee: the planner may otherwise pick jobs_plugin_status
+# and walk a plugin's whole history to find that it has nothing queued.
+_QUEUED_PLUGINS = """
+WITH RECURSIVE p(name) AS (
+    SELECT (SELECT plugin FROM jobs INDEXED BY jobs_due WHERE status = 'queued' ORDER BY plugin LIMIT 1)
+    UNION ALL
+    SELECT (SELECT plugin FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND plugin > p.name
+            ORDER BY plugin LIMIT 1)
+    FROM p WHERE p.name IS NOT NULL
+)
+SELECT name FROM p WHERE name IS NOT NULL
+"""
+# Every read of whole job rows goes through this: the payload of a job started by an event
+# lives in the event row (migration 4).
+_SELECT = "SELECT jobs.*, events.payload AS event_payload FROM jobs LEFT JOIN events ON events.id = jobs.event_id"
+_EARLIEST = ("SELECT next_attempt_at, rowid, id FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND plugin = ?"
+             " ORDER BY next_attempt_at, rowid LIMIT 1")
+_RUNNING = "SELECT plugin, count(*) FROM jobs INDEXED BY jobs_running WHERE status = 'running' GROUP BY plugin"
+
+
+_TIMES = ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at")
+
 
 @dataclass(frozen=True)
-class Job:
-    """One row of ``jobs``, decoded. Times are epoch seconds; ``as_dict`` renders ISO-8601."""
+class JobHead:
+    """What every view of a job shows: who, what, where it stands, when. Times are epoch
+    seconds; ``as_dict`` renders them ISO-8601."""
 
     id: str
     plugin: str
     command: str
-    payload: Any
-    event: Any
     status: str
     attempt: int
     max_attempts: int
@@ -52,27 +76,61 @@ class Job:
     updated_at: float
     started_at: float | None
     finished_at: float | None
-    result: Any
-    last_error: str | None
-    stderr_tail: str | None
     dedupe_key: str | None
     parent_job_id: str | None
     event_depth: int
     account: str | None
     uid: int | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
-        data = {k: row[k] for k in row.keys()}
-        for key in ("payload", "event", "result"):
-            data[key] = from_json(data[key])
-        return cls(**data)
+    last_error: str | None
 
     def as_dict(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        for key in ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at"):
+        for key in _TIMES:
             out[key] = iso(out[key])
         return out
+
+
+@dataclass(frozen=True)
+class Job(JobHead):
+    """One whole row of ``jobs``, decoded: with payload, event, result and stderr tail."""
+
+    payload: Any
+    event: Any
+    result: Any
+    stderr_tail: str | None
+    event_id: str | None = None
+    claimed_by: str | None = None  # a process outside serve running it (``plugin run``)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        """Decode a row of ``_SELECT``: a job started by an event gets its payload (and the
+        event's) from the event row, where it is stored once."""
+        data = {k: row[k] for k in row.keys()}
+        shared = data.pop("event_payload", None)
+        for key in ("payload", "event", "result"):
+            data[key] = from_json(data[key])
+        if data.get("event_id") is not None and shared is not None:
+            payload = from_json(shared)
+            data["payload"] = payload if isinstance(payload, dict) else {}
+            data["event"] = {**(data["event"] or {}), "payload": payload}
+        return cls(**data)
+
+
+SUMMARY_ERROR_MAX = 200  # characters of last_error in a listing (the whole error is on the job)
+_SUMMARY_COLUMNS = ", ".join(f"jobs.{f}" for f in JobHead.__dataclass_fields__ if f != "last_error") + \
+    f", substr(jobs.last_error, 1, {SUMMARY_ERROR_MAX + 1}) AS last_error"
+
+
+@dataclass(frozen=True)
+class JobSummary(JobHead):
+    """A job as a listing shows it: the head only, and the first ``SUMMARY_ERROR_MAX``
+    characters of its last error (``GET /job/{id}`` and ``job show`` have the rest)."""
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobSummary:
+        data = {k: row[k] for k in row.keys()}
+        data["last_error"] = clip(data["last_error"], SUMMARY_ERROR_MAX)
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -83,7 +141,7 @@ class Attempt:
     attempt: int
     started_at: float
     finished_at: float | None
-    outcome: str  # running | succeeded | retry | failed | timed_out | dead | crashed | interrupted
+    outcome: str  # running | succeeded | retry | failed | timed_out | dead | deferred | crashed | interrupted
     exit_code: int | None
     error: str | None
     account: str | None
@@ -106,6 +164,14 @@ class Transition:
 
     def as_dict(self) -> dict[str, Any]:
         return {"from": self.from_status, "to": self.to_status, "at": iso(self.at), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim`` found: the job now running, or when the next queued job falls due."""
+
+    job: Job | None
+    next_due: float | None = None
 
 
 # -- outcomes: what the dispatcher decided about one run ---------------------------------
@@ -151,7 +217,17 @@ class Dead:
     kind: ClassVar[str] = "dead"
 
 
-Outcome = Succeeded | Retry | Failed | TimedOut | Dead
+@dataclass(frozen=True)
+class Deferred:
+    """The gateway could not start the run (a fault of its own): back to the queue at
+    ``next_attempt_at`` without charging the attempt — the plugin never got its chance."""
+
+    error: str
+    next_attempt_at: float
+    kind: ClassVar[str] = "deferred"
+
+
+Outcome = Succeeded | Retry | Failed | TimedOut | Dead | Deferred
 
 
 def backoff(attempt: int, base: float, maximum: float, rand: float) -> float:
@@ -166,6 +242,18 @@ def backoff(attempt: int, base: float, maximum: float, rand: float) -> float:
     exponent = min(max(attempt, 1) - 1, 1023)  # 2.0**1024 overflows; the cap has won long before
     delay = min(maximum, base * float(2**exponent))
     return delay + min(max(rand, 0.0), 1.0) * base / 4
+
+
+class PluginBusy(StateError):
+    """A plugin at its concurrency cap: the jobs holding it, so the refusal can name them."""
+
+    def __init__(self, plugin: str, limit: int, running: list[tuple[str, str | None]]) -> None:
+        holders = ", ".join(f"{job_id} ({'by ' + by.split(' ', 1)[0] if by else 'by serve'})" for job_id, by in running)
+        what = "one job at a time" if limit == 1 else f"{limit} jobs at a time"
+        super().__init__(f"plugin {plugin} runs {what} and job {holders} is running it", where=f"plugins.{plugin}",
+                         fix=f"wait for it to finish (ductile job show {running[0][0]}), then run it again",
+                         cause="busy")
+        self.running = running
 
 
 def _not_found(job_id: str) -> StateError:
@@ -183,8 +271,12 @@ class JobQueue:
 
     def enqueue(self, plugin: str, command: str, payload: Any, *, event: Any = None, max_attempts: int,
                 parent_job_id: str | None = None, event_depth: int = 0, dedupe_key: str | None = None,
-                not_before: float | None = None, now: float | None = None) -> str:
-        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id."""
+                not_before: float | None = None, now: float | None = None, event_id: str | None = None) -> str:
+        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id.
+
+        ``event_id`` names a stored event this job was started by: its payload is then not
+        copied into the job (``payload`` and ``event["payload"]`` are read from the event).
+        """
         for name, value in (("plugin", plugin), ("command", command)):
             if not isinstance(value, str) or not value:
                 raise StateError(f"{name} must be a non-empty string, got {value!r}", where=f"enqueue.{name}",
@@ -196,8 +288,14 @@ class JobQueue:
             raise StateError(f"event_depth must be an integer >= 0, got {event_depth!r}",
                              where="enqueue.event_depth", fix="pass the depth of the event chain (0 for a root job)")
         now = self.clock() if now is None else now
-        payload_text = to_json(payload, field="payload")
-        event_text = None if event is None else to_json(event, field="event")
+        event_text: str | None
+        if event_id is not None:
+            payload_text = "null"
+            envelope = {k: v for k, v in event.items() if k != "payload"} if isinstance(event, dict) else {}
+            event_text = to_json(envelope, field="event")
+        else:
+            payload_text = to_json(payload, field="payload")
+            event_text = None if event is None else to_json(event, field="event")
         with self.db.write() as conn:
             if dedupe_key is not None:
                 found = conn.execute("SELECT id FROM jobs WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
@@ -210,47 +308,100 @@ class JobQueue:
             job_id = str(uuid.uuid4())
             conn.execute(
                 "INSERT INTO jobs (id, plugin, command, payload, event, status, attempt, max_attempts,"
-                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth, event_id)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, plugin, command, payload_text, event_text, max_attempts,
-                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth))
+                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth, event_id))
             self._transition(conn, job_id, None, "queued", now, "enqueued")
             return job_id
 
     def claim_next(self, now: float, *, running_limits: RunningLimits | None = None,
                    exclude_plugins: Iterable[str] = ()) -> Job | None:
-        """Mark the oldest due queued job ``running`` (attempt + 1) and return it, or None.
+        """Mark the queued job due the longest ``running`` (attempt + 1) and return it, or None.
+
+        See ``claim``; this is the same without the next-due time.
+        """
+        return self.claim(now, running_limits=running_limits, exclude_plugins=exclude_plugins).job
+
+    def claim(self, now: float, *, running_limits: RunningLimits | None = None,
+              exclude_plugins: Iterable[str] = ()) -> Claim:
+        """Claim the job that has been due the longest: earliest ``next_attempt_at``, then
+        enqueue order. With nothing due, ``Claim.next_due`` says when the earliest queued job
+        of a plugin with room falls due, so a worker can sleep until then instead of polling.
 
         ``running_limits`` caps how many jobs of a plugin may run at once (a mapping, or a
-        function returning the cap or None for no cap); a plugin at its cap is skipped so
-        younger jobs of other plugins still run. ``BEGIN IMMEDIATE`` makes the choice and the
-        update one step: two claimers, in threads or processes, never get the same job.
+        function returning the cap or None for no cap); a plugin at its cap is skipped
+        without reading its queued rows, so younger jobs of other plugins still run.
+        ``BEGIN IMMEDIATE`` makes the choice and the update one step: two claimers, in
+        threads or processes, never get the same job.
+
+        Cost: one index seek per plugin that has queued jobs (``jobs_due``) and a count of
+        running jobs (``jobs_running``) — independent of how deep the queue is.
         """
         limit_of = _limit_lookup(running_limits)
+        blocked = set(exclude_plugins)
         with self.db.write() as conn:
-            running = {str(r[0]): int(r[1]) for r in conn.execute(
-                "SELECT plugin, count(*) FROM jobs WHERE status = 'running' GROUP BY plugin")}
-            blocked = set(exclude_plugins)
-            blocked.update(p for p, n in running.items() if _at_cap(limit_of(p), n))
-            while True:
-                marks = ",".join("?" * len(blocked))
-                row = conn.execute(
-                    "SELECT id, plugin FROM jobs WHERE status = 'queued' AND next_attempt_at <= ?"
-                    + (f" AND plugin NOT IN ({marks})" if blocked else "")
-                    + " ORDER BY created_at, rowid LIMIT 1", (now, *sorted(blocked))).fetchone()
+            running = {str(r[0]): int(r[1]) for r in conn.execute(_RUNNING)}
+            best: tuple[float, int, str] | None = None
+            next_due: float | None = None
+            for (plugin,) in conn.execute(_QUEUED_PLUGINS).fetchall():
+                if plugin in blocked or _at_cap(limit_of(plugin), running.get(plugin, 0)):
+                    continue
+                row = conn.execute(_EARLIEST, (plugin,)).fetchone()
                 if row is None:
-                    return None
-                if not _at_cap(limit_of(row["plugin"]), running.get(row["plugin"], 0)):
-                    break
-                blocked.add(row["plugin"])  # a cap of 0 for a plugin with nothing running
-            job_id = str(row["id"])
+                    continue
+                due, rowid, job_id = float(row[0]), int(row[1]), str(row[2])
+                if due > now:
+                    next_due = due if next_due is None else min(next_due, due)
+                elif best is None or (due, rowid) < best[:2]:
+                    best = (due, rowid, job_id)
+            if best is None:
+                return Claim(None, next_due)
+            job_id = best[2]
             conn.execute("UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = ?,"
                          " finished_at = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
             attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             conn.execute("INSERT INTO job_attempts (job_id, attempt, started_at, outcome)"
                          " VALUES (?, ?, ?, 'running')", (job_id, attempt, now))
             self._transition(conn, job_id, "queued", "running", now, "claimed")
-            return self._get(conn, job_id)
+            return Claim(self._get(conn, job_id), None)
+
+    def start_now(self, plugin: str, command: str, payload: Any, *, limit: int | None, claimed_by: str,
+                  now: float | None = None) -> Job:
+        """Record a job that runs now, outside the queue (``plugin run``): one attempt, already
+        ``running``, held by ``claimed_by``. Refused with ``PluginBusy`` — naming the running
+        jobs — when the plugin is at its cap, counted together with serve's jobs in the same
+        transaction, so the two can never run a one-at-a-time plugin side by side."""
+        now = self.clock() if now is None else now
+        payload_text = to_json(payload, field="payload")
+        with self.db.write() as conn:
+            if limit is not None:
+                held = [(str(r[0]), r[1]) for r in conn.execute(
+                    "SELECT id, claimed_by FROM jobs INDEXED BY jobs_running WHERE status = 'running' AND plugin = ?"
+                    " ORDER BY started_at", (plugin,))]
+                if len(held) >= limit:
+                    raise PluginBusy(plugin, limit, held)
+            job_id = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO jobs (id, plugin, command, payload, status, attempt, max_attempts, next_attempt_at,"
+                " created_at, updated_at, started_at, claimed_by) VALUES (?, ?, ?, ?, 'running', 1, 1, ?, ?, ?, ?, ?)",
+                (job_id, plugin, command, payload_text, now, now, now, now, claimed_by))
+            conn.execute("INSERT INTO job_attempts (job_id, attempt, started_at, outcome) VALUES (?, 1, ?, 'running')",
+                         (job_id, now))
+            self._transition(conn, job_id, None, "running", now, f"started by {claimed_by.split(' ', 1)[0]}")
+            found = self._get(conn, job_id)
+            assert found is not None
+            return found
+
+    def recover_orphans(self, alive: Callable[[str], bool], now: float | None = None) -> list[tuple[str, str]]:
+        """Settle running jobs held by a process outside serve (``claimed_by``) that is gone:
+        killed mid-run, its job would otherwise hold the plugin's cap until serve restarts."""
+        now = self.clock() if now is None else now
+        with self.db.write() as conn:
+            rows = conn.execute(f"{_SELECT} WHERE jobs.status = 'running' AND jobs.claimed_by IS NOT NULL").fetchall()
+            orphans = [Job.from_row(r) for r in rows if not alive(str(r["claimed_by"]))]
+            return [self._crashed(conn, job, now, f"the process running it ({job.claimed_by}) is gone")
+                    for job in orphans]
 
     def finish(self, job_id: str, outcome: Outcome, *, exit_code: int | None = None, account: str | None = None,
                uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None) -> str:
@@ -259,14 +410,16 @@ class JobQueue:
         result_text = to_json(outcome.result, field="result") if isinstance(outcome, Succeeded) else None
         error = None if isinstance(outcome, Succeeded) else clip(outcome.error, ERROR_MAX)
         tail = tail_text(stderr_tail)
+        uncharged = 1 if isinstance(outcome, Deferred) else 0
         with self.db.write() as conn:
             job = self._running(conn, job_id, "finish")
             status, reason, next_at = _settle(outcome, job)
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, finished_at = ?, next_attempt_at = ?, result = ?,"
-                " last_error = ?, stderr_tail = ?, account = ?, uid = ? WHERE id = ?",
+                " last_error = ?, stderr_tail = ?, account = ?, uid = ?, attempt = attempt - ?,"
+                " started_at = CASE WHEN ? THEN NULL ELSE started_at END WHERE id = ?",
                 (status, now, None if status == "queued" else now, next_at, result_text, error, tail,
-                 account, uid, job_id))
+                 account, uid, uncharged, uncharged, job_id))
             self._close_attempt(conn, job, now, outcome.kind, error, exit_code=exit_code, account=account,
                                 uid=uid, stderr_tail=tail)
             self._transition(conn, job_id, "running", status, now, reason)
@@ -283,28 +436,32 @@ class JobQueue:
             self._close_attempt(conn, job, now, "interrupted", reason)
             self._transition(conn, job_id, "running", "queued", now, reason)
 
-    def recover_after_crash(self, now: float | None = None) -> list[tuple[str, str]]:
+    def recover_after_crash(self, now: float | None = None, *,
+                            alive: Callable[[str], bool] | None = None) -> list[tuple[str, str]]:
         """Settle every job a dead gateway left ``running``: re-queue it if attempts remain
-        (the interrupted attempt counts, it may have had effects), else mark it dead.
+        (the interrupted attempt counts, it may have had effects), else mark it dead. A job
+        held by another process that is still alive (``claimed_by``, checked by ``alive``)
+        is left to it.
 
         Call only at boot, before any dispatcher of this database runs: a live worker's
         job is indistinguishable from an orphan here.
         """
         now = self.clock() if now is None else now
         error = "the gateway stopped while this job was running (crash, kill or power loss)"
-        settled: list[tuple[str, str]] = []
         with self.db.write() as conn:
-            rows = conn.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
-            for row in rows:
-                job = Job.from_row(row)
-                status = "queued" if job.attempt < job.max_attempts else "dead"
-                conn.execute("UPDATE jobs SET status = ?, next_attempt_at = ?, finished_at = ?, last_error = ?,"
-                             " updated_at = ? WHERE id = ?",
-                             (status, now, None if status == "queued" else now, error, now, job.id))
-                self._close_attempt(conn, job, now, "crashed", error)
-                self._transition(conn, job.id, "running", status, now, "recovered_after_crash")
-                settled.append((job.id, status))
-        return settled
+            rows = conn.execute(f"{_SELECT} WHERE jobs.status = 'running' ORDER BY jobs.started_at, jobs.rowid").fetchall()
+            jobs = [Job.from_row(r) for r in rows]
+            return [self._crashed(conn, job, now, error) for job in jobs
+                    if not (job.claimed_by and alive is not None and alive(job.claimed_by))]
+
+    def _crashed(self, conn: sqlite3.Connection, job: Job, now: float, error: str) -> tuple[str, str]:
+        status = "queued" if job.attempt < job.max_attempts else "dead"
+        conn.execute("UPDATE jobs SET status = ?, next_attempt_at = ?, finished_at = ?, last_error = ?,"
+                     " updated_at = ?, claimed_by = NULL WHERE id = ?",
+                     (status, now, None if status == "queued" else now, error, now, job.id))
+        self._close_attempt(conn, job, now, "crashed", error)
+        self._transition(conn, job.id, "running", status, now, "recovered_after_crash")
+        return job.id, status
 
     # -- reads -------------------------------------------------------------------------
 
@@ -318,43 +475,75 @@ class JobQueue:
             exact = self._get(conn, id_or_prefix)
             if exact is not None or not id_or_prefix:
                 return exact
-            rows = conn.execute("SELECT * FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2",
+            rows = conn.execute(f"{_SELECT} WHERE substr(jobs.id, 1, ?) = ? LIMIT 2",
                                 (len(id_or_prefix), id_or_prefix)).fetchall()
         if len(rows) > 1:
             raise StateError("more than one job id starts with this", where=f"job {id_or_prefix}",
                              fix="give more characters of the id")
         return Job.from_row(rows[0]) if rows else None
 
-    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
-                  plugins: Iterable[str] | None = None) -> list[Job]:
-        """Newest first. ``plugins`` restricts to a set of plugins (an API token's scopes)."""
+    def _filters(self, status: str | None, plugin: str | None,
+                 plugins: Iterable[str] | None) -> tuple[list[str], list[Any]] | None:
+        """WHERE clauses for a listing; None when ``plugins`` allows nothing."""
         if status is not None and status not in STATUSES:
             raise StateError(f"unknown job status {status!r}", where="status",
                              fix=f"use one of {', '.join(STATUSES)}")
         clauses: list[str] = []
         args: list[Any] = []
         if status is not None:
-            clauses.append("status = ?")
+            clauses.append("jobs.status = ?")
             args.append(status)
         if plugin is not None:
-            clauses.append("plugin = ?")
+            clauses.append("jobs.plugin = ?")
             args.append(plugin)
         if plugins is not None:
             allowed = sorted(set(plugins))
             if not allowed:
-                return []
-            clauses.append(f"plugin IN ({','.join('?' * len(allowed))})")
+                return None
+            clauses.append(f"jobs.plugin IN ({','.join('?' * len(allowed))})")
             args.extend(allowed)
+        return clauses, args
+
+    def list_jobs(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
+                  plugins: Iterable[str] | None = None) -> list[Job]:
+        """Whole jobs, newest first. ``plugins`` restricts to a set of plugins (an API token's
+        scopes). Listings meant for people or clients use ``summaries``: payloads and results
+        can be megabytes each."""
+        found = self._filters(status, plugin, plugins)
+        if found is None:
+            return []
+        clauses, args = found
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:
-            rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            rows = conn.execute(f"{_SELECT}{where} ORDER BY jobs.created_at DESC, jobs.rowid DESC LIMIT ?",
                                 (*args, max(0, limit))).fetchall()
         return [Job.from_row(r) for r in rows]
+
+    def summaries(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
+                  plugins: Iterable[str] | None = None, before: str | None = None) -> list[JobSummary]:
+        """Job summaries, newest first, without payload, event, result or stderr: a listing
+        whose size is bounded by ``limit`` whatever the jobs carry (``GET /job/{id}`` and
+        ``job show`` have the rest). ``before`` is a job id: list only jobs older than it
+        (the next page after a listing that ended with that job)."""
+        found = self._filters(status, plugin, plugins)
+        if found is None:
+            return []
+        clauses, args = found
+        if before is not None:
+            clauses.append("(jobs.created_at, jobs.rowid) < (SELECT created_at, rowid FROM jobs WHERE id = ?)")
+            args.append(before)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.read() as conn:
+            rows = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM jobs{where}"
+                                " ORDER BY jobs.created_at DESC, jobs.rowid DESC LIMIT ?",
+                                (*args, max(0, limit))).fetchall()
+        return [JobSummary.from_row(r) for r in rows]
 
     def queue_depth(self) -> int:
         """Jobs waiting to run, including retries not yet due."""
         with self.db.read() as conn:
-            return int(conn.execute("SELECT count(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM jobs INDEXED BY jobs_due WHERE status = 'queued'")
+                       .fetchone()[0])
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.read() as conn:
@@ -373,7 +562,7 @@ class JobQueue:
 
     @staticmethod
     def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = conn.execute(f"{_SELECT} WHERE jobs.id = ?", (job_id,)).fetchone()
         return None if row is None else Job.from_row(row)
 
     def _running(self, conn: sqlite3.Connection, job_id: str, verb: str) -> Job:
@@ -397,7 +586,7 @@ class JobQueue:
     def _close_attempt(conn: sqlite3.Connection, job: Job, now: float, outcome: str, error: str | None, *,
                        exit_code: int | None = None, account: str | None = None, uid: int | None = None,
                        stderr_tail: str | None = None) -> None:
-        """Complete the open attempt row that ``claim_next`` wrote for this run."""
+        """Complete the open attempt row that ``claim`` (or ``start_now``) wrote for this run."""
         values = (now, outcome, exit_code, error, account, uid, stderr_tail)
         updated = conn.execute(
             "UPDATE job_attempts SET finished_at = ?, outcome = ?, exit_code = ?, error = ?, account = ?,"
@@ -429,6 +618,8 @@ def _settle(outcome: Outcome, job: Job) -> tuple[str, str, float]:
         return "queued", "timeout_retry_scheduled", outcome.retry_at
     if isinstance(outcome, Dead):
         return "dead", outcome.reason, keep
+    if isinstance(outcome, Deferred):
+        return "queued", "gateway_fault", outcome.next_attempt_at
     raise TypeError(f"not a job outcome: {outcome!r}")
 
 

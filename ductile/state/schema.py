@@ -110,4 +110,30 @@ _V2 = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# v3: a claim that never sorts or scans the queue. The claim takes, per plugin, the queued
+# job due the longest (an index seek on jobs_due), skipping plugins at their concurrency
+# cap without reading their rows; running jobs are counted from their own small index.
+# jobs_claim (status, next_attempt_at) is superseded: one index less to write per change.
+_V3 = (
+    "CREATE INDEX jobs_due ON jobs (plugin, next_attempt_at) WHERE status = 'queued'",
+    "CREATE INDEX jobs_running ON jobs (plugin) WHERE status = 'running'",
+    "DROP INDEX jobs_claim",
+)
+
+# v4: an event's payload is stored once. A job started by an event keeps the event's id
+# and a small envelope (type, source, pipeline, depth); its payload and ``event.payload``
+# are read from the event row. A 1 MiB event used to be stored three times. The event row
+# cannot be deleted while a job refers to it (foreign key, no action).
+_V4 = (
+    "ALTER TABLE jobs ADD COLUMN event_id TEXT REFERENCES events(id)",
+    "CREATE INDEX jobs_event ON jobs (event_id) WHERE event_id IS NOT NULL",
+)
+
+# v5: who holds a running job outside serve. ``plugin run`` records its job in the ledger as
+# running (so serve's per-plugin caps count it) and names its process here; serve recovers
+# such a job when that process is gone, instead of waiting for its own next boot.
+_V5 = (
+    "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)

@@ -25,10 +25,12 @@ OP_REVOKE = "revoke"
 OP_PRINCIPAL_ADD = "principal_add"
 OP_PRINCIPAL_REVOKE = "principal_revoke"
 OP_ROTATE_KEY = "rotate_key"
+OP_RECOVER = "recover"
 OP_COMPOSE_REFUSED = "compose_refused"
 OP_COMPOSE_DENIAL = "compose_denial"
 
 # outcomes
+ATTEMPT = "attempt"  # written before the vault is touched: a crash leaves the attempt on record
 OK = "ok"
 REFUSED = "refused"
 DENIED = "denied"

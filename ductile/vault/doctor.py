@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import stat
 
+from pyrage import x25519  # type: ignore[import-untyped]
+
 from ductile.config import LoadedConfig
 from ductile.config.model import Config
 from ductile.errors import VaultError
-from ductile.findings import Finding
+from ductile.findings import Finding, Severity
 from ductile.vault.compose import principal_for
 from ductile.vault.document import VaultDocument, is_principal_name
 from ductile.vault.keyfile import read_identity
@@ -67,14 +69,16 @@ def vault_findings(loaded: LoadedConfig) -> list[Finding]:
         return [Finding("error", CATEGORY, "secrets.age_key_file",
                         f"the vault {store.vault_file} exists but its age key {store.key_file} does not",
                         "restore the key from your offline copy, or fix secrets.age_key_file", key_at)]
+    custody = custody_findings(store, key_at)
     key_problems = _key_findings(store, key_at)
     if key_problems:
-        return key_problems
+        return custody + key_problems
     try:
         doc = store.read()
     except VaultError as err:
-        return [Finding("error", CATEGORY, "secrets.vault_file", err.message, err.fix, vault_at)]
+        return custody + [Finding("error", CATEGORY, "secrets.vault_file", err.message, err.fix, vault_at)]
 
+    out += custody
     out += _file_findings(store, vault_at, key_at)
     out += _grant_findings(doc, store.vault_file)
     for name, pc in required:
@@ -114,15 +118,77 @@ def _file_findings(store: VaultStore, vault_at: str, key_at: str) -> list[Findin
         out.append(Finding("warning", CATEGORY, "secrets.vault_file",
                            f"the vault {store.vault_file} has mode {mode:04o}; it should be 0600",
                            f"chmod 0600 {store.vault_file}", vault_at))
-    if os.path.lexists(store.old_key_file):
-        out.append(Finding("warning", CATEGORY, "secrets.age_key_file",
-                           f"an old age key from a key rotation is still at {store.old_key_file}",
-                           f"shred -u {store.old_key_file}", key_at))
-    if os.path.lexists(store.new_key_file):
-        out.append(Finding("warning", CATEGORY, "secrets.age_key_file",
-                           f"an interrupted key rotation left {store.new_key_file}; the vault opens with {store.key_file}",
-                           f"shred -u {store.new_key_file}, then ductile vault rotate-key again", key_at))
     return out
+
+
+RECOVER = "ductile vault recover"
+
+
+def _identity(path: str) -> x25519.Identity | None:
+    try:
+        return read_identity(path)
+    except VaultError:
+        return None
+
+
+def _opens(identity: x25519.Identity, path: str) -> bool:
+    try:
+        VaultStore("", path).read(identity)
+    except VaultError:
+        return False
+    return True
+
+
+def custody_findings(store: VaultStore, key_at: str) -> list[Finding]:
+    """Secret zero's custody: hard links (where ``shred`` would destroy the key), leftovers
+    of an interrupted rotation, and files a retired key still opens. Read-only; the fixes
+    are ``unlink`` (never ``shred`` on a link), ``ductile vault recover``, or ``shred`` on a
+    real copy of a retired key only."""
+    out: list[Finding] = []
+    key, old, new = store.key_file, store.old_key_file, store.new_key_file
+
+    def add(severity: Severity, message: str, fix: str) -> None:
+        out.append(Finding(severity, CATEGORY, "secrets.age_key_file", message, fix, key_at))
+
+    try:
+        links = os.stat(key).st_nlink
+    except OSError:
+        return out
+    old_is_link = os.path.lexists(old) and _same(old, key)
+    if old_is_link:
+        add("error", f"{old} is a hard link to the current age key {key} (the same bytes, not a copy): shredding "
+                     "it would destroy the only key", f"unlink {old} (never shred it)")
+    elif links > 1:
+        add("error", f"the age key {key} has {links} hard links: shredding any of its names destroys the key itself",
+            f"find the other names (find / -xdev -samefile {key}) and unlink them; never shred a hard link")
+    if os.path.lexists(new):
+        add("warning", f"an interrupted key rotation left {new}; the vault may already need it",
+            f"{RECOVER} (finishes the rotation, or rolls it back); never shred {new}")
+    retired = _identity(old) if os.path.lexists(old) and not old_is_link else None
+    current = _identity(key)
+    if retired is not None and store.exists() and _opens(retired, store.vault_file):
+        add("warning", f"an interrupted key rotation: the vault still opens with the old key {old}", RECOVER)
+    if os.path.exists(store.backup_file) and current is not None:
+        if retired is not None and _opens(retired, store.backup_file):
+            add("warning", f"{store.backup_file} still opens with the retired key {old}", RECOVER)
+        elif not _opens(current, store.backup_file):
+            add("warning", f"{store.backup_file} does not open with the current key {key}", RECOVER)
+    temps = store.stale_temps()
+    if temps:
+        add("warning", f"{len(temps)} stale temporary file(s) from an interrupted vault write (first: {temps[0]}); "
+                       "they may hold secrets encrypted to a retired key", RECOVER)
+    if os.path.lexists(old) and not old_is_link and not any(f.fix.startswith(RECOVER) for f in out):
+        add("warning", f"an old age key from a completed rotation is still at {old} (a copy; the vault and its "
+                       "backup no longer open with it)",
+            f"keep an offline copy if you still need it, then shred -u {old}")
+    return out
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _grant_findings(doc: VaultDocument, vault_file: str) -> list[Finding]:

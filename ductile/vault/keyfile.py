@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pyrage import IdentityError, x25519  # type: ignore[import-untyped]
 
 from ductile.errors import VaultError
+from ductile.state.faults import space_or_mount
 from ductile.vault.document import utc_now
 
 KEY_PREFIX = "AGE-SECRET-KEY-1"
@@ -98,6 +99,15 @@ def read_identity(path: str) -> x25519.Identity:
     return _identity(parse_identity_text(text, path), path)
 
 
+def io_error(err: OSError, path: str, doing: str, fix: str) -> VaultError:
+    """A failed write near the key or vault: a full disk or read-only mount gets its own fix
+    (never "chown" for a disk that is merely full); anything else gets ``fix``."""
+    fault = space_or_mount(err, path, doing)
+    if fault is not None:
+        return VaultError(f"{fault.message}; nothing was replaced", where=path, fix=fault.fix)
+    return VaultError(f"{doing}: {err.strerror}", where=path, fix=fix)
+
+
 def make_dirs_private(directory: str) -> None:
     """Create ``directory`` and missing parents as 0700 (never widening an existing one)."""
     missing: list[str] = []
@@ -140,12 +150,18 @@ def write_new_key(path: str, identity: x25519.Identity) -> None:
         raise VaultError("refusing to overwrite an existing file with a new age key", where=path,
                          fix=f"move {path} aside if it is stale (shred -u {path} if it is an old key)") from None
     except OSError as exc:
-        raise VaultError(f"cannot create the age key: {exc.strerror}", where=path,
-                         fix="create the directory writable by the gateway account, or fix secrets.age_key_file") from None
+        raise io_error(exc, path, "cannot create the age key",
+                       "create the directory writable by the gateway account, or fix secrets.age_key_file") from None
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, key_file_text(identity).encode("ascii"))
+        data = key_file_text(identity).encode("ascii")
+        if os.write(fd, data) != len(data):
+            raise OSError(28, "No space left on device")  # a short write of 100 bytes: the disk is full
         os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise io_error(exc, path, "cannot write the age key", "check the disk (dmesg, df)") from None
     except BaseException:
         os.close(fd)
         os.unlink(path)

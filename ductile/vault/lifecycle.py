@@ -1,8 +1,11 @@
 """Vault operations as the commands and the executor call them: lock, transform, write, audit.
 
-Each function is one audited operation: it records ``ok`` or ``refused`` (with the reason, which
-names things but never holds a value) and re-raises refusals unchanged, so the command prints
-one line and the audit keeps the attempt.
+Each function is one audited operation: it records an ``attempt`` row *before* it touches the
+vault (so a crash between the vault write and the outcome row still leaves the change on
+record; and a state database that cannot take the row refuses the operation before it
+happens), then ``ok`` or ``refused`` (with the reason, which names things but never holds a
+value), and re-raises refusals unchanged, so the command prints one line. An interrupted key
+rotation finished by the operation is recorded as its own ``recover`` row.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ductile.errors import DuctileError, VaultError
 from ductile.vault import ops
 from ductile.vault.audit import (
     ACTOR_GATEWAY,
+    ATTEMPT,
     DENIED,
     OK,
     OP_COMPOSE_DENIAL,
@@ -24,6 +28,7 @@ from ductile.vault.audit import (
     OP_INIT,
     OP_PRINCIPAL_ADD,
     OP_PRINCIPAL_REVOKE,
+    OP_RECOVER,
     OP_REVOKE,
     OP_ROTATE_KEY,
     OP_SET,
@@ -75,6 +80,7 @@ class SetOutcome:
 
 def _audited(sink: AuditSink, op: str, principal: str, actor: str, detail: str, action: Callable[[], T],
              ok_detail: Callable[[T], str] | None = None) -> T:
+    sink.record(op, principal, actor, ATTEMPT, detail)
     try:
         result = action()
     except DuctileError as err:
@@ -102,36 +108,54 @@ def set_secret(store: VaultStore, name: str, value: str, grants: Iterable[str],
         record = new.secrets[name]
         return new, SetOutcome(name, created, record.principals, record.roll_count)
 
-    return _audited(sink, OP_SET, ",".join(grants), actor, f"secret={name}", lambda: store.update(mutate),
+    return _audited(sink, OP_SET, ",".join(grants), actor, f"secret={name}",
+                    lambda: store.update(mutate, recovered=_recovered(sink, actor)),
                     lambda o: f"secret={name} {'created' if o.created else f'rolled roll_count={o.roll_count}'}")
 
 
 def grant_secret(store: VaultStore, name: str, principal: str, sink: AuditSink, actor: str) -> bool:
     """Returns whether anything changed (granting twice is not an error)."""
     return _audited(sink, OP_GRANT, principal, actor, f"secret={name}",
-                    lambda: store.update(lambda d: ops.grant(d, name, principal)),
+                    lambda: store.update(lambda d: ops.grant(d, name, principal), recovered=_recovered(sink, actor)),
                     lambda changed: f"secret={name}" + ("" if changed else " (already granted)"))
 
 
 def revoke_secret(store: VaultStore, name: str, principal: str, sink: AuditSink, actor: str) -> bool:
     return _audited(sink, OP_REVOKE, principal, actor, f"secret={name}",
-                    lambda: store.update(lambda d: ops.revoke(d, name, principal)),
+                    lambda: store.update(lambda d: ops.revoke(d, name, principal), recovered=_recovered(sink, actor)),
                     lambda changed: f"secret={name}" + ("" if changed else " (was not granted)"))
 
 
 def add_principal(store: VaultStore, name: str, sink: AuditSink, actor: str) -> None:
     _audited(sink, OP_PRINCIPAL_ADD, name, actor, "",
-             lambda: store.update(lambda d: (ops.add_principal(d, name, utc_now()), None)))
+             lambda: store.update(lambda d: (ops.add_principal(d, name, utc_now()), None),
+                                  recovered=_recovered(sink, actor)))
 
 
 def revoke_principal(store: VaultStore, name: str, sink: AuditSink, actor: str) -> None:
     _audited(sink, OP_PRINCIPAL_REVOKE, name, actor, "",
-             lambda: store.update(lambda d: (ops.revoke_principal(d, name, utc_now()), None)))
+             lambda: store.update(lambda d: (ops.revoke_principal(d, name, utc_now()), None),
+                                  recovered=_recovered(sink, actor)))
 
 
 def rotate_key(store: VaultStore, sink: AuditSink, actor: str) -> RotateOutcome:
-    return _audited(sink, OP_ROTATE_KEY, "", actor, f"key={store.key_file}", store.rotate_key,
+    return _audited(sink, OP_ROTATE_KEY, "", actor, f"key={store.key_file}",
+                    lambda: store.rotate_key(recovered=_recovered(sink, actor)),
                     lambda o: f"key={o.key_file} old_key={o.old_key_file}")
+
+
+def recover(store: VaultStore, sink: AuditSink, actor: str) -> list[str]:
+    """``vault recover``: finish or roll back an interrupted key rotation and remove stale
+    temp files, under the vault lock. Every writer does this first anyway; the command is
+    the fix doctor names, and a way to do it without changing anything else."""
+    return _audited(sink, OP_RECOVER, "", actor, f"vault={store.vault_file}", store.recover,
+                    lambda done: "; ".join(done) or "nothing to recover")
+
+
+def _recovered(sink: AuditSink, actor: str) -> Callable[[list[str]], None]:
+    def record(done: list[str]) -> None:
+        sink.record(OP_RECOVER, "", actor, OK, "; ".join(done))
+    return record
 
 
 def list_secrets(doc: VaultDocument) -> list[SecretSummary]:
