@@ -364,7 +364,10 @@ class Serve:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()[-4000:]}")
         listed = self.w.run("job", "list", "--json", "--plugin", plugin, "--status", status)
-        return json.loads(listed.stdout) if listed.returncode == 0 else []
+        if listed.returncode != 0:
+            return []
+        # the list holds summaries; `job show` has each job's result
+        return [json.loads(self.w.run("job", "show", j["id"], "--json").stdout)["job"] for j in json.loads(listed.stdout)]
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 _TOKEN = re.compile(r"pid=(?P<pid>\d+) started=(?P<started>[0-9.]+)")
 
