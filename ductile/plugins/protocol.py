@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from ductile import strictjson
 from ductile.errors import ProtocolError
 
 PROTOCOL_VERSION = 2
 EXIT_TERMINAL = 78            # EX_CONFIG: the plugin says retrying cannot help
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024  # service.max_plugin_output's default
 STDERR_TAIL = 64 * 1024       # how much stderr the ledger keeps
-MAX_NESTING = 128             # deepest JSON a response may nest; deeper is refused
+MAX_NESTING = strictjson.MAX_DEPTH  # deepest JSON a response may nest; deeper is refused
 _SNIPPET = 40                 # how much offending output a message may quote
 
 Status = Literal["ok", "error"]
@@ -140,58 +141,24 @@ def _snippet(text: str) -> str:
     return repr(text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else ""))
 
 
-class _NotJson(ValueError):
-    """NaN and Infinity: Python's decoder accepts them, JSON (and every other reader) does not."""
-
-
-def _no_constants(name: str) -> Any:
-    raise _NotJson(name)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
-
-
 def _parse_one_object(text: str) -> Any:
     start = len(text) - len(text.lstrip())
     try:
-        value, end = _DECODER.raw_decode(text, start)
-    except RecursionError:
-        raise _refuse(f"output nests JSON too deeply to decode (the limit is {MAX_NESTING} levels)",
-                      "flatten the result") from None
-    except _NotJson as err:
-        raise _refuse(f"output is not JSON ({err} is not a JSON value)", "encode numbers as finite values "
-                      "or null") from None
-    except json.JSONDecodeError as err:
+        value, end = strictjson.raw_decode(text, start)
+    except strictjson.JsonRefused as err:
+        raise _refuse(f"output is not usable JSON: {err.reason}", "write finite numbers, integers of at most "
+                      f"{strictjson.MAX_INT_DIGITS} digits and at most {MAX_NESTING} levels of nesting") from None
+    except strictjson.NotJson as err:
         if err.pos >= len(text.rstrip()):
             raise _refuse("output ends in the middle of a JSON value (partial or cut-off output)", _FIX) from None
-        raise _refuse(f"output is not JSON ({err.msg} at line {err.lineno} column {err.colno}; starts "
-                      f"{_snippet(text)})", _FIX) from None
-    except ValueError as err:  # e.g. an integer longer than Python converts
-        raise _refuse(f"output is not usable JSON ({' '.join(str(err).split(':')[0].split())})", _FIX) from None
+        raise _refuse(f"output is not JSON ({err.reason}; starts {_snippet(text)})", _FIX) from None
     rest = text[end:]
     if rest.strip():
         raise _refuse(f"output has trailing data after the JSON object (starts {_snippet(rest)})",
                       "write exactly one JSON object and nothing else to stdout")
     if not isinstance(value, dict):
         raise _refuse(f"output is a JSON {_json_kind(value)}, not an object", _FIX)
-    if _depth(value) > MAX_NESTING:
-        raise _refuse(f"output nests JSON deeper than {MAX_NESTING} levels", "flatten the result")
     return value
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth without recursion, so the check itself cannot overflow the stack."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node.values())
-        elif isinstance(node, list):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node)
-    return deepest
 
 
 def _json_kind(value: Any) -> str:

@@ -4,9 +4,9 @@ routed: pipelines run under ``serve``); vault compose is audited in the state DB
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ductile import strictjson
 from ductile.config import LoadedConfig
 from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
@@ -29,10 +29,14 @@ def parse_payload(text: str) -> dict[str, Any]:
             raise UsageError(f"cannot read payload file: {err.strerror}", where=text[1:],
                              fix="give a readable JSON file after @") from None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--payload is not JSON: {err.msg} at character {err.pos}", where="--payload",
+        value = strictjson.loads(text)
+    except strictjson.NotJson as err:
+        raise UsageError(f"--payload is not JSON: {err.reason}", where="--payload",
                          fix="pass a JSON object, e.g. --payload '{\"key\": 1}'") from None
+    except strictjson.JsonRefused as err:
+        raise UsageError(f"--payload refused: {err.reason}", where="--payload",
+                         fix="use finite numbers, integers of at most "
+                             f"{strictjson.MAX_INT_DIGITS} digits and at most {strictjson.MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise UsageError("--payload must be a JSON object", where="--payload", fix="wrap it in {...}")
     return value

@@ -8,7 +8,6 @@ command with ``event = {type: "webhook", payload: <parsed JSON or {"raw": text}>
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -17,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ductile import strictjson
 from ductile.config.model import WebhookConfig
 from ductile.errors import DuctileError
 from ductile.serve.api import ApiContext, draining, error
-from ductile.serve.bodies import BodyTooLarge, read_limited
+from ductile.serve.bodies import JSON_FIX, BadBody, BodyTooLarge, read_limited
 from ductile.serve.logs import log
 from ductile.serve.signatures import verify
 
@@ -29,12 +29,19 @@ EVENT_TYPE = "webhook"
 
 
 def delivery_payload(body: bytes) -> Any:
-    """The parsed JSON body, or ``{"raw": text}`` when it is not JSON (form posts, text)."""
+    """The parsed JSON body, or ``{"raw": text}`` when it is not JSON (form posts, text).
+
+    JSON that breaks ductile's one JSON rule (NaN, huge integers, deep nesting) is not
+    passed on as text: it raises ``BadBody`` (400), exactly as it would on the API."""
     text = body.decode("utf-8", "replace")
+    if not text.strip():
+        return {}
     try:
-        return json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
+        return strictjson.loads(text)
+    except strictjson.NotJson:
         return {"raw": text}
+    except strictjson.JsonRefused as err:
+        raise BadBody(f"delivery refused: {err.reason}", JSON_FIX) from None
 
 
 def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[no-untyped-def]
@@ -54,7 +61,11 @@ def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[
                 path=hook.path, header=hook.signature_header, client=request.client.host if request.client else None)
             return error(401, f"missing or invalid {hook.signature_header} signature",
                          "sign the raw body with HMAC-SHA256 and the shared key (sha256=<hex>)")
-        payload = delivery_payload(body)
+        try:
+            payload = delivery_payload(body)
+        except BadBody as err:
+            log(_log, logging.WARNING, f"webhook {hook.path}: {err.message}; nothing queued", path=hook.path)
+            return error(400, err.message, err.fix)
         pc = ctx.runtime.config.plugins.get(hook.plugin)
         event = {"type": EVENT_TYPE, "payload": payload, "path": hook.path,
                  "delivery": request.headers.get("x-github-delivery") or request.headers.get("x-request-id")}

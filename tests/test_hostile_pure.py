@@ -1,0 +1,79 @@
+"""The rules that keep hostile input out, as tables: the JSON rule for every body, response
+and payload ductile reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ductile import strictjson
+from ductile.serve.bodies import BadBody, json_object
+from ductile.serve.webhooks import delivery_payload
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+JSON_TABLE = [
+    # (text, accepted value or the words of the refusal)
+    ('{"a": 1}', {"a": 1}),
+    ("[1, 2.5, -3e2, true, null]", [1, 2.5, -300.0, True, None]),
+    ('{"n": ' + "9" * strictjson.MAX_INT_DIGITS + "}", {"n": int("9" * strictjson.MAX_INT_DIGITS)}),
+    ('{"n": -' + "9" * strictjson.MAX_INT_DIGITS + "}", {"n": -int("9" * strictjson.MAX_INT_DIGITS)}),
+    ('{"n": ' + "9" * (strictjson.MAX_INT_DIGITS + 1) + "}", "has 65 digits"),
+    ('{"n": ' + "9" * 5000 + "}", "has 5000 digits"),
+    ('{"n": NaN}', "NaN is not a JSON value"),
+    ('{"n": Infinity}', "Infinity is not a JSON value"),
+    ('{"n": -Infinity}', "-Infinity is not a JSON value"),
+    ('{"n": 1e999}', "out of range"),
+    ('{"n": -1e999}', "out of range"),
+    ('{"n": 1' + "0" * 400 + '.0}', "out of range"),
+    ("[" * strictjson.MAX_DEPTH + "]" * strictjson.MAX_DEPTH, None),  # None: accepted at exactly MAX_DEPTH
+    ("[" * (strictjson.MAX_DEPTH + 1) + "]" * (strictjson.MAX_DEPTH + 1), "deeper than 128"),
+    ('{"a":' * 900 + "1" + "}" * 900, "deeper than 128"),
+    (DEEP, "deeper than 128"),
+    ("[" * 100_000, "deeper than 128"),
+]
+
+
+@pytest.mark.parametrize(("text", "expect"), JSON_TABLE, ids=[str(i) for i in range(len(JSON_TABLE))])
+def test_the_one_json_rule(text: str, expect: object) -> None:
+    if isinstance(expect, str):
+        with pytest.raises(strictjson.JsonRefused) as caught:
+            strictjson.loads(text)
+        assert expect in caught.value.reason and "\n" not in caught.value.reason
+        return
+    value = strictjson.loads(text)
+    if expect is None:  # exactly MAX_DEPTH levels: accepted
+        assert strictjson.depth(value) == strictjson.MAX_DEPTH
+    else:
+        assert value == expect
+
+
+@pytest.mark.parametrize("text", ["", "{", "nope", '{"a": 1} x', "{'a': 1}"])
+def test_text_that_is_not_json_is_told_apart_from_json_that_is_refused(text: str) -> None:
+    with pytest.raises(strictjson.NotJson):
+        strictjson.loads(text)
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (b'{"n": NaN}', "NaN is not a JSON value"),
+    (DEEP.encode(), "deeper than"),
+    (b'{"n": ' + b"1" * 5000 + b"}", "5000 digits"),
+    (b"[1]", "must be a JSON object"),
+    (b"\xff", "not UTF-8"),
+    (b"{", "not JSON"),
+])
+def test_api_bodies_are_refused_as_bad_bodies_never_exceptions(body: bytes, needle: str) -> None:
+    with pytest.raises(BadBody) as caught:
+        json_object(body)
+    assert needle in caught.value.message and caught.value.fix
+
+
+def test_webhook_deliveries_share_the_rule_and_plain_text_stays_raw() -> None:
+    assert delivery_payload(b"a=1&b=2") == {"raw": "a=1&b=2"}
+    assert delivery_payload(b"") == {}
+    assert delivery_payload(b'{"ok": [1]}') == {"ok": [1]}
+    for bad in (b'{"n": NaN}', DEEP.encode(), b'{"n": ' + b"7" * 100 + b"}"):
+        with pytest.raises(BadBody):
+            delivery_payload(bad)
+    assert json.loads(json.dumps(delivery_payload(b'{"x": 1.5}'), allow_nan=False)) == {"x": 1.5}
