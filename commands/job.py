@@ -67,6 +67,10 @@ def show(job_id: str, config_path: str | None, as_json: bool) -> None:
     for key, value in fields:
         if value is not None:
             say(f"{key.ljust(width)}  {value}", err=False)
+    if j.get("warnings"):
+        say("warnings:", err=False)
+        for warning in j["warnings"]:
+            say(f"  - {warning}", err=False)
     say("", err=False)
     table(["attempt", "outcome", "exit", "account", "uid", "started", "finished", "error"],
           [(a["attempt"], a["outcome"], a["exit_code"], a["account"], a["uid"], a["started_at"], a["finished_at"],

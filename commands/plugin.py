@@ -83,6 +83,8 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
         emit_json(out)
     elif result.outcome.response is not None:
         emit_json(out["outcome"]["result"])
+    for warning in result.outcome.warnings:
+        say(f"warning: {warning}")
     if result.outcome.error is not None:
         say(f"ductile: job {result.outcome.status}: {result.outcome.error.one_line()}")
     ctx.exit(0 if result.outcome.status == "succeeded" else 1)

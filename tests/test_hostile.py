@@ -7,17 +7,32 @@ import json
 
 import pytest
 
-from servehelp import ECHO, ServeWorld, make_serve_world
+from servehelp import ECHO, PY, ServeWorld, make_serve_world, wait_for
 
 from ductile.serve.signatures import sign
 
 OPS = "ops-token-" + "d4" * 16
 HOOK_KEY = "hook-key-" + "e5" * 16
 
+# Emits what its payload asks for: {"emit": [[type, count], ...]} in one answer.
+EVIL = f'''\
+    #!{PY}
+    import json, sys
+    req = json.load(sys.stdin)
+    p = req["payload"]
+    events = [{{"type": t, "payload": {{"n": i, "from": "evil"}}}} for t, count in p.get("emit", []) for i in range(count)]
+    json.dump({{"status": "ok", "result": {{"emitted": len(events)}}, "events": events}}, sys.stdout)
+'''
+
 CONFIG = """\
     service: {unconfined: true, max_workers: 2, shutdown_timeout: 5s}
     plugins:
       echo: {retry: {max_attempts: 1}}
+      evil: {retry: {max_attempts: 1}}
+      writer: {retry: {max_attempts: 1}}
+    pipelines:
+      - {name: burst, on: evil.burst, steps: [{uses: writer}]}
+      - {name: burst-too, on: evil.burst, steps: [{uses: echo}]}
     api:
       listen: 127.0.0.1:@PORT@
       tokens:
@@ -29,7 +44,7 @@ CONFIG = """\
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
-    w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG, {"echo": ECHO},
+    w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG, {"echo": ECHO, "evil": EVIL, "writer": ECHO},
                          secrets={"api-ops": OPS, "echo-hook": HOOK_KEY})
     w.start()
     yield w
@@ -80,3 +95,39 @@ def test_no_parser_edge_left_a_traceback_or_a_500_in_the_log(world: ServeWorld) 
     log = world.log()
     assert "Traceback" not in log and "internal error" not in log
     assert all(json.loads(line).get("level") != "error" for line in log.splitlines() if line.startswith("{"))
+
+
+# -- 1. event spoofing and amplification ---------------------------------------------------
+
+def test_thirty_thousand_events_in_one_answer_start_at_most_the_caps_and_healthz_holds(world: ServeWorld) -> None:
+    job_id = world.trigger("evil", "poll", {"emit": [["evil.burst", 30_000], ["plugin.account_downgraded", 5]]}, OPS)
+    answered = []
+
+    def finished() -> dict | None:
+        status, health = world.request("GET", "/healthz", timeout=30)
+        answered.append(status)
+        job = world.job(job_id, OPS)
+        return job if job["status"] not in ("queued", "running") else None
+
+    job = wait_for("the 30 000-event job to settle", finished, log=world.log, interval=0.02)
+    assert set(answered) == {200} and len(answered) >= 1
+    assert job["status"] == "succeeded", job  # the work happened; only its excess is refused
+    assert job["result"] == {"emitted": 30_005}
+    types = [e["type"] for e in job["events"]]
+    assert types == ["evil.burst"] * 100, (len(types), set(types))
+    warnings = "\n".join(job["warnings"])
+    assert "29900 events past service.max_events_per_response (100)" in warnings
+    assert "5 events in the gateway's namespace plugin.*" in warnings
+    assert "did not queue 100 pipeline job(s) past service.max_routed_jobs_per_response (100)" in warnings
+    children = [j for p in ("writer", "echo") for j in jobs_of(world, p) if j["parent_job_id"] == job_id]
+    assert len(children) == 100
+
+
+def test_a_plugin_cannot_write_the_gateways_own_events(world: ServeWorld) -> None:
+    job_id = world.trigger("evil", "poll", {"emit": [["plugin.account_downgraded", 1], ["pipeline.denied", 1],
+                                                      ["job.failed", 1], ["webhook", 1], ["api.trigger", 1],
+                                                      ["ductile.step.succeeded", 1], ["evil.fine", 1]]}, OPS)
+    job = world.wait_job(job_id, OPS)
+    assert job["status"] == "succeeded"
+    assert [e["type"] for e in job["events"]] == ["evil.fine"]
+    assert len(job["warnings"]) == 6, job["warnings"]

@@ -77,3 +77,52 @@ def test_webhook_deliveries_share_the_rule_and_plain_text_stays_raw() -> None:
         with pytest.raises(BadBody):
             delivery_payload(bad)
     assert json.loads(json.dumps(delivery_payload(b'{"x": 1.5}'), allow_nan=False)) == {"x": 1.5}
+
+
+# -- what a plugin may emit ------------------------------------------------------------------
+
+NAMESPACE_TABLE = [
+    # (event type, closed namespace or None)
+    ("lowly.done", None),
+    ("echo.plugin.done", None),
+    ("plugins.x", None),
+    ("jobs", None),
+    ("apis.x", None),
+    ("my-webhook.seen", None),
+    ("plugin", "plugin.*"),
+    ("plugin.account_downgraded", "plugin.*"),
+    ("Plugin.Account_Downgraded", "plugin.*"),
+    ("pipeline.denied", "pipeline.*"),
+    ("job.failed", "job.*"),
+    ("JOB.dead", "job.*"),
+    ("api.trigger", "api.*"),
+    ("ductile.step.succeeded", "ductile.*"),
+    ("webhook", "webhook*"),
+    ("webhook.received", "webhook*"),
+    ("webhooks.github", "webhook*"),
+    ("Webhook_x", "webhook*"),
+]
+
+
+@pytest.mark.parametrize(("etype", "namespace"), NAMESPACE_TABLE)
+def test_the_gateway_namespaces_are_closed_to_plugins(etype: str, namespace: str | None) -> None:
+    from ductile.plugins.emits import reserved
+
+    assert reserved(etype) == namespace
+
+
+def test_screening_keeps_the_first_events_and_counts_every_drop_in_one_line_per_reason() -> None:
+    from ductile.plugins.emits import screen
+    from ductile.plugins.protocol import Event
+
+    events = ([Event("lowly.done", {"n": i}) for i in range(30_000)] + [Event("plugin.account_downgraded")] * 3
+              + [Event("job.failed"), Event("bad type\x1b[2J"), Event("x" * 201)])
+    kept, warnings = screen(events, max_events=100)
+    assert [e.payload["n"] for e in kept] == list(range(100))
+    assert len(warnings) == 4, warnings
+    text = "\n".join(warnings)
+    assert "3 events in the gateway's namespace plugin.*" in text and "1 event in the gateway's namespace job.*" in text
+    assert "29900 events past service.max_events_per_response (100)" in text
+    assert "2 events whose type" in text and "\x1b" not in text
+    assert screen(events[:5], max_events=100) == (events[:5], [])
+    assert screen(events[:5], max_events=0)[0] == []

@@ -86,6 +86,15 @@ class ServiceConfig:
         4, doc="How many pipeline hops an event chain may take before it is stopped.", minimum=1, maximum=64,
     )
     log_level: Literal["debug", "info", "warning", "error"] = spec("info", doc="Log threshold.")
+    # caps on what one plugin answer can set in motion (#11)
+    max_events_per_response: int = spec(
+        100, doc="Events kept from one plugin answer; the rest are dropped and the job carries a warning.",
+        minimum=0, maximum=100_000,
+    )
+    max_routed_jobs_per_response: int = spec(
+        100, doc="Pipeline jobs one plugin answer may start; the rest are not queued and the job carries a warning.",
+        minimum=0, maximum=100_000,
+    )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ductile.privsep.accounts import ResolvedAccount, resolve_account
 from ductile.privsep.fingerprint import Binding
 from ductile.privsep.spawnspec import SpawnSpec, build_spawn_spec
 from ductile.runtime.boot import Runtime
-from ductile.runtime.outcome import Outcome, classify
+from ductile.runtime.outcome import Outcome, classify, screened
 from ductile.runtime.spawn import spawn
 
 log = logging.getLogger("ductile.runtime")
@@ -161,7 +161,9 @@ class Executor:
             names = tuple(sorted(secrets))
             raw = spawn(spec, request, on_start=pids.append, cancel=cancel)
             del request, secrets
-            return JobResult(job, classify(spec, raw, job.plugin), resolved, spec, pids[0] if pids else None,
+            outcome = screened(classify(spec, raw, job.plugin),
+                               max_events=self.runtime.config.service.max_events_per_response)
+            return JobResult(job, outcome, resolved, spec, pids[0] if pids else None,
                              secret_names=names, binding=binding)
         except DuctileError as err:
             if isinstance(err, AccountDropFailed) and resolved is not None:

@@ -165,11 +165,12 @@ class Dispatcher:
             return
         rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
         self.finished += 1
-        self._report(queued, result, rec.status, rec.downstream)
+        self._report(queued, result, rec.status, rec.downstream, rec.warnings)
         if rec.downstream:
             self.wake(len(rec.downstream))
 
-    def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str]) -> None:
+    def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str],
+                warnings: list[str] | None = None) -> None:
         out = result.outcome
         fields: dict[str, Any] = {"job_id": queued.id, "plugin": queued.plugin, "command": queued.command,
                                   "status": status, "attempt": f"{queued.attempt}/{queued.max_attempts}"}
@@ -184,6 +185,9 @@ class Dispatcher:
             fields["error"] = out.reason
             msg += f": {out.reason}"
         log(_log, level, msg, **fields)
+        for warning in warnings or ():
+            log(_log, logging.WARNING, f"job {queued.plugin}/{queued.command}: {warning}", job_id=queued.id,
+                plugin=queued.plugin)
         if out.response is not None:
             for entry in out.response.logs:
                 log(_plugin_log, PLUGIN_LEVELS.get(entry.level.lower(), logging.INFO), f"{queued.plugin}: {entry.message}",

@@ -7,7 +7,11 @@ stored without its pipeline jobs would never be handled. A ``kill -9`` leaves ei
 all of it or none of it (the job then stays ``running`` and is recovered at boot).
 
 State updates and plugin events are taken from successful runs only: a failed run is
-retried, and its retry will say again what it wants to change.
+retried, and its retry will say again what it wants to change. What one answer can set in
+motion is bounded: the executor already dropped events in the gateway's namespaces and past
+``service.max_events_per_response``; here pipeline jobs past
+``service.max_routed_jobs_per_response`` are not queued. Each drop is a warning stored on the
+job, so the ledger says what was refused and why.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Recorded:
     events: list[str] = field(default_factory=list)      # event types stored
     downstream: list[str] = field(default_factory=list)  # job ids enqueued by pipelines
     stopped: int = 0                                      # steps refused by max_event_depth
+    capped: int = 0                                       # steps past max_routed_jobs_per_response
+    warnings: list[str] = field(default_factory=list)    # what the gateway dropped, one line each
 
 
 def identity(result: JobResult) -> tuple[str | None, int | None]:
@@ -48,13 +54,18 @@ def identity(result: JobResult) -> tuple[str | None, int | None]:
 
 
 def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob) -> None:
-    """Store one event and enqueue what it starts (call inside a write block)."""
+    """Store one event and enqueue what it starts (call inside a write block). Jobs past
+    ``service.max_routed_jobs_per_response`` for this answer are counted, not queued."""
     event_id = db.events.record_event(type_, payload, source_job_id=source.id, plugin=source.plugin,
                                       depth=source.event_depth)
     rec.events.append(type_)
     jobs, stopped = route(config, event_id=event_id, event_type=type_, payload=payload, source_job_id=source.id,
                           source_plugin=source.plugin, source_depth=source.event_depth)
+    cap = config.service.max_routed_jobs_per_response
     for d in jobs:
+        if len(rec.downstream) >= cap:
+            rec.capped += 1
+            continue
         rec.downstream.append(db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event,
                                               max_attempts=d.max_attempts, parent_job_id=source.id,
                                               event_depth=d.depth))
@@ -71,8 +82,7 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
     account, uid = identity(result)
     out = result.outcome
     with db.write():
-        rec = Recorded(db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
-                                      stderr_tail=out.stderr_tail or None))
+        rec = Recorded("running", warnings=list(out.warnings))
         emitted: list[tuple[str, Any]] = list(gateway_events)
         if isinstance(decision, Succeeded) and out.response is not None:
             if out.response.state_updates:
@@ -80,4 +90,9 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
             emitted += [(e.type, e.payload) for e in out.response.events]
         for type_, payload in emitted:
             store_event(db, config, rec, type_, payload, job)
+        if rec.capped:
+            rec.warnings.append(f"did not queue {rec.capped} pipeline job(s) past service.max_routed_jobs_per_response "
+                                f"({config.service.max_routed_jobs_per_response})")
+        rec.status = db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
+                                    stderr_tail=out.stderr_tail or None, warnings=rec.warnings)
     return rec

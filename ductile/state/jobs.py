@@ -60,11 +60,14 @@ class Job:
     event_depth: int
     account: str | None
     uid: int | None
+    warnings: list[str] | None = None
+    trigger: str | None = None
+    authority: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         data = {k: row[k] for k in row.keys()}
-        for key in ("payload", "event", "result"):
+        for key in ("payload", "event", "result", "warnings", "authority"):
             data[key] = from_json(data[key])
         return cls(**data)
 
@@ -183,8 +186,13 @@ class JobQueue:
 
     def enqueue(self, plugin: str, command: str, payload: Any, *, event: Any = None, max_attempts: int,
                 parent_job_id: str | None = None, event_depth: int = 0, dedupe_key: str | None = None,
-                not_before: float | None = None, now: float | None = None) -> str:
-        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id."""
+                not_before: float | None = None, now: float | None = None, trigger: str | None = None,
+                authority: Mapping[str, Any] | None = None) -> str:
+        """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id.
+
+        ``trigger`` says what started the job and ``authority`` what the root of its chain
+        was allowed to do (see ``ductile.serve.authority``); both are kept for the ledger
+        and for the pipeline steps the job's events start."""
         for name, value in (("plugin", plugin), ("command", command)):
             if not isinstance(value, str) or not value:
                 raise StateError(f"{name} must be a non-empty string, got {value!r}", where=f"enqueue.{name}",
@@ -198,6 +206,7 @@ class JobQueue:
         now = self.clock() if now is None else now
         payload_text = to_json(payload, field="payload")
         event_text = None if event is None else to_json(event, field="event")
+        authority_text = None if authority is None else to_json(dict(authority), field="authority")
         with self.db.write() as conn:
             if dedupe_key is not None:
                 found = conn.execute("SELECT id FROM jobs WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
@@ -210,10 +219,11 @@ class JobQueue:
             job_id = str(uuid.uuid4())
             conn.execute(
                 "INSERT INTO jobs (id, plugin, command, payload, event, status, attempt, max_attempts,"
-                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth, trigger, authority)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, plugin, command, payload_text, event_text, max_attempts,
-                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth))
+                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth,
+                 trigger, authority_text))
             self._transition(conn, job_id, None, "queued", now, "enqueued")
             return job_id
 
@@ -253,9 +263,15 @@ class JobQueue:
             return self._get(conn, job_id)
 
     def finish(self, job_id: str, outcome: Outcome, *, exit_code: int | None = None, account: str | None = None,
-               uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None) -> str:
-        """Record how a running job's attempt ended and return the job's new status."""
+               uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None,
+               warnings: Iterable[str] = ()) -> str:
+        """Record how a running job's attempt ended and return the job's new status.
+
+        ``warnings`` are what the gateway dropped from this run's answer (one line each);
+        they replace the previous run's, so the row tells about the run it shows."""
         now = self.clock() if now is None else now
+        kept = [clip(w, ERROR_MAX) for w in warnings]
+        warnings_text = to_json(kept, field="warnings") if kept else None
         result_text = to_json(outcome.result, field="result") if isinstance(outcome, Succeeded) else None
         error = None if isinstance(outcome, Succeeded) else clip(outcome.error, ERROR_MAX)
         tail = tail_text(stderr_tail)
@@ -264,9 +280,9 @@ class JobQueue:
             status, reason, next_at = _settle(outcome, job)
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, finished_at = ?, next_attempt_at = ?, result = ?,"
-                " last_error = ?, stderr_tail = ?, account = ?, uid = ? WHERE id = ?",
+                " last_error = ?, stderr_tail = ?, account = ?, uid = ?, warnings = ? WHERE id = ?",
                 (status, now, None if status == "queued" else now, next_at, result_text, error, tail,
-                 account, uid, job_id))
+                 account, uid, warnings_text, job_id))
             self._close_attempt(conn, job, now, outcome.kind, error, exit_code=exit_code, account=account,
                                 uid=uid, stderr_tail=tail)
             self._transition(conn, job_id, "running", status, now, reason)
