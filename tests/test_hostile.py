@@ -24,13 +24,23 @@ EVIL = f'''\
     json.dump({{"status": "ok", "result": {{"emitted": len(events)}}, "events": events}}, sys.stdout)
 '''
 
+LOWLY = f'''\
+    #!{PY}
+    import json, sys
+    req = json.load(sys.stdin)
+    json.dump({{"status": "ok", "result": "done", "events": [{{"type": "lowly.done", "payload": {{"from": "lowly"}}}}]}},
+              sys.stdout)
+'''
+
 CONFIG = """\
     service: {unconfined: true, max_workers: 2, shutdown_timeout: 5s}
     plugins:
       echo: {retry: {max_attempts: 1}}
       evil: {retry: {max_attempts: 1}}
       writer: {retry: {max_attempts: 1}}
+      lowly: {retry: {max_attempts: 1}}
     pipelines:
+      - {name: after-lowly, on: {event: lowly.done, from: lowly}, steps: [{uses: writer, command: handle}]}
       - {name: burst, on: evil.burst, steps: [{uses: writer}]}
       - {name: burst-too, on: evil.burst, steps: [{uses: echo}]}
     api:
@@ -44,8 +54,11 @@ CONFIG = """\
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
-    w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG, {"echo": ECHO, "evil": EVIL, "writer": ECHO},
+    w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG,
+                         {"echo": ECHO, "evil": EVIL, "writer": ECHO, "lowly": LOWLY},
                          secrets={"api-ops": OPS, "echo-hook": HOOK_KEY})
+    (w.plugins / "writer" / "manifest.yaml").write_text(  # its handle acts on the world: a write command
+        "name: writer\nprotocol: 2\nentrypoint: run\ncommands: [{name: poll, type: read}, {name: handle, type: write}]\n")
     w.start()
     yield w
     code = w.stop()
@@ -121,6 +134,21 @@ def test_thirty_thousand_events_in_one_answer_start_at_most_the_caps_and_healthz
     assert "did not queue 100 pipeline job(s) past service.max_routed_jobs_per_response (100)" in warnings
     children = [j for p in ("writer", "echo") for j in jobs_of(world, p) if j["parent_job_id"] == job_id]
     assert len(children) == 100
+
+
+def test_another_plugin_emitting_the_bound_event_type_starts_nothing(world: ServeWorld) -> None:
+    spoof = world.trigger("evil", "poll", {"emit": [["lowly.done", 30_000]]}, OPS)
+    real = world.trigger("lowly", "poll", {}, OPS)
+    assert world.wait_job(spoof, OPS)["status"] == "succeeded"
+    assert world.wait_job(real, OPS)["status"] == "succeeded"
+
+    def routed() -> list | None:
+        jobs = [j for j in jobs_of(world, "writer") if j["parent_job_id"] in (spoof, real)]
+        return jobs if jobs and all(j["status"] == "succeeded" for j in jobs) else None
+
+    jobs = wait_for("the job lowly.done started", routed, log=world.log)
+    assert [j["parent_job_id"] for j in jobs] == [real]  # none from the 30 000 spoofed ones
+    assert jobs[0]["result"]["event"]["payload"] == {"from": "lowly"}
 
 
 def test_a_plugin_cannot_write_the_gateways_own_events(world: ServeWorld) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 UID_MAX = 2_147_483_647
 KEBAB = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_HINT = "a name of letters, digits, '_', '.' or '-', starting with a letter or digit"
 ACCOUNT_NAME = r"^[a-z][a-z0-9_-]*$"
 COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -41,8 +42,16 @@ def spec(
     key_pattern: str | None = None,
     why: str | None = None,
     default_factory: Any = dataclasses.MISSING,
+    key: str | None = None,
+    one_or_many: bool = False,
 ) -> Any:
-    """A dataclass field carrying the rules every consumer of the model reads."""
+    """A dataclass field carrying the rules every consumer of the model reads.
+
+    ``key``: the YAML key when it cannot be the field's name (``from``). ``one_or_many``: a
+    list field that also takes a single item (``from: lowly`` = ``from: [lowly]``).
+    A dataclass whose class sets ``SHORTHAND = "<field>"`` may be written as that field's
+    value alone (``on: echo.done`` = ``on: {event: echo.done}``).
+    """
     meta = {
         "doc": doc,
         "kind": kind,
@@ -53,6 +62,8 @@ def spec(
         "min_items": min_items,
         "key_pattern": key_pattern,
         "why": why,
+        "key": key,
+        "one_or_many": one_or_many,
     }
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
@@ -164,9 +175,23 @@ class PipelineStep:
 
 
 @dataclass(frozen=True)
+class PipelineOn:
+    """What starts a pipeline: an event type, and the plugins whose events count. Without
+    ``from`` an event of that type from any plugin starts it (``doctor`` warns when such a
+    pipeline runs a write command)."""
+
+    SHORTHAND: ClassVar[str] = "event"
+    event: str = spec(doc="Event type (exact, or a prefix ending in .* such as echo.*).", pattern=EVENT_TYPE)
+    sources: tuple[str, ...] = spec(
+        (), doc="Plugin(s) whose events start the pipeline; one name or a list. Empty: any plugin.",
+        pattern=NAME, pattern_hint=NAME_HINT, key="from", one_or_many=True,
+    )
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = spec(doc="Pipeline name.", pattern=NAME)
-    on: str = spec(doc="Event type that starts it (e.g. echo.done).", pattern=EVENT_TYPE)
+    on: PipelineOn = spec(doc="What starts it: an event type (on: echo.done) or {event, from}.")
     steps: tuple[PipelineStep, ...] = spec(doc="Plugins that receive the event.", min_items=1)
 
 

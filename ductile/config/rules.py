@@ -129,6 +129,11 @@ def routing_rules(config: Config) -> list[Finding]:
             out.append(_err("pipelines", f"pipelines[{i}].name", f"duplicate pipeline name '{pipe.name}'",
                             "give each pipeline a unique name"))
         names.add(pipe.name)
+        for k, source in enumerate(pipe.on.sources if pipe.on is not None else ()):
+            if source is not None and source not in config.plugins:
+                out.append(_err("pipelines", f"pipelines[{i}].on.from[{k}]",
+                                f"on.from names plugin '{source}', which is not configured under plugins:",
+                                f"add plugins.{source} or fix the name"))
         for j, step in enumerate(pipe.steps):
             if step is not None and step.uses not in config.plugins:
                 out.append(_err("pipelines", f"pipelines[{i}].steps[{j}].uses",

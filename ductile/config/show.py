@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any
 
-from ductile.config.decode import hints_of, is_optional
+from ductile.config.decode import hints_of, is_optional, yaml_key
 from ductile.config.model import Config
 from ductile.config.units import format_duration
 
@@ -52,7 +52,7 @@ def _plain(hint: Any, meta: Any, value: Any) -> Any:
         return None
     if dataclasses.is_dataclass(value):
         hints = hints_of(type(value))
-        return {f.name: _plain(hints[f.name], f.metadata, getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {yaml_key(f): _plain(hints[f.name], f.metadata, getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         args = getattr(hint, "__args__", (Any,))
         return [_plain(args[0], meta, v) for v in value]

@@ -115,6 +115,29 @@ def inventory_findings(config: Config, discovery: Discovery) -> list[Finding]:
                                f"plugin {name} requires config key(s) {', '.join(missing)}, which are not set",
                                f"set them under plugins.{name}.config"))
     out += _command_findings(config, discovery)
+    out += _pipeline_findings(config, discovery)
+    return out
+
+
+def _pipeline_findings(config: Config, discovery: Discovery) -> list[Finding]:
+    """A pipeline any plugin can start (no ``on.from``) that runs a write command: any plugin
+    that emits the event type can make the step act with its own account and secrets."""
+    out = []
+    for i, pipe in enumerate(config.pipelines):
+        if pipe.on.sources:
+            continue
+        writes = []
+        for step in pipe.steps:
+            plugin = discovery.plugins.get(step.uses)
+            spec = plugin.manifest.command(step.command) if plugin is not None else None
+            if spec is not None and spec.type == "write":
+                writes.append(f"{step.uses} {step.command}")
+        if writes:
+            out.append(Finding("warning", "pipelines", f"pipelines[{i}].on",
+                               f"pipeline {pipe.name} starts on {pipe.on.event} from any plugin and runs write "
+                               f"command(s) {', '.join(writes)}: any plugin that emits that type can trigger them",
+                               f"bind it to the plugin that emits the event: on: {{event: {pipe.on.event}, from: "
+                               f"<plugin>}}"))
     return out
 
 

@@ -1,7 +1,9 @@
 """Event routing: which pipeline steps an event starts, and when a chain must stop. Pure.
 
-``on`` matches an event type exactly, or by prefix when it ends in ``.*`` (``echo.*``
-matches ``echo.done`` and ``echo.a.b``, not ``echo``). Each matching step becomes one
+``on.event`` matches an event type exactly, or by prefix when it ends in ``.*`` (``echo.*``
+matches ``echo.done`` and ``echo.a.b``, not ``echo``); ``on.from``, when given, also
+requires the event's source plugin to be one of those named, so another plugin emitting
+``lowly.done`` does not start a pipeline bound to ``lowly``. Each matching step becomes one
 downstream job (``handle`` unless the step names a command) carrying the event. A job
 started by an event sits one hop deeper than the job that emitted it; a hop past
 ``service.max_event_depth`` is not enqueued but reported, so a loop stops and says why.
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ductile.config.model import Config, PipelineConfig
+from ductile.config.model import Config, PipelineConfig, PipelineOn
 
 DEPTH_EXCEEDED = "pipeline.depth_exceeded"
 
@@ -22,6 +24,13 @@ def matches(pattern: str, event_type: str) -> bool:
     if pattern.endswith(".*"):
         return event_type.startswith(pattern[:-1]) and len(event_type) > len(pattern) - 1
     return pattern == event_type
+
+
+def starts(on: PipelineOn, event_type: str, source_plugin: str | None) -> bool:
+    """Whether an event of ``event_type`` emitted by ``source_plugin`` starts the pipeline."""
+    if not matches(on.event, event_type):
+        return False
+    return not on.sources or source_plugin in on.sources
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ def route(config: Config, *, event_id: str, event_type: str, payload: Any, sourc
     jobs: list[Downstream] = []
     stopped: list[Stopped] = []
     for pipe in config.pipelines if pipelines is None else pipelines:
-        if not matches(pipe.on, event_type):
+        if not starts(pipe.on, event_type, source_plugin):
             continue
         for step in pipe.steps:
             if depth > limit:
