@@ -12,6 +12,8 @@ from servehelp import ECHO, PY, ServeWorld, make_serve_world, wait_for
 from ductile.serve.signatures import sign
 
 OPS = "ops-token-" + "d4" * 16
+VIEWER = "viewer-token-" + "f6" * 16
+ECHO_WRITER = "echo-writer-token-" + "a7" * 16
 HOOK_KEY = "hook-key-" + "e5" * 16
 
 # Emits what its payload asks for: {"emit": [[type, count], ...]} in one answer.
@@ -32,6 +34,13 @@ LOWLY = f'''\
               sys.stdout)
 '''
 
+SINK = f'''\
+    #!{PY}
+    import json, sys
+    req = json.load(sys.stdin)
+    json.dump({{"status": "ok", "result": {{"payload": req["payload"], "event": req.get("event")}}}}, sys.stdout)
+'''
+
 CONFIG = """\
     service: {unconfined: true, max_workers: 2, shutdown_timeout: 5s}
     plugins:
@@ -39,14 +48,18 @@ CONFIG = """\
       evil: {retry: {max_attempts: 1}}
       writer: {retry: {max_attempts: 1}}
       lowly: {retry: {max_attempts: 1}}
+      sink: {retry: {max_attempts: 1}}
+      notify: {retry: {max_attempts: 1}}
     pipelines:
       - {name: after-lowly, on: {event: lowly.done, from: lowly}, steps: [{uses: writer, command: handle}]}
-      - {name: burst, on: evil.burst, steps: [{uses: writer}]}
-      - {name: burst-too, on: evil.burst, steps: [{uses: echo}]}
+      - {name: burst, on: evil.burst, steps: [{uses: sink}, {uses: sink, command: poll}]}
+      - {name: tell, on: {event: echo.done, from: echo}, steps: [{uses: notify}]}
     api:
       listen: 127.0.0.1:@PORT@
       tokens:
         - {name: ops, secret_ref: api-ops, scopes: ["*"]}
+        - {name: viewer, secret_ref: api-viewer, scopes: ["echo:ro"]}
+        - {name: echo-writer, secret_ref: api-echo-writer, scopes: ["echo:rw", "notify:rw"]}
     webhooks:
       - {path: /hooks/echo, plugin: echo, secret_ref: echo-hook}
 """
@@ -55,10 +68,12 @@ CONFIG = """\
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
     w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG,
-                         {"echo": ECHO, "evil": EVIL, "writer": ECHO, "lowly": LOWLY},
-                         secrets={"api-ops": OPS, "echo-hook": HOOK_KEY})
-    (w.plugins / "writer" / "manifest.yaml").write_text(  # its handle acts on the world: a write command
-        "name: writer\nprotocol: 2\nentrypoint: run\ncommands: [{name: poll, type: read}, {name: handle, type: write}]\n")
+                         {"echo": ECHO, "evil": EVIL, "writer": ECHO, "lowly": LOWLY, "sink": SINK, "notify": SINK},
+                         secrets={"api-ops": OPS, "echo-hook": HOOK_KEY, "api-viewer": VIEWER,
+                                  "api-echo-writer": ECHO_WRITER})
+    for name in ("writer", "notify"):  # their handle acts on the world: a write command
+        (w.plugins / name / "manifest.yaml").write_text(
+            f"name: {name}\nprotocol: 2\nentrypoint: run\ncommands: [{{name: poll, type: read}}, {{name: handle, type: write}}]\n")
     w.start()
     yield w
     code = w.stop()
@@ -132,7 +147,7 @@ def test_thirty_thousand_events_in_one_answer_start_at_most_the_caps_and_healthz
     assert "29900 events past service.max_events_per_response (100)" in warnings
     assert "5 events in the gateway's namespace plugin.*" in warnings
     assert "did not queue 100 pipeline job(s) past service.max_routed_jobs_per_response (100)" in warnings
-    children = [j for p in ("writer", "echo") for j in jobs_of(world, p) if j["parent_job_id"] == job_id]
+    children = [j for j in jobs_of(world, "sink") if j["parent_job_id"] == job_id]
     assert len(children) == 100
 
 
@@ -159,3 +174,51 @@ def test_a_plugin_cannot_write_the_gateways_own_events(world: ServeWorld) -> Non
     assert job["status"] == "succeeded"
     assert [e["type"] for e in job["events"]] == ["evil.fine"]
     assert len(job["warnings"]) == 6, job["warnings"]
+
+
+# -- 2. a read-only token cannot reach a write step through a pipeline ---------------------
+
+def chain_of(world: ServeWorld, root: str) -> dict:
+    """The root job settled, and what its echo.done event did downstream."""
+    job = world.wait_job(root, OPS)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_a_read_only_token_cannot_start_a_write_step_through_a_pipeline(world: ServeWorld) -> None:
+    root = world.trigger("echo", "poll", {"attack": "ro-token"}, VIEWER)
+    job = chain_of(world, root)
+    assert job["trigger"] == "api:viewer"
+    assert job["authority"] == {"trigger": "api:viewer", "scopes": ["echo:ro"]}
+    denied = [e for e in job["events"] if e["type"] == "pipeline.denied"]
+    assert len(denied) == 1, job["events"]
+    why = denied[0]["payload"]
+    assert (why["pipeline"], why["step"], why["command"], why["root_trigger"]) == ("tell", "notify", "handle", "api:viewer")
+    assert "holds echo:ro, not write scope on notify" in why["why"]
+    assert not [j for j in jobs_of(world, "notify") if j["parent_job_id"] == root]
+
+
+@pytest.mark.parametrize(("token", "trigger"), [(OPS, "api:ops"), (ECHO_WRITER, "api:echo-writer")])
+def test_a_token_with_write_scope_on_the_step_reaches_it_and_the_chain_inherits_its_authority(
+        world: ServeWorld, token: str, trigger: str) -> None:
+    root = world.trigger("echo", "poll", {"by": trigger}, token)
+    chain_of(world, root)
+
+    def child() -> dict | None:
+        found = [j for j in jobs_of(world, "notify") if j["parent_job_id"] == root and j["status"] == "succeeded"]
+        return found[0] if found else None
+
+    notify = wait_for("the notify step", child, log=world.log)
+    assert notify["trigger"] == f"pipeline:{root}"
+    assert notify["authority"]["trigger"] == trigger
+
+
+def test_webhooks_carry_the_operators_authority(world: ServeWorld) -> None:
+    body = b'{"from": "webhook"}'
+    status, answer = world.request("POST", "/hooks/echo", body,
+                                   headers={"X-Hub-Signature-256": "sha256=" + sign(HOOK_KEY.encode(), body),
+                                            "X-GitHub-Delivery": "authority-check"})
+    assert status == 202, answer
+    job = world.wait_job(answer["job_id"], OPS)
+    assert job["trigger"] == "webhook:/hooks/echo" and job["authority"] == {"trigger": "webhook:/hooks/echo",
+                                                                            "scopes": None}

@@ -126,3 +126,49 @@ def test_screening_keeps_the_first_events_and_counts_every_drop_in_one_line_per_
     assert "2 events whose type" in text and "\x1b" not in text
     assert screen(events[:5], max_events=100) == (events[:5], [])
     assert screen(events[:5], max_events=0)[0] == []
+
+
+# -- authority follows the chain -----------------------------------------------------------
+
+def _auth(scopes: tuple[str, ...] | None, trigger: str = "api:t") -> object:
+    from ductile.serve.authority import Authority
+
+    return Authority(trigger, scopes)
+
+
+AUTHORITY_TABLE = [
+    # (root scopes (None: operator), step plugin, command type, queued?)
+    (None, "notify", "write", True),                  # schedule / webhook / cli
+    (None, "notify", None, True),
+    (("*",), "notify", "write", True),
+    (("notify:rw",), "notify", "write", True),
+    (("echo:rw", "notify:rw"), "notify", "write", True),
+    (("echo:ro",), "notify", "write", False),         # the attack
+    (("echo:rw",), "notify", "write", False),         # write scope, but on another plugin
+    (("notify:ro",), "notify", "write", False),
+    (("echo:ro",), "notify", None, False),            # unknown type counts as a write
+    (("echo:ro",), "notify", "read", True),           # reads have no side effects
+    ((), "notify", "read", True),
+    ((), "notify", "write", False),
+]
+
+
+@pytest.mark.parametrize(("scopes", "plugin", "ctype", "queued"), AUTHORITY_TABLE)
+def test_authority_table(scopes: tuple[str, ...] | None, plugin: str, ctype: str | None, queued: bool) -> None:
+    from ductile.serve.authority import may_start
+
+    reason = may_start(_auth(scopes), plugin, "handle", ctype)  # type: ignore[arg-type]
+    assert (reason is None) is queued, reason
+    if reason is not None:
+        assert "api:t" in reason and plugin in reason
+
+
+def test_an_unrecorded_authority_is_refused_for_writes_and_round_trips_through_json() -> None:
+    from ductile.serve.authority import Authority, may_start
+
+    assert "not recorded" in (may_start(None, "notify", "handle", "write") or "")
+    assert may_start(None, "notify", "handle", "read") is None
+    for auth in (Authority("schedule"), Authority("api:x", ("a:ro", "*")), Authority("api:y", ())):
+        assert Authority.from_dict(json.loads(json.dumps(auth.as_dict()))) == auth
+    for junk in (None, {}, {"trigger": 3}, {"trigger": "api:x", "scopes": "*"}, {"trigger": "x", "scopes": [1]}):
+        assert Authority.from_dict(junk) is None  # type: ignore[arg-type]

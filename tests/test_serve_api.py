@@ -93,6 +93,7 @@ def test_a_schedule_fires(world: ServeWorld) -> None:
 
     jobs = wait_for("a scheduled ticker job to succeed", fired, log=world.log)
     assert jobs[0]["payload"] == {"from": "schedule"} and jobs[0]["dedupe_key"].startswith("schedule:ticker#0")
+    assert jobs[0]["trigger"] == "schedule" and jobs[0]["authority"] == {"trigger": "schedule", "scopes": None}
 
 
 @pytest.mark.parametrize("header", ["none", "wrong", "garbage", "other-body"])

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ductile import __version__
 from ductile.errors import DuctileError
 from ductile.runtime.boot import Runtime
+from ductile.serve.authority import api_token
 from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
@@ -148,8 +150,10 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            job_id = await run_in_threadpool(self.ctx.db.jobs.enqueue, name, command, payload,
-                                             max_attempts=pc.retry.max_attempts)
+            authority = api_token(who)
+            job_id = await run_in_threadpool(partial(self.ctx.db.jobs.enqueue, name, command, payload,
+                                                     max_attempts=pc.retry.max_attempts, trigger=authority.trigger,
+                                                     authority=authority.as_dict()))
         except DuctileError as err:
             return error(500, err.message, err.fix)
         self.ctx.wake()

@@ -132,6 +132,12 @@ class Dispatcher:
                 with self._lock:
                     self._live.pop(job.id, None)
 
+    def _command_type(self, plugin: str, command: str) -> str | None:
+        """read | write from the plugin's manifest; None when unknown (counted as a write)."""
+        found = self.runtime.plugins.get(plugin)
+        spec = found.manifest.command(command) if found is not None else None
+        return spec.type if spec is not None else None
+
     def _collect_event(self, type: str, payload: dict[str, Any]) -> None:
         """Executor events (``plugin.drop_failed``...) are kept with the job and stored in
         its settling transaction."""
@@ -163,7 +169,8 @@ class Dispatcher:
             log(_log, logging.WARNING, f"job {queued.id} killed at the shutdown deadline and re-queued",
                 job_id=queued.id, plugin=queued.plugin, command=queued.command)
             return
-        rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
+        rec = record_run(self.db, self.config, queued, result, decision, gateway_events,
+                         command_type=self._command_type)
         self.finished += 1
         self._report(queued, result, rec.status, rec.downstream, rec.warnings)
         if rec.downstream:

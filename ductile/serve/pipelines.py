@@ -18,6 +18,7 @@ from typing import Any
 from ductile.config.model import Config, PipelineConfig, PipelineOn
 
 DEPTH_EXCEEDED = "pipeline.depth_exceeded"
+DENIED = "pipeline.denied"
 
 
 def matches(pattern: str, event_type: str) -> bool:

@@ -10,7 +10,8 @@ State updates and plugin events are taken from successful runs only: a failed ru
 retried, and its retry will say again what it wants to change. What one answer can set in
 motion is bounded: the executor already dropped events in the gateway's namespaces and past
 ``service.max_events_per_response``; here pipeline jobs past
-``service.max_routed_jobs_per_response`` are not queued. Each drop is a warning stored on the
+``service.max_routed_jobs_per_response`` are not queued, and a step the chain's root trigger
+had no authority for is not queued either (``ductile.serve.authority``). Each drop is a warning stored on the
 job, so the ledger says what was refused and why.
 """
 
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ductile.config.model import Config
 from ductile.runtime.executor import JobResult
+from ductile.serve.authority import Authority, authorize, pipeline_trigger
 from ductile.serve.logs import log
-from ductile.serve.pipelines import DEPTH_EXCEEDED, route
+from ductile.serve.pipelines import DENIED, DEPTH_EXCEEDED, route
 from ductile.state.db import StateDB
 from ductile.state.jobs import Job as QueuedJob
 from ductile.state.jobs import Outcome, Succeeded
@@ -40,6 +42,7 @@ class Recorded:
     downstream: list[str] = field(default_factory=list)  # job ids enqueued by pipelines
     stopped: int = 0                                      # steps refused by max_event_depth
     capped: int = 0                                       # steps past max_routed_jobs_per_response
+    denied: int = 0                                       # steps the chain's authority may not start
     warnings: list[str] = field(default_factory=list)    # what the gateway dropped, one line each
 
 
@@ -53,14 +56,35 @@ def identity(result: JobResult) -> tuple[str | None, int | None]:
     return "unconfined", os.geteuid()
 
 
-def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob) -> None:
-    """Store one event and enqueue what it starts (call inside a write block). Jobs past
-    ``service.max_routed_jobs_per_response`` for this answer are counted, not queued."""
+CommandType = Callable[[str, str], "str | None"]
+
+
+def _unknown(plugin: str, command: str) -> str | None:
+    return None
+
+
+def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob,
+                command_type: CommandType = _unknown) -> None:
+    """Store one event and enqueue what it starts (call inside a write block).
+
+    A step the chain's authority may not start is not queued: ``pipeline.denied`` says
+    why. Jobs past ``service.max_routed_jobs_per_response`` for this answer are counted,
+    not queued. A queued job inherits the source job's authority."""
     event_id = db.events.record_event(type_, payload, source_job_id=source.id, plugin=source.plugin,
                                       depth=source.event_depth)
     rec.events.append(type_)
     jobs, stopped = route(config, event_id=event_id, event_type=type_, payload=payload, source_job_id=source.id,
                           source_plugin=source.plugin, source_depth=source.event_depth)
+    root = Authority.from_dict(source.authority)
+    jobs, denied = authorize(jobs, root, lambda d: d.plugin, lambda d: d.command, command_type)
+    for d, why in denied:
+        db.events.record_event(DENIED, {"pipeline": d.pipeline, "step": d.plugin, "command": d.command,
+                                        "event_type": type_, "root_trigger": root.trigger if root else None,
+                                        "why": why},
+                               source_job_id=source.id, plugin=source.plugin, depth=source.event_depth)
+        rec.denied += 1
+        log(_log, logging.WARNING, f"pipeline {d.pipeline} denied: {why}", job_id=source.id, event_type=type_,
+            pipeline=d.pipeline)
     cap = config.service.max_routed_jobs_per_response
     for d in jobs:
         if len(rec.downstream) >= cap:
@@ -68,7 +92,8 @@ def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload:
             continue
         rec.downstream.append(db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event,
                                               max_attempts=d.max_attempts, parent_job_id=source.id,
-                                              event_depth=d.depth))
+                                              event_depth=d.depth, trigger=pipeline_trigger(source.id),
+                                              authority=source.authority))
     for s in stopped:
         db.events.record_event(DEPTH_EXCEEDED, s.as_payload(), source_job_id=source.id, plugin=source.plugin,
                                depth=source.event_depth)
@@ -78,7 +103,8 @@ def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload:
 
 
 def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, decision: Outcome,
-               gateway_events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Recorded:
+               gateway_events: Sequence[tuple[str, dict[str, Any]]] = (), *,
+               command_type: CommandType = _unknown) -> Recorded:
     account, uid = identity(result)
     out = result.outcome
     with db.write():
@@ -89,7 +115,7 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
                 db.plugin_state.merge_state(job.plugin, dict(out.response.state_updates))
             emitted += [(e.type, e.payload) for e in out.response.events]
         for type_, payload in emitted:
-            store_event(db, config, rec, type_, payload, job)
+            store_event(db, config, rec, type_, payload, job, command_type)
         if rec.capped:
             rec.warnings.append(f"did not queue {rec.capped} pipeline job(s) past service.max_routed_jobs_per_response "
                                 f"({config.service.max_routed_jobs_per_response})")

@@ -9,6 +9,7 @@ command with ``event = {type: "webhook", payload: <parsed JSON or {"raw": text}>
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,7 @@ from ductile import strictjson
 from ductile.config.model import WebhookConfig
 from ductile.errors import DuctileError
 from ductile.serve.api import ApiContext, draining, error
+from ductile.serve.authority import webhook as webhook_authority
 from ductile.serve.bodies import JSON_FIX, BadBody, BodyTooLarge, read_limited
 from ductile.serve.logs import log
 from ductile.serve.signatures import verify
@@ -69,10 +71,12 @@ def _handler(ctx: ApiContext, hook: WebhookConfig, index: int):  # type: ignore[
         pc = ctx.runtime.config.plugins.get(hook.plugin)
         event = {"type": EVENT_TYPE, "payload": payload, "path": hook.path,
                  "delivery": request.headers.get("x-github-delivery") or request.headers.get("x-request-id")}
+        authority = webhook_authority(hook.path)
         try:
-            job_id = await run_in_threadpool(
+            job_id = await run_in_threadpool(partial(
                 ctx.db.jobs.enqueue, hook.plugin, hook.command, payload if isinstance(payload, dict) else {},
-                event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1)
+                event=event, max_attempts=pc.retry.max_attempts if pc is not None else 1,
+                trigger=authority.trigger, authority=authority.as_dict()))
         except DuctileError as err:
             return error(500, err.message, err.fix)
         ctx.wake()
