@@ -222,3 +222,61 @@ def test_webhooks_carry_the_operators_authority(world: ServeWorld) -> None:
     job = world.wait_job(answer["job_id"], OPS)
     assert job["trigger"] == "webhook:/hooks/echo" and job["authority"] == {"trigger": "webhook:/hooks/echo",
                                                                             "scopes": None}
+
+
+# -- 3. webhook replays ---------------------------------------------------------------------
+
+def deliver(world: ServeWorld, body: bytes, delivery: str | None, key: str = HOOK_KEY) -> tuple[int, dict]:
+    headers = {"X-Hub-Signature-256": "sha256=" + sign(key.encode(), body)}
+    if delivery is not None:
+        headers["X-GitHub-Delivery"] = delivery
+    return world.request("POST", "/hooks/echo", body, headers=headers)
+
+
+def test_the_same_signed_delivery_three_times_queues_one_job(world: ServeWorld) -> None:
+    body = b'{"action": "opened", "replay": 1}'
+    before = len(jobs_of(world, "echo"))
+    status, first = deliver(world, body, "7f1c-replay-1")
+    assert status == 202, first
+    for _ in range(2):
+        status, again = deliver(world, body, "7f1c-replay-1")
+        assert (status, again["duplicate"], again["job_id"]) == (200, True, first["job_id"]), again
+    assert len(jobs_of(world, "echo")) == before + 1
+    assert "replay (same delivery id within replay_window)" in world.log()
+
+
+def test_a_replay_under_a_fresh_delivery_id_is_still_a_replay(world: ServeWorld) -> None:
+    """The signature covers the body only: a captured delivery resent with a new id repeats it."""
+    body = b'{"action": "opened", "replay": 2}'
+    status, first = deliver(world, body, "id-a")
+    assert status == 202
+    for other in ("id-b", None):
+        status, again = deliver(world, body, other)
+        assert (status, again.get("duplicate"), again.get("job_id")) == (200, True, first["job_id"]), again
+
+
+def test_a_new_body_under_a_used_delivery_id_is_a_replay_and_a_new_delivery_is_not(world: ServeWorld) -> None:
+    status, first = deliver(world, b'{"replay": 3}', "id-c")
+    assert status == 202
+    status, again = deliver(world, b'{"replay": 3, "tampered": true}', "id-c")
+    assert (status, again.get("job_id")) == (200, first["job_id"])
+    status, fresh = deliver(world, b'{"replay": 4}', "id-d")
+    assert status == 202 and fresh["job_id"] != first["job_id"]
+
+
+def test_an_unsigned_replay_is_refused_before_it_is_remembered(world: ServeWorld) -> None:
+    body = b'{"replay": 5}'
+    status, _ = deliver(world, body, "id-e", key="not-the-key")
+    assert status == 401
+    status, answer = deliver(world, body, "id-e")  # the real delivery was not poisoned by the forgery
+    assert status == 202, answer
+
+
+def test_identical_deliveries_at_the_same_moment_queue_one_job(world: ServeWorld) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = b'{"replay": "race"}'
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: deliver(world, body, "id-race"), range(8)))
+    assert sorted(status for status, _ in answers) == [200] * 7 + [202], answers
+    assert len({a["job_id"] for _, a in answers}) == 1

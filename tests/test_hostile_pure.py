@@ -172,3 +172,30 @@ def test_an_unrecorded_authority_is_refused_for_writes_and_round_trips_through_j
         assert Authority.from_dict(json.loads(json.dumps(auth.as_dict()))) == auth
     for junk in (None, {}, {"trigger": 3}, {"trigger": "api:x", "scopes": "*"}, {"trigger": "x", "scopes": [1]}):
         assert Authority.from_dict(junk) is None  # type: ignore[arg-type]
+
+
+# -- keys seen within a window (replays, routed dedupe keys) --------------------------------
+
+def test_seen_keys_expire_with_their_window_and_a_zero_window_remembers_nothing(tmp_path) -> None:
+    from ductile.state.db import open_state
+
+    db = open_state(str(tmp_path / "d.db"))
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(db.jobs.enqueue("p", "handle", {}, max_attempts=1))
+        return made[-1]
+
+    first = db.dedupe.claim(["k:id", "k:body"], 60, make, now=1000)
+    assert not first.duplicate and first.job_id == made[0]
+    again = db.dedupe.claim(["k:other", "k:body"], 60, make, now=1059)
+    assert (again.duplicate, again.job_id, again.key) == (True, made[0], "k:body") and len(made) == 1
+    later = db.dedupe.claim(["k:id"], 60, make, now=1060.5)  # the window has passed
+    assert not later.duplicate and len(made) == 2
+    assert db.dedupe.live("k:id", now=1061) == (True, made[1])
+    off = [db.dedupe.claim(["k:off"], 0, make, now=2000) for _ in range(2)]
+    assert [c.duplicate for c in off] == [False, False] and len(made) == 4
+    assert db.dedupe.live("k:id", now=2000) == (False, None)  # pruned on the way
+    nothing = db.dedupe.claim(["k:none"], 60, lambda: None, now=3000)
+    assert (nothing.job_id, nothing.duplicate) == (None, False) and db.dedupe.live("k:none", now=3001)[0] is False
+    db.close()

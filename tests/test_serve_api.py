@@ -113,7 +113,7 @@ def test_webhook_with_a_bad_signature_is_401_and_queues_nothing(world: ServeWorl
 
 @pytest.mark.parametrize("form", ["github", "bare"])
 def test_webhook_with_a_good_signature_queues_a_handle_job(world: ServeWorld, form: str) -> None:
-    body = b'{"action":  "opened", "n": 1}'  # odd spacing: the MAC is over the raw bytes
+    body = b'{"action":  "opened", "n": 1, "form": "%s"}' % form.encode()  # odd spacing: the MAC is over the raw bytes
     sig = sign(HOOK_KEY.encode(), body)
     status, answer = world.request("POST", "/hooks/echo", body,
                                    headers={"X-Hub-Signature-256": f"sha256={sig}" if form == "github" else sig.upper()})
@@ -121,7 +121,7 @@ def test_webhook_with_a_good_signature_queues_a_handle_job(world: ServeWorld, fo
     job = world.wait_job(answer["job_id"], OPS)
     assert job["command"] == "handle" and job["status"] == "succeeded"
     assert job["result"]["event"]["type"] == "webhook"
-    assert job["result"]["event"]["payload"] == {"action": "opened", "n": 1}
+    assert job["result"]["event"]["payload"] == {"action": "opened", "n": 1, "form": form}
 
 
 def test_webhook_body_that_is_not_json_arrives_raw(world: ServeWorld) -> None:

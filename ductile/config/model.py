@@ -222,6 +222,15 @@ class WebhookConfig:
     signature_header: str = spec("X-Hub-Signature-256", doc="Header carrying the HMAC-SHA256.", pattern=HEADER_NAME)
     command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
     max_body: int = spec(1024 * 1024, doc="Largest body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+    # replay protection (#11)
+    replay_window: float = spec(
+        86400.0, doc="How long a delivery id or signed body is remembered; a repeat within it queues nothing. 0s: off.",
+        kind="duration", maximum=30 * 86400,
+    )
+    delivery_header: str | None = spec(
+        None, doc="Header carrying the sender's delivery id (default: X-GitHub-Delivery, then X-Request-Id).",
+        pattern=HEADER_NAME,
+    )
 
 
 @dataclass(frozen=True)
