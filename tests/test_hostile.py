@@ -56,6 +56,8 @@ CONFIG = """\
       - {name: tell, on: {event: echo.done, from: echo}, steps: [{uses: notify}]}
     api:
       listen: 127.0.0.1:@PORT@
+      header_timeout: 2s
+      body_timeout: 2s
       tokens:
         - {name: ops, secret_ref: api-ops, scopes: ["*"]}
         - {name: viewer, secret_ref: api-viewer, scopes: ["echo:ro"]}
@@ -280,3 +282,160 @@ def test_identical_deliveries_at_the_same_moment_queue_one_job(world: ServeWorld
         answers = list(pool.map(lambda _: deliver(world, body, "id-race"), range(8)))
     assert sorted(status for status, _ in answers) == [200] * 7 + [202], answers
     assert len({a["job_id"] for _, a in answers}) == 1
+
+
+# -- 4. an idle-connection flood from a local user ------------------------------------------
+
+FLOODER = r'''
+import json, os, select, socket, sys, time
+port, want = int(sys.argv[1]), int(sys.argv[2])
+PARTIAL = b"POST /plugin/echo/poll HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\nContent-Le"
+live, opened, closed_by_server, peak = {}, 0, 0, 0
+poller = select.poll()
+poller.register(0, select.POLLIN)
+
+def connect():
+    global opened, peak
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(PARTIAL)
+    except OSError:
+        return
+    s.setblocking(False)
+    live[s.fileno()] = s
+    poller.register(s, select.POLLIN)
+    opened += 1
+    peak = max(peak, len(live))
+
+while len(live) < want:
+    connect()
+print(json.dumps({"ready": len(live)}), flush=True)
+stop = False
+while not stop:
+    for fd, _ in poller.poll(500):
+        if fd == 0:
+            stop = True
+            continue
+        s = live.pop(fd, None)
+        if s is None:
+            continue
+        poller.unregister(fd)
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        s.close()
+        closed_by_server += 1   # the server closed a half-sent request: reopen it (a real flood does)
+    for _ in range(want - len(live)):
+        connect()
+print(json.dumps({"opened": opened, "closed_by_server": closed_by_server, "peak": peak, "open": len(live)}), flush=True)
+'''
+
+FLOOD_CONFIG = """\
+    service: {unconfined: true, max_workers: 2}
+    plugins:
+      echo: {}
+    api:
+      listen: 127.0.0.1:@PORT@
+      header_timeout: 3s
+      tokens:
+        - {name: ops, secret_ref: api-ops, scopes: ["*"]}
+"""
+
+
+@pytest.mark.privileged
+def test_an_idle_connection_flood_from_a_local_user_cannot_take_serve_down(tmp_path) -> None:
+    import resource
+    import subprocess
+
+    from wallworld import free_ids, kill_uid, require_root
+
+    require_root()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    w = make_serve_world(tmp_path, FLOOD_CONFIG, {"echo": ECHO}, secrets={"api-ops": OPS})
+    w.start(prefix=("prlimit", f"--nofile=1024:{hard}", "--"))  # the default soft limit of a login
+    [uid] = free_ids(1)
+    flooders: list[subprocess.Popen[str]] = []
+    try:
+        assert f"open files: soft limit {hard} (raised from 1024" in w.log()
+        for _ in range(2):  # 2 x 550 = 1 100 half-sent requests, each process under 1 024 fds
+            flooders.append(subprocess.Popen(
+                ["prlimit", "--nofile=1024:1024", "--", PY, "-c", FLOODER, str(w.port), "550"],
+                user=uid, group=uid, extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, cwd="/", env={"PATH": "/usr/bin:/bin"}))
+        for f in flooders:
+            line = f.stdout.readline()
+            assert line and json.loads(line)["ready"] == 550, (line, f.stderr.read() if f.poll() is not None else "")
+        # the flood is up and reconnecting: the gateway still answers and still runs jobs
+        for _ in range(5):
+            status, health = w.request("GET", "/healthz", timeout=30)
+            assert status == 200 and health["status"] == "ok", (status, health)
+        job_id = w.trigger("echo", "poll", {"during": "flood"}, OPS)
+        assert w.wait_job(job_id, OPS)["status"] == "succeeded"
+        reports = []
+        for f in flooders:
+            out, err = f.communicate(input="", timeout=60)
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        assert sum(r["closed_by_server"] for r in reports) > 0, reports  # bounded: evicted or timed out
+        assert sum(r["opened"] for r in reports) >= 1100, reports
+        log = w.log()
+        assert "connection guard:" in log
+        assert "Too many open files" not in log and "Traceback" not in log
+    finally:
+        for f in flooders:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
+        kill_uid(uid)
+    assert w.stop() == 0, w.log()[-3000:]
+
+
+def _read_until_closed(sock, limit: float = 60.0) -> bytes:
+    """Everything the server sends until it closes (a generous deadline, not a timing check)."""
+    sock.settimeout(limit)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_closed_at_the_header_timeout(world: ServeWorld) -> None:
+    """Each byte resets uvicorn's keep-alive timer; the header timeout does not care."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", world.port)) as sock:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        sent = 0
+        closed = False
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            sent += 1
+            time.sleep(0.1)
+        if not closed:
+            assert _read_until_closed(sock) == b""
+    assert sent < len(request)  # cut off before the whole trickle: 200+ bytes at 10/s is 20s > 2s
+
+
+def test_a_body_that_never_finishes_is_cut_off_at_the_body_timeout(world: ServeWorld) -> None:
+    import socket
+
+    before = len(jobs_of(world, "echo"))
+    with socket.create_connection(("127.0.0.1", world.port)) as sock:
+        sock.sendall(b"POST /plugin/echo/poll HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OPS.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\": ")
+        answer = _read_until_closed(sock)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert len(jobs_of(world, "echo")) == before
+
+
+def test_the_gateway_is_still_whole_after_the_slow_clients(world: ServeWorld) -> None:
+    assert world.request("GET", "/healthz")[0] == 200
+    job = world.wait_job(world.trigger("echo", "poll", {"after": "slow"}, OPS), OPS)
+    assert job["status"] == "succeeded"

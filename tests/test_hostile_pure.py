@@ -199,3 +199,43 @@ def test_seen_keys_expire_with_their_window_and_a_zero_window_remembers_nothing(
     nothing = db.dedupe.claim(["k:none"], 60, lambda: None, now=3000)
     assert (nothing.job_id, nothing.duplicate) == (None, False) and db.dedupe.live("k:none", now=3001)[0] is False
     db.close()
+
+
+# -- a bounded server -------------------------------------------------------------------------
+
+def test_the_longest_idle_connection_makes_room_and_busy_ones_never_do() -> None:
+    from ductile.serve.bounded import Conn, victim
+
+    a, b, c = Conn(None, since=5.0), Conn(None, since=1.0, busy=True), Conn(None, since=3.0)
+    assert victim([a, b, c]) is c
+    assert victim([b]) is None
+    assert victim([Conn(None, 0.0, closing=True), a]) is a
+
+
+@pytest.mark.parametrize(("since", "busy", "now", "late"), [
+    (0.0, False, 10.0, False), (0.0, False, 10.01, True), (0.0, True, 999.0, False), (5.0, False, 14.0, False)])
+def test_only_an_idle_connection_past_the_header_timeout_is_overdue(since: float, busy: bool, now: float,
+                                                                    late: bool) -> None:
+    from ductile.serve.bounded import Conn, Limits, overdue
+
+    assert overdue(Conn(None, since, busy), now, Limits(8, header_timeout=10.0, body_timeout=30.0)) is late
+
+
+NOFILE_TABLE = [
+    # (soft, hard, max_connections, workers, soft to run with, connections, note?)
+    (1024, 20000, 1024, 2, 20000, 1024, False),      # raised to hard; the cap fits
+    (1024, 1024, 1024, 2, 1024, 864, True),          # cannot raise: the cap shrinks, and says so
+    (1024, 65536, 100_000, 4, 65536, 65536 - 192, True),
+    (4096, 4096, 512, 1, 4096, 512, False),
+    (64, 64, 1024, 2, 64, 1, True),                  # absurdly low: one connection, not zero
+]
+
+
+@pytest.mark.parametrize(("soft", "hard", "cap", "workers", "run", "conns", "note"), NOFILE_TABLE)
+def test_open_file_plan(soft: int, hard: int, cap: int, workers: int, run: int, conns: int, note: bool) -> None:
+    from ductile.serve.limits import plan_nofile
+
+    plan = plan_nofile(soft, hard, max_connections=cap, workers=workers)
+    assert (plan.soft, plan.connections, bool(plan.note)) == (run, conns, note)
+    if note:
+        assert "LimitNOFILE=" in plan.note and "api.max_connections" in plan.note

@@ -212,6 +212,23 @@ class ApiConfig:
     listen: str = spec("127.0.0.1:8080", doc="host:port to listen on.", kind="listen")
     tokens: tuple[ApiToken, ...] = spec((), doc="Bearer tokens, by reference into the vault.")
     max_body: int = spec(1024 * 1024, doc="Largest request body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+    # a bounded server (#11): an idle-connection flood cannot take it down
+    max_connections: int = spec(
+        1024, doc="Open connections at most; at the cap the longest-idle one is closed to admit a new one.",
+        minimum=8, maximum=1_000_000,
+    )
+    header_timeout: float = spec(
+        10.0, doc="A connection with no complete request for this long (since it opened or its last response) is closed.",
+        kind="duration", minimum=1, maximum=600,
+    )
+    body_timeout: float = spec(
+        30.0, doc="A request body not fully received this long after its headers is cut off.",
+        kind="duration", minimum=1, maximum=3600,
+    )
+    keepalive_timeout: float = spec(
+        5.0, doc="An idle keep-alive connection that sends nothing for this long is closed.",
+        kind="duration", minimum=1, maximum=600,
+    )
 
 
 @dataclass(frozen=True)

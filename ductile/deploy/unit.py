@@ -41,6 +41,9 @@ TimeoutStopSec={stop_timeout}s
 UMask=0077
 # A core dump of the gateway would hold decrypted secrets.
 LimitCORE=0
+# Open files: the gateway raises its soft limit to this hard limit at boot and sizes
+# api.max_connections under it, so idle sockets never starve the database of descriptors.
+LimitNOFILE=65536
 """
 
 CONFINED = """\

@@ -1,7 +1,7 @@
 """serve's boot, in SPEC §8 order, as one function that either returns everything the
 gateway needs or raises one ``DuctileError`` before a single plugin has run:
 
-    load + validate config -> discover plugins -> single-instance lock
+    load + validate config -> discover plugins -> raise the open-file limit -> single-instance lock
       -> open state (WAL) + recover jobs a crash left running
       -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
       -> schedules (cron checked) -> gateway secrets from the vault -> bind the listener
@@ -19,6 +19,7 @@ from ductile.config import LoadedConfig, load_config
 from ductile.errors import BootRefused
 from ductile.runtime.boot import Runtime, boot, discover
 from ductile.serve.instance import InstanceLock
+from ductile.serve.limits import NofilePlan, raise_nofile
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state
@@ -34,6 +35,7 @@ class Booted:
     secrets: GatewaySecrets = field(repr=False)
     listener: socket.socket | None
     recovered: list[tuple[str, str]] = field(default_factory=list)
+    nofile: NofilePlan = field(default_factory=lambda: NofilePlan(0, 0, 0, 1024))
 
     def close(self) -> None:
         if self.listener is not None:
@@ -71,6 +73,8 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     if config.webhooks and not config.api.enabled:
         raise BootRefused("webhooks are configured but api.enabled is false, so nothing would receive them",
                           where="api.enabled", fix="set api.enabled: true or remove the webhooks")
+    # before anything opens a descriptor: idle sockets must never starve SQLite of one
+    nofile = raise_nofile(max_connections=config.api.max_connections, workers=config.service.max_workers)
     lock = InstanceLock.for_state(config.state.path).acquire()
     db: StateDB | None = None
     listener: socket.socket | None = None
@@ -81,7 +85,7 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
         schedules = schedules_of(config)
         secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))
         listener = bind(config.api.listen) if config.api.enabled else None
-        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered)
+        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered, nofile)
     except BaseException:
         if listener is not None:
             listener.close()
