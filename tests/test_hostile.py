@@ -22,6 +22,11 @@ EVIL = f'''\
     import json, sys
     req = json.load(sys.stdin)
     p = req["payload"]
+    if "error" in p:  # a hostile answer aimed at the operator's terminal
+        sys.stderr.write(p["error"] + "\\n")
+        json.dump({{"status": "error", "error": p["error"], "retry": False,
+                   "logs": [{{"level": "error", "message": p["error"]}}]}}, sys.stdout)
+        sys.exit(0)
     events = [{{"type": t, "payload": {{"n": i, "from": "evil"}}}} for t, count in p.get("emit", []) for i in range(count)]
     json.dump({{"status": "ok", "result": {{"emitted": len(events)}}, "events": events}}, sys.stdout)
 '''
@@ -439,3 +444,45 @@ def test_the_gateway_is_still_whole_after_the_slow_clients(world: ServeWorld) ->
     assert world.request("GET", "/healthz")[0] == 200
     job = world.wait_job(world.trigger("echo", "poll", {"after": "slow"}, OPS), OPS)
     assert job["status"] == "succeeded"
+
+
+# -- 6. terminal escapes ---------------------------------------------------------------------
+
+ESCAPES = "\x1b]2;owned\x07\x1b[2J\x1b[31mred\u202eevil\x9b1m"
+RAW = ("\x1b", "\x07", "\u202e", "\x9b")
+
+
+def test_plugin_run_prints_a_hostile_error_inert_and_json_exact(world: ServeWorld) -> None:
+    from conftest import run_ductile
+
+    payload = json.dumps({"error": ESCAPES})
+    human = run_ductile("plugin", "run", "evil", "-C", "poll", "--payload", payload, "--config", str(world.etc))
+    assert human.returncode == 1
+    shown = human.stdout + human.stderr
+    assert not any(ch in shown for ch in RAW), repr(shown)
+    assert "\\x1b]2;owned\\x07\\x1b[2J" in shown and "\\u202eevil" in shown
+    exact = run_ductile("plugin", "run", "evil", "-C", "poll", "--payload", payload, "--json", "--config", str(world.etc))
+    out = json.loads(exact.stdout)
+    assert out["outcome"]["error"]["message"] == ESCAPES
+    assert out["logs"] == [{"level": "error", "message": ESCAPES}]
+
+
+def test_job_show_prints_hostile_stderr_and_errors_inert_even_on_a_terminal(world: ServeWorld) -> None:
+    import sys
+
+    from conftest import run_ductile, run_in_pty
+
+    job_id = world.trigger("evil", "poll", {"error": ESCAPES}, OPS)
+    job = world.wait_job(job_id, OPS)
+    assert job["status"] == "failed" and ESCAPES in job["stderr_tail"]  # the API is JSON: exact
+    code, screen = run_in_pty([sys.executable, "-m", "ductile", "job", "show", job_id, "--config", str(world.etc)],
+                              env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert code == 0, screen
+    text = screen.decode("utf-8", "replace")
+    # rich styles its own table on a terminal (\x1b[1m...); none of the plugin's sequences get through
+    assert not any(seq in text for seq in ("\x1b]2;", "\x07", "\x1b[2J", "\x1b[31m", "\u202e", "\x9b")), repr(text)
+    assert "\\x1b]2;owned" in text
+    listed = run_ductile("job", "list", "--plugin", "evil", "--config", str(world.etc))
+    assert listed.returncode == 0 and not any(ch in listed.stdout for ch in RAW)
+    exact = json.loads(run_ductile("job", "show", job_id, "--json", "--config", str(world.etc)).stdout)
+    assert ESCAPES in exact["job"]["stderr_tail"] and exact["job"]["last_error"].endswith(ESCAPES[-10:])

@@ -239,3 +239,38 @@ def test_open_file_plan(soft: int, hard: int, cap: int, workers: int, run: int, 
     assert (plan.soft, plan.connections, bool(plan.note)) == (run, conns, note)
     if note:
         assert "LimitNOFILE=" in plan.note and "api.max_connections" in plan.note
+
+
+# -- safe terminal output --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("plain text, é 日本", "plain text, é 日本"),
+    ("a\x1b]2;title\x07b", "a\\x1b]2;title\\x07b"),
+    ("clear\x1b[2J", "clear\\x1b[2J"),
+    ("over\rwrite", "over\\x0dwrite"),
+    ("csi\x9b1m", "csi\\x9b1m"),
+    ("del\x7f", "del\\x7f"),
+    ("nul\x00", "nul\\x00"),
+    ("bidi\u202eevil\u2066", "bidi\\u202eevil\\u2066"),
+    ("zw\u200bsp\ufeff", "zw\\u200bsp\\ufeff"),
+    ("tag\U000e0041", "tag\\U000e0041"),
+    ("two\nlines\tand tab", "two\nlines\tand tab"),
+])
+def test_safe_shows_every_control_and_format_character_as_an_escape(text: str, shown: str) -> None:
+    from ductile.render import safe
+
+    assert safe(text) == shown
+    assert safe("a\nb", keep_newlines=False) == "a\\nb"
+
+
+def test_the_terminal_log_formatter_is_safe_and_the_json_one_exact_and_ascii() -> None:
+    import logging
+
+    from ductile.serve.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("ductile.plugin", logging.INFO, __file__, 1, "evil: \x1b[2J\u202e", None, None)
+    record.fields = {"detail": "\x1b]2;x\x07"}
+    assert "\x1b" not in TextFormatter().format(record) and "\\x1b[2J" in TextFormatter().format(record)
+    line = JsonFormatter().format(record)
+    assert line.isascii() and json.loads(line)["msg"] == "evil: \x1b[2J\u202e"
+    assert json.loads(line)["detail"] == "\x1b]2;x\x07"
