@@ -55,6 +55,8 @@ CONFIG = """\
       lowly: {retry: {max_attempts: 1}}
       sink: {retry: {max_attempts: 1}}
       notify: {retry: {max_attempts: 1}}
+      ticker:
+        schedules: [{every: 1h, payload: {token: s3cr3t-in-a-schedule, channel: ops-room}}]
     pipelines:
       - {name: after-lowly, on: {event: lowly.done, from: lowly}, steps: [{uses: writer, command: handle}]}
       - {name: burst, on: evil.burst, steps: [{uses: sink}, {uses: sink, command: poll}]}
@@ -75,7 +77,8 @@ CONFIG = """\
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
     w = make_serve_world(tmp_path_factory.mktemp("hostile"), CONFIG,
-                         {"echo": ECHO, "evil": EVIL, "writer": ECHO, "lowly": LOWLY, "sink": SINK, "notify": SINK},
+                         {"echo": ECHO, "evil": EVIL, "writer": ECHO, "lowly": LOWLY, "sink": SINK, "notify": SINK,
+                          "ticker": SINK},
                          secrets={"api-ops": OPS, "echo-hook": HOOK_KEY, "api-viewer": VIEWER,
                                   "api-echo-writer": ECHO_WRITER})
     for name in ("writer", "notify"):  # their handle acts on the world: a write command
@@ -486,3 +489,41 @@ def test_job_show_prints_hostile_stderr_and_errors_inert_even_on_a_terminal(worl
     assert listed.returncode == 0 and not any(ch in listed.stdout for ch in RAW)
     exact = json.loads(run_ductile("job", "show", job_id, "--json", "--config", str(world.etc)).stdout)
     assert ESCAPES in exact["job"]["stderr_tail"] and exact["job"]["last_error"].endswith(ESCAPES[-10:])
+
+
+# -- 7. one redaction rule --------------------------------------------------------------------
+
+SCHEDULE_SECRET = "s3cr3t-in-a-schedule"
+
+
+def test_a_secret_in_a_schedule_payload_is_redacted_wherever_config_show_redacts_it(world: ServeWorld) -> None:
+    import sqlite3
+
+    from conftest import run_ductile
+
+    def fired() -> list | None:
+        done = [j for j in jobs_of(world, "ticker") if j["status"] == "succeeded"]
+        return done or None
+
+    [job] = wait_for("the scheduled ticker job", fired, log=world.log)
+    views = {"GET /jobs": job, "GET /job": world.job(job["id"], OPS),
+             "job show --json": json.loads(run_ductile("job", "show", job["id"], "--json", "--config",
+                                                       str(world.etc)).stdout)["job"],
+             "job list --json": json.loads(run_ductile("job", "list", "--json", "--plugin", "ticker", "--config",
+                                                       str(world.etc)).stdout)[0]}
+    for where, view in views.items():
+        assert view["payload"] == {"token": "<redacted>", "channel": "ops-room"}, where
+        assert view["result"]["payload"]["token"] == "<redacted>", where
+        assert SCHEDULE_SECRET not in json.dumps(view), where
+    human = run_ductile("job", "show", job["id"], "--config", str(world.etc))
+    assert SCHEDULE_SECRET not in human.stdout + human.stderr and "ops-room" in human.stdout
+    shown = run_ductile("config", "show", "--config", str(world.etc))
+    assert SCHEDULE_SECRET not in shown.stdout and "<redacted>" in shown.stdout
+    # the plugin itself got the value (the row keeps what the plugin needs), and doctor says where it belongs
+    with sqlite3.connect(world.db) as conn:
+        [(payload,)] = conn.execute("SELECT payload FROM jobs WHERE id = ?", (job["id"],)).fetchall()
+    assert SCHEDULE_SECRET in payload
+    doctor = json.loads(run_ductile("doctor", "--json", "--config", str(world.etc)).stdout)
+    [warn] = [f for f in doctor["findings"] if f["category"] == "secrets"]
+    assert warn["field"] == "plugins.ticker.schedules[0].payload.token" and "vault set NAME --grant ticker" in warn["fix"]
+    assert SCHEDULE_SECRET not in json.dumps(doctor)

@@ -274,3 +274,46 @@ def test_the_terminal_log_formatter_is_safe_and_the_json_one_exact_and_ascii() -
     line = JsonFormatter().format(record)
     assert line.isascii() and json.loads(line)["msg"] == "evil: \x1b[2J\u202e"
     assert json.loads(line)["detail"] == "\x1b]2;x\x07"
+
+
+# -- one redaction rule -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("key", "secret"), [
+    ("token", True), ("api_key", True), ("apiKey", True), ("API-KEY", True), ("X-Auth-Token", True),
+    ("password", True), ("db_passwd", True), ("Passphrase", True), ("privateKey", True), ("private_key", True),
+    ("client_secret", True), ("aws_access_key_id", True), ("bearer", True), ("Authorization", True),
+    ("auth", True), ("credentials", True), ("session_cookie", True), ("access_tokens_url", True),
+    ("token_ref", False), ("author", False), ("authority", False), ("keyword", False), ("monkey", False),
+    ("channel", False), ("passage", False), ("secretary", False), ("url", False), ("key", False),
+])
+def test_the_one_redaction_rule(key: str, secret: bool) -> None:
+    from ductile.redact import redact, secret_looking
+
+    assert secret_looking(key) is secret
+    assert (redact({key: "v"})[key] == "<redacted>") is secret
+    assert redact({key: ""}) == {key: ""} and redact({key: None}) == {key: None}
+
+
+def test_redaction_reaches_any_depth_and_doctor_names_paths_never_values() -> None:
+    from ductile.redact import redact, secret_paths
+
+    doc = {"a": [{"token": "t1"}, {"ok": 1}], "b": {"c": {"password": "p"}}, "token_ref": "r"}
+    assert redact(doc) == {"a": [{"token": "<redacted>"}, {"ok": 1}], "b": {"c": {"password": "<redacted>"}},
+                           "token_ref": "r"}
+    assert secret_paths(doc) == ["a[0].token", "b.c.password"]
+
+
+def test_the_doctor_fix_for_a_secret_in_a_payload_names_a_real_command() -> None:
+    import click
+
+    from ductile.cli import cli
+    from ductile.config.model import Config, PluginConfig, ScheduleConfig
+    from ductile.config.rules import secret_rules
+
+    [finding] = secret_rules(Config(plugins={"p": PluginConfig(schedules=(ScheduleConfig(every=60.0,
+                                                                                          payload={"token": "x"}),))}))
+    assert "ductile vault set NAME --grant p" in finding.fix
+    vault = cli.get_command(click.Context(cli), "vault")
+    assert isinstance(vault, click.Group)
+    setter = vault.get_command(click.Context(vault), "set")
+    assert setter is not None and any("--grant" in p.opts for p in setter.params if isinstance(p, click.Option))

@@ -12,6 +12,7 @@ import re
 
 from ductile.config.model import KEBAB, Config
 from ductile.findings import Finding
+from ductile.redact import secret_paths
 
 TIERS = ("default", "untrusted")
 API_ROUTES = ("/healthz", "/plugins", "/plugin", "/job", "/jobs")
@@ -183,6 +184,28 @@ def service_rules(config: Config) -> list[Finding]:
     return out
 
 
+def secret_rules(config: Config) -> list[Finding]:
+    """A schedule payload under a secret-looking key: the payload is stored with every job it
+    queues (the ledger shows it redacted, but the database and its backups hold it)."""
+    out = []
+    for name in sorted(config.plugins):
+        pc = config.plugins[name]
+        if pc is None:
+            continue
+        for i, sched in enumerate(pc.schedules):
+            if sched is None:
+                continue
+            for path in secret_paths(sched.payload):
+                field = f"plugins.{name}.schedules[{i}].payload.{path}"
+                out.append(_warn("secrets", field,
+                                 f"schedule payload key '{path}' looks like a secret: every job this schedule queues "
+                                 "stores it in the state database (shown redacted, but kept)",
+                                 f"keep it in the vault instead (value on stdin: ductile vault set NAME --grant "
+                                 f"{pc.vault_principal or name}); the plugin reads it from the request's secrets"))
+    return out
+
+
 def config_rules(config: Config, gateway_uid: int | None) -> list[Finding]:
     """Every cross-field rule; ``gateway_uid`` is the uid ductile will run as (None: unknown)."""
-    return account_rules(config, gateway_uid) + plugin_rules(config) + routing_rules(config) + service_rules(config)
+    return (account_rules(config, gateway_uid) + plugin_rules(config) + routing_rules(config) + service_rules(config)
+            + secret_rules(config))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ductile.errors import StateError
+from ductile.redact import redact
 from ductile.state.codec import from_json, iso, to_json
 from ductile.state.db import StateDB
 
@@ -27,8 +28,10 @@ class Event:
     dedupe_key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The event as readers see it: its payload under the one redaction rule."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         out["created_at"] = iso(self.created_at)
+        out["payload"] = redact(self.payload)
         return out
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ductile.errors import StateError
+from ductile.redact import redact
 from ductile.state.codec import clip, from_json, iso, tail_text, to_json
 from ductile.state.db import StateDB
 from ductile.state.schema import JOB_STATUSES
@@ -72,9 +73,15 @@ class Job:
         return cls(**data)
 
     def as_dict(self) -> dict[str, Any]:
+        """The job as every reader sees it (API, ``job show``, ``job list``): times as
+        ISO-8601, and values under secret-looking keys of its payload, event and result
+        redacted by the one rule ``config show`` uses (``ductile.redact``). The row itself
+        keeps them: the plugin needs its payload."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         for key in ("next_attempt_at", "created_at", "updated_at", "started_at", "finished_at"):
             out[key] = iso(out[key])
+        for key in ("payload", "event", "result"):
+            out[key] = redact(out[key])
         return out
 
 
