@@ -169,8 +169,8 @@ class Decoder:
                 self.problem(path + (str(key),), f"key {key!r} must be a string", "quote the key")
                 continue
             if key_pattern and not re.fullmatch(key_pattern, key):
-                self.problem(path + (key,), f"name '{key}' does not match {key_pattern}",
-                             "use letters, digits, '-' or '_', starting with a letter")
+                hint = meta.get("key_pattern_hint") or f"a name matching {key_pattern}"
+                self.problem(path + (key,), f"name '{key}' is not valid: a name is {hint}", f"rename it: {hint}")
             out[key] = self.convert(item, v, meta, path + (key,))
         return out
 

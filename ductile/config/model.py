@@ -13,10 +13,16 @@ from typing import Any, ClassVar, Literal
 
 UID_MAX = 2_147_483_647
 KEBAB = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-NAME_HINT = "a name of letters, digits, '_', '.' or '-', starting with a letter or digit"
+# One rule per kind of name, and the words that state it: every message about a name quotes
+# its HINT (tests/test_compat_pure.py checks each HINT against its pattern). Plugin names may
+# start with '_' because upstream's own template is `_template`.
+NAME_BODY = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+NAME = rf"^{NAME_BODY}$"
+NAME_HINT = "letters, digits, '_', '.' or '-', starting with a letter, a digit or '_'"
 ACCOUNT_NAME = r"^[a-z][a-z0-9_-]*$"
+ACCOUNT_NAME_HINT = "lowercase letters, digits, '_' or '-', starting with a lowercase letter"
 COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+COMMAND_NAME_HINT = "letters, digits, '_' or '-', starting with a letter"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EVENT_TYPE = r"^[A-Za-z0-9_.*:-]+$"
 SECRET_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -40,6 +46,7 @@ def spec(
     pattern_hint: str | None = None,
     min_items: int | None = None,
     key_pattern: str | None = None,
+    key_pattern_hint: str | None = None,
     why: str | None = None,
     default_factory: Any = dataclasses.MISSING,
     key: str | None = None,
@@ -61,6 +68,7 @@ def spec(
         "pattern_hint": pattern_hint,
         "min_items": min_items,
         "key_pattern": key_pattern,
+        "key_pattern_hint": key_pattern_hint,
         "why": why,
         "key": key,
         "one_or_many": one_or_many,
@@ -162,7 +170,7 @@ class PluginConfig:
     schedules: tuple[ScheduleConfig, ...] = spec((), doc="When to run the plugin on its own.")
     timeouts: dict[str, float] = spec(
         default_factory=dict, doc="Per-command timeouts (default poll 60s, handle 120s, health 10s, init 30s, others 60s).",
-        kind="duration", minimum=0.01, key_pattern=COMMAND_NAME,
+        kind="duration", minimum=0.01, key_pattern=COMMAND_NAME, key_pattern_hint=COMMAND_NAME_HINT,
     )
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
     config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
@@ -170,7 +178,7 @@ class PluginConfig:
 
 @dataclass(frozen=True)
 class PipelineStep:
-    uses: str = spec(doc="Plugin that handles the event.", pattern=NAME)
+    uses: str = spec(doc="Plugin that handles the event.", pattern=NAME, pattern_hint=NAME_HINT)
     command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
 
 
@@ -201,7 +209,7 @@ class ApiToken:
     secret_ref: str = spec(doc="Vault secret holding the bearer token.", pattern=SECRET_REF)
     scopes: tuple[str, ...] = spec(
         doc="'*' or '<plugin>:ro' / '<plugin>:rw'.", min_items=1,
-        pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*:(ro|rw))$",
+        pattern=rf"^(\*|{NAME_BODY}:(ro|rw))$",
         pattern_hint="'*' or '<plugin>:ro' or '<plugin>:rw'",
     )
 
@@ -234,7 +242,7 @@ class ApiConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     path: str = spec(doc="URL path, e.g. /hooks/github.", pattern=r"^/[A-Za-z0-9/_.-]*$")
-    plugin: str = spec(doc="Plugin that handles the delivery.", pattern=NAME)
+    plugin: str = spec(doc="Plugin that handles the delivery.", pattern=NAME, pattern_hint=NAME_HINT)
     secret_ref: str = spec(doc="Vault secret holding the HMAC key.", pattern=SECRET_REF)
     signature_header: str = spec("X-Hub-Signature-256", doc="Header carrying the HMAC-SHA256.", pattern=HEADER_NAME)
     command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
@@ -261,10 +269,10 @@ class Config:
     )
     accounts: dict[str, AccountConfig] = spec(
         default_factory=dict, doc="OS accounts plugins drop to; `default` and `untrusted` are tiers.",
-        key_pattern=ACCOUNT_NAME,
+        key_pattern=ACCOUNT_NAME, key_pattern_hint=ACCOUNT_NAME_HINT,
     )
     plugins: dict[str, PluginConfig] = spec(
-        default_factory=dict, doc="Plugins to run, by name.", key_pattern=NAME
+        default_factory=dict, doc="Plugins to run, by name.", key_pattern=NAME, key_pattern_hint=NAME_HINT,
     )
     pipelines: tuple[PipelineConfig, ...] = spec((), doc="Event routing.")
     api: ApiConfig = spec(default_factory=ApiConfig, doc="HTTP API.")

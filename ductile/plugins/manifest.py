@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ductile.config.model import COMMAND_NAME, NAME
+from ductile.config.model import COMMAND_NAME, COMMAND_NAME_HINT, NAME, NAME_HINT
 from ductile.config.yamlsrc import Document, Mark, Wording, read_yaml
 from ductile.config.yamlsrc import Path as KeyPath
 from ductile.errors import ConfigError, PluginError
@@ -200,8 +200,8 @@ class _Parser:
         manifest_version = self.manifest_version(d.get("manifest_version"))
         name = self.text(("name",), d.get("name"), required=True).strip()
         if not _NAME.match(name):
-            raise self.fail(("name",), f"{name!r} is not a valid plugin name",
-                            "use letters, digits, '_', '.' or '-', starting with a letter or digit")
+            raise self.fail(("name",), f"{name!r} is not a valid plugin name: a name is {NAME_HINT}",
+                            f"rename it: {NAME_HINT}")
         protocol = self.protocol(d.get("protocol"))
         entrypoint = self.text(("entrypoint",), d.get("entrypoint"), required=True)
         problem = entrypoint_problem(entrypoint)
@@ -286,8 +286,8 @@ class _Parser:
                           f"remove it or fix its spelling (known keys: {', '.join(sorted(COMMAND_KEYS))})")
         name = self.text(key + ("name",), item.get("name"), required=True).strip()
         if not _COMMAND_NAME.match(name):
-            raise self.fail(key + ("name",), f"{name!r} is not a valid command name",
-                            "start with a letter, then letters, digits, '_' or '-'")
+            raise self.fail(key + ("name",), f"{name!r} is not a valid command name: a command name is "
+                            f"{COMMAND_NAME_HINT}", f"rename it: {COMMAND_NAME_HINT}")
         ctype = item.get("type")
         if ctype is None:
             raise self.fail(key + ("type",), f"is required (command '{name}')",
