@@ -7,9 +7,14 @@ module parses options and renders. New subcommands (``run``, ``lock``) attach to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ductile.cliopts import config_option, json_option
+
+if TYPE_CHECKING:
+    from ductile.runtime.executor import JobResult
 
 
 @click.group()
@@ -81,13 +86,32 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
     out = result.as_dict()
     if as_json:
         emit_json(out)
-    elif result.outcome.response is not None:
-        emit_json(out["outcome"]["result"])
-    for warning in result.outcome.warnings:
-        say(f"warning: {warning}")
-    if result.outcome.error is not None:
-        say(f"ductile: job {result.outcome.status}: {result.outcome.error.one_line()}")
+    else:
+        report_run(result)
     ctx.exit(0 if result.outcome.status == "succeeded" else 1)
+
+
+def report_run(result: JobResult) -> None:
+    """The human account of one run: the result on stdout when it succeeded; on stderr the
+    plugin's log lines, the gateway's warnings and, when it failed, the error and the end of
+    its stderr (the reason is often in one of those, not in a result that is null)."""
+    from ductile.render import emit_json, say
+
+    out = result.outcome
+    response = out.response
+    if out.status == "succeeded" and response is not None:
+        emit_json(response.result)
+    for entry in response.logs if response is not None else ():
+        say(f"plugin {entry.level}: {entry.message}")
+    for warning in out.warnings:
+        say(f"warning: {warning}")
+    if out.error is None:
+        return
+    if response is None and out.stderr_tail.strip():
+        say("plugin stderr (last lines):")
+        for line in out.stderr_tail.rstrip().splitlines()[-10:]:
+            say(f"  {line}")
+    say(f"ductile: job {out.status}: {out.error.one_line()}")
 
 
 @plugin.command("lock")

@@ -94,7 +94,8 @@ def test_route_makes_one_job_per_step_one_hop_deeper() -> None:
     assert [(d.plugin, d.command, d.depth, d.max_attempts) for d in jobs] == [("notify", "handle", 1, 7),
                                                                               ("echo", "poll", 1, 4)]
     assert jobs[0].event == {"id": "e1", "type": "echo.done", "payload": {"k": 1}, "source_job_id": "j1",
-                             "source_plugin": "echo", "pipeline": "a", "depth": 1}
+                             "source_plugin": "echo", "pipeline": "a", "depth": 1,
+                             "event_id": "e1", "source": "echo", "dedupe_key": None}
 
 
 SOURCE_TABLE = [

@@ -114,6 +114,11 @@ class ServiceConfig:
         100, doc="Pipeline jobs one plugin answer may start; the rest are not queued and the job carries a warning.",
         minimum=0, maximum=100_000,
     )
+    # upstream compatibility (#12)
+    dedupe_ttl: float = spec(
+        86400.0, doc="A routed job whose event dedupe_key was routed to the same step within this window is not queued.",
+        kind="duration", maximum=30 * 86400,
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,11 @@ class PluginConfig:
     )
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
     config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
+    # upstream compatibility (#12)
+    parallelism: int | None = spec(
+        None, doc="Jobs of this plugin that may run at once (default: no cap, or 1 when its manifest says "
+                  "concurrency_safe: false).", minimum=1, maximum=256,
+    )
 
 
 @dataclass(frozen=True)

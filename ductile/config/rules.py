@@ -107,6 +107,11 @@ def plugin_rules(config: Config) -> list[Finding]:
                 out.append(sev("vault", f"{field}.vault_principal",
                                f"plugin name '{name}' is not a valid vault principal (kebab-case) and requires_vault is set",
                                f"set vault_principal: {re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'my-plugin'}"))
+        if pc.parallelism is not None and pc.parallelism > config.service.max_workers:
+            out.append(_warn("plugins", f"{field}.parallelism",
+                             f"parallelism {pc.parallelism} is above service.max_workers {config.service.max_workers}, "
+                             "which bounds every plugin: it has no effect past that",
+                             f"lower it to {config.service.max_workers} or raise service.max_workers"))
         for i, sched in enumerate(pc.schedules):
             if sched is None:
                 continue

@@ -109,6 +109,11 @@ def inventory_findings(config: Config, discovery: Discovery) -> list[Finding]:
                                f"plugin {name} at {plugin.directory} is discovered but not configured, so it never runs",
                                f"add plugins.{name} to the config to use it"))
             continue
+        if settings.parallelism is not None and settings.parallelism > 1 and not plugin.manifest.concurrency_safe:
+            out.append(Finding("warning", "plugin", f"plugins.{name}.parallelism",
+                               f"plugin {name}'s manifest says concurrency_safe: false, but parallelism "
+                               f"{settings.parallelism} lets {settings.parallelism} of its jobs run at once",
+                               "remove parallelism (one job at a time) unless you know the plugin is safe to overlap"))
         missing = [k for k in plugin.manifest.config_keys_required if k not in settings.config]
         if missing:
             out.append(Finding("warning", "plugin", f"plugins.{name}.config",

@@ -60,7 +60,7 @@ class JobResult:
             "job_id": self.job.job_id, "plugin": self.job.plugin, "command": self.job.command, "pid": self.pid,
             "account": {"name": acct.name, "uid": acct.uid, "gid": acct.gid, "source": acct.source} if acct else None,
             "outcome": self.outcome.as_dict(),
-            "events": [{"type": e.type, "payload": e.payload} for e in r.events] if r else [],
+            "events": [{"type": e.type, "payload": e.payload, "dedupe_key": e.dedupe_key} for e in r.events] if r else [],
             "state_updates": dict(r.state_updates) if r else {},
             "logs": [{"level": lg.level, "message": lg.message} for lg in r.logs] if r else [],
             "secrets_delivered": list(self.secret_names),

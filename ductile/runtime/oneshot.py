@@ -50,9 +50,11 @@ def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str,
     result = executor.run(job)
     response = result.outcome.response
     if result.outcome.status == "succeeded" and response is not None:
+        found = runtime.plugins.get(plugin)
+        mode = found.manifest.state_mode(command) if found is not None else "merge"
         with state.write():
             if response.state_updates:
-                state.plugin_state.merge_state(plugin, response.state_updates)
+                state.plugin_state.apply(plugin, response.state_updates, mode)
             for event in response.events:
-                state.events.record_event(event.type, event.payload, plugin=plugin)
+                state.events.record_event(event.type, event.payload, plugin=plugin, dedupe_key=event.dedupe_key)
     return result, runtime

@@ -2,7 +2,7 @@
 
     GET  /healthz                    no token: status, posture, queue depth, uptime
     GET  /plugins                    plugins the token may see
-    POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
+    POST /plugin/{name}/{command}    JSON object body = payload (or upstream's {"payload": {...}}) -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
     GET  /jobs?status=&plugin=&limit=
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
@@ -35,7 +35,7 @@ from ductile import __version__
 from ductile.errors import DuctileError
 from ductile.runtime.boot import Runtime
 from ductile.serve.authority import api_token
-from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
+from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited, unwrap_payload
 from ductile.serve.logs import log
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
@@ -141,7 +141,7 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            payload = json_object(await read_limited(request, cfg.api.max_body))
+            payload = unwrap_payload(json_object(await read_limited(request, cfg.api.max_body)))
         except BodyTooLarge as err:
             return error(413, f"request body is larger than api.max_body ({err.limit} bytes)",
                          "send a smaller payload or raise api.max_body")

@@ -78,3 +78,12 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadBody(f"body must be a JSON object, got {type(value).__name__}", "wrap the payload in {...}")
     return value
+
+
+def unwrap_payload(body: dict[str, Any]) -> dict[str, Any]:
+    """Upstream's clients send ``{"payload": {...}}``; the payload is what is inside. Only a
+    body whose one key is ``payload`` holding an object is unwrapped, so a payload that
+    merely has a ``payload`` key among others arrives as sent."""
+    if set(body) == {"payload"} and isinstance(body["payload"], dict):
+        return dict(body["payload"])
+    return body

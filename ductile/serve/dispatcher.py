@@ -7,9 +7,10 @@ record. A job accepted with 202 is a row before the API answers; a worker takes 
 it with one more transaction. Nothing lives only in memory, so a crash loses nothing the
 next boot cannot recover.
 
-Per-plugin concurrency: a plugin whose manifest says ``concurrency_safe: false`` runs one
-job at a time; ``claim_next`` skips it while one is running and younger jobs of other
-plugins go ahead.
+Per-plugin concurrency: ``plugins.<n>.parallelism: N`` (upstream's key) caps that plugin
+at N running jobs; without it a plugin whose manifest says ``concurrency_safe: false`` runs
+one job at a time (an explicit parallelism overrides that, as upstream does, and doctor
+warns). ``claim_next`` skips a plugin at its cap and younger jobs of other plugins go ahead.
 
 Shutdown: ``stop_claiming`` ends intake; ``cancel_running`` sets each running job's cancel
 event, which the executor's spawn edge turns into a kill of the plugin's process group
@@ -42,6 +43,19 @@ PLUGIN_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.W
                  "error": logging.ERROR}
 
 ExecutorFactory = Callable[[EventSink], Executor]
+
+
+def parallelism(configured: int | None, concurrency_safe: bool) -> int | None:
+    """How many jobs of a plugin may run at once (None: no cap of its own).
+
+        parallelism set    concurrency_safe    cap
+        N                  any                 N     (the operator decided)
+        -                  false               1
+        -                  true                none (service.max_workers bounds everything)
+    """
+    if configured is not None:
+        return configured
+    return None if concurrency_safe else 1
 
 
 class Dispatcher:
@@ -104,7 +118,9 @@ class Dispatcher:
 
     def _limit(self, plugin: str) -> int | None:
         found = self.runtime.plugins.get(plugin)
-        return 1 if found is not None and not found.manifest.concurrency_safe else None
+        pc = self.config.plugins.get(plugin)
+        return parallelism(pc.parallelism if pc is not None else None,
+                           found.manifest.concurrency_safe if found is not None else True)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -138,6 +154,10 @@ class Dispatcher:
         spec = found.manifest.command(command) if found is not None else None
         return spec.type if spec is not None else None
 
+    def _state_mode(self, plugin: str, command: str) -> str:
+        found = self.runtime.plugins.get(plugin)
+        return found.manifest.state_mode(command) if found is not None else "merge"
+
     def _collect_event(self, type: str, payload: dict[str, Any]) -> None:
         """Executor events (``plugin.drop_failed``...) are kept with the job and stored in
         its settling transaction."""
@@ -170,7 +190,7 @@ class Dispatcher:
                 job_id=queued.id, plugin=queued.plugin, command=queued.command)
             return
         rec = record_run(self.db, self.config, queued, result, decision, gateway_events,
-                         command_type=self._command_type)
+                         command_type=self._command_type, state_mode=self._state_mode)
         self.finished += 1
         self._report(queued, result, rec.status, rec.downstream, rec.warnings)
         if rec.downstream:

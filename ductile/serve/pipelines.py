@@ -19,6 +19,14 @@ from ductile.config.model import Config, PipelineConfig, PipelineOn
 
 DEPTH_EXCEEDED = "pipeline.depth_exceeded"
 DENIED = "pipeline.denied"
+DEDUPLICATED = "pipeline.deduplicated"
+
+
+def route_key(plugin: str, command: str, dedupe_key: str) -> str:
+    """The dedupe key of one step: the same event key routed to another step is another job."""
+    import hashlib
+
+    return f"route:{plugin}:{command}:{hashlib.sha256(dedupe_key.encode()).hexdigest()}"
 
 
 def matches(pattern: str, event_type: str) -> bool:
@@ -46,6 +54,11 @@ class Downstream:
     depth: int
     max_attempts: int
 
+    @property
+    def dedupe_key(self) -> str | None:
+        key = self.event.get("dedupe_key")
+        return key if isinstance(key, str) else None
+
 
 @dataclass(frozen=True)
 class Stopped:
@@ -65,9 +78,13 @@ class Stopped:
 
 
 def route(config: Config, *, event_id: str, event_type: str, payload: Any, source_job_id: str | None,
-          source_plugin: str | None, source_depth: int,
+          source_plugin: str | None, source_depth: int, dedupe_key: str | None = None, timestamp: str | None = None,
           pipelines: Iterable[PipelineConfig] | None = None) -> tuple[list[Downstream], list[Stopped]]:
-    """The downstream jobs of one stored event, and the steps stopped by the depth limit."""
+    """The downstream jobs of one stored event, and the steps stopped by the depth limit.
+
+    The event a job carries holds ductile's fields and upstream's names for the same facts
+    (``event_id``, ``source``, ``dedupe_key``, ``timestamp``), so plugins written for either
+    read it unchanged."""
     depth = source_depth + 1
     limit = config.service.max_event_depth
     jobs: list[Downstream] = []
@@ -81,7 +98,10 @@ def route(config: Config, *, event_id: str, event_type: str, payload: Any, sourc
                 continue
             pc = config.plugins.get(step.uses)
             event = {"id": event_id, "type": event_type, "payload": payload, "source_job_id": source_job_id,
-                     "source_plugin": source_plugin, "pipeline": pipe.name, "depth": depth}
+                     "source_plugin": source_plugin, "pipeline": pipe.name, "depth": depth,
+                     "event_id": event_id, "source": source_plugin, "dedupe_key": dedupe_key}
+            if timestamp is not None:
+                event["timestamp"] = timestamp
             jobs.append(Downstream(pipe.name, step.uses, step.command, payload if isinstance(payload, dict) else {},
                                    event, depth, pc.retry.max_attempts if pc is not None else 1))
     return jobs, stopped

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from ductile.state.db import StateDB
 
+FAILED = ("failed", "timed_out", "dead")
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -36,18 +38,24 @@ class SeenKeys:
         return (row is not None, None if row is None else row["job_id"])
 
     def claim(self, keys: Iterable[str], window: float, make_job: Callable[[], str | None], *,
-              now: float | None = None) -> Claimed:
+              now: float | None = None, unless_failed: bool = False) -> Claimed:
         """The first live key's job (a duplicate), or ``make_job()`` with every key remembered
         for ``window`` seconds. ``make_job`` may return None (nothing queued): nothing is
-        remembered then."""
+        remembered then. ``unless_failed``: a key whose job ended failed, timed out or dead
+        does not count (that job did not do the work; the next one may)."""
         keys = list(dict.fromkeys(keys))
         now = self.clock() if now is None else now
         with self.db.write() as conn:
             conn.execute("DELETE FROM dedupe_keys WHERE expires_at <= ?", (now,))
             for key in keys:
                 row = conn.execute("SELECT job_id FROM dedupe_keys WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    return Claimed(row["job_id"], True, key)
+                if row is None:
+                    continue
+                if unless_failed and row["job_id"] is not None:
+                    status = conn.execute("SELECT status FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
+                    if status is not None and status[0] in FAILED:
+                        continue
+                return Claimed(row["job_id"], True, key)
             job_id = make_job()
             if job_id is not None and window > 0:
                 conn.executemany("INSERT OR REPLACE INTO dedupe_keys (key, job_id, expires_at) VALUES (?, ?, ?)",
