@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import sqlite3
 import textwrap
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from conftest import run_ductile
-from servehelp import BAD, ECHO, SLEEPER, SOLO, TALLY, ServeWorld, make_serve_world, wait_for
+from servehelp import BAD, ECHO, PY, SLEEPER, SOLO, TALLY, ServeWorld, make_serve_world, wait_for
 
 TOKEN = "durable-token-" + "d4" * 16
 
@@ -216,3 +217,52 @@ def test_a_plugin_that_is_not_concurrency_safe_runs_one_job_at_a_time(tmp_path: 
         assert w.stop() == 0
     assert all(r["status"] == "succeeded" for r in results)
     assert [r["result"]["overlap"] for r in results] == [False] * 6
+
+
+def test_parallelism_one_keeps_even_a_concurrency_safe_plugin_to_one_job(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          solo: {parallelism: 1}
+        """, workers=4), {"solo": SOLO}, secrets={"api-ops": TOKEN})
+    w.start()
+    try:
+        lock = str(w.base / "solo-busy")
+        ids = [w.trigger("solo", "poll", {"lock": lock}, TOKEN) for _ in range(6)]
+        results = [w.wait_job(i, TOKEN) for i in ids]
+    finally:
+        assert w.stop() == 0
+    assert [(r["status"], r["result"]["overlap"]) for r in results] == [("succeeded", False)] * 6
+
+
+# each job leaves a marker and waits (up to a minute) until `want` markers exist: it can only
+# finish early if that many of its plugin's jobs ran at the same time
+BARRIER = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    d, want = req["payload"]["dir"], req["payload"]["want"]
+    open(os.path.join(d, req["job_id"]), "w").close()
+    end = time.monotonic() + 60
+    while len(os.listdir(d)) < want and time.monotonic() < end:
+        time.sleep(0.05)
+    json.dump({{"status": "ok", "result": {{"met": len(os.listdir(d)) >= want}}}}, sys.stdout)
+'''
+
+
+def test_parallelism_above_one_lets_that_many_of_a_plugins_jobs_run_together(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          pair: {parallelism: 2}
+        """, workers=4), {"pair": BARRIER}, secrets={"api-ops": TOKEN})
+    (w.plugins / "pair" / "manifest.yaml").write_text(  # even though it says it is not concurrency safe
+        (w.plugins / "pair" / "manifest.yaml").read_text() + "concurrency_safe: false\n")
+    meet = w.base / "meet"
+    meet.mkdir(mode=0o777)
+    os.chmod(meet, 0o777)
+    w.start()
+    try:
+        ids = [w.trigger("pair", "poll", {"dir": str(meet), "want": 2}, TOKEN) for _ in range(2)]
+        results = [w.wait_job(i, TOKEN) for i in ids]
+    finally:
+        assert w.stop() == 0
+    assert [r["result"]["met"] for r in results] == [True, True]
