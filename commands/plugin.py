@@ -1,8 +1,8 @@
-"""Discover plugins and show their trust, configuration and grants.
+"""Discover, create, test and run plugins; record their locks.
 
-Thin by design: discovery, trust and the config join live in ``ductile.plugins``; this
-module parses options and renders. New subcommands (``run``, ``lock``) attach to the
-``plugin`` group below with ``@plugin.command(...)``.
+Thin by design: discovery, trust and the config join live in ``ductile.plugins``, the
+scaffold in ``ductile.plugins.scaffold``, fixture runs in ``ductile.runtime.plugintest``;
+this module parses options and renders.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def plugin() -> None:
-    """Discover plugins and show their trust, configuration and grants."""
+    """Discover, create, test and run plugins; record their locks."""
 
 
 @plugin.command("list")
