@@ -201,29 +201,17 @@ def test_retry_policy_end_to_end(bad_world: ServeWorld, mode: str, status: str, 
     assert last == reason
 
 
-def test_a_plugin_that_is_not_concurrency_safe_runs_one_job_at_a_time(tmp_path: Path) -> None:
-    w = make_serve_world(tmp_path, _config("""\
+@pytest.mark.parametrize(("settings", "manifest_extra"), [
+    ("{}", "concurrency_safe: false\n"),   # the manifest says so
+    ("{parallelism: 1}", ""),             # upstream's plugins.<n>.parallelism says so
+], ids=["not-concurrency-safe", "parallelism-1"])
+def test_a_plugin_limited_to_one_job_runs_one_job_at_a_time(tmp_path: Path, settings: str, manifest_extra: str) -> None:
+    w = make_serve_world(tmp_path, _config(f"""\
         plugins:
-          solo: {}
+          solo: {settings}
         """, workers=4), {"solo": SOLO}, secrets={"api-ops": TOKEN})
     (w.plugins / "solo" / "manifest.yaml").write_text(
-        (w.plugins / "solo" / "manifest.yaml").read_text() + "concurrency_safe: false\n")
-    w.start()
-    try:
-        lock = str(w.base / "solo-busy")
-        ids = [w.trigger("solo", "poll", {"lock": lock}, TOKEN) for _ in range(6)]
-        results = [w.wait_job(i, TOKEN) for i in ids]
-    finally:
-        assert w.stop() == 0
-    assert all(r["status"] == "succeeded" for r in results)
-    assert [r["result"]["overlap"] for r in results] == [False] * 6
-
-
-def test_parallelism_one_keeps_even_a_concurrency_safe_plugin_to_one_job(tmp_path: Path) -> None:
-    w = make_serve_world(tmp_path, _config("""\
-        plugins:
-          solo: {parallelism: 1}
-        """, workers=4), {"solo": SOLO}, secrets={"api-ops": TOKEN})
+        (w.plugins / "solo" / "manifest.yaml").read_text() + manifest_extra)
     w.start()
     try:
         lock = str(w.base / "solo-busy")
