@@ -84,22 +84,25 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
     say(runtime.posture_line())
     say(f"ran {name} {command} as {result.account.describe() if result.account else 'nothing (refused before spawn)'}"
         + (f", pid {result.pid}" if result.pid else ""))
-    out = result.as_dict()
     if as_json:
-        emit_json(out)
-    else:
-        report_run(result)
+        emit_json(result.as_dict())
+    report_run(result, human=not as_json)
     ctx.exit(0 if result.outcome.status == "succeeded" else 1)
 
 
-def report_run(result: JobResult) -> None:
+def report_run(result: JobResult, *, human: bool = True) -> None:
     """The human account of one run: the result on stdout when it succeeded; on stderr the
     plugin's log lines, the gateway's warnings and, when it failed, the error and the end of
-    its stderr (the reason is often in one of those, not in a result that is null)."""
+    its stderr (the reason is often in one of those, not in a result that is null). With
+    ``--json`` (human False) stdout is the JSON alone and stderr keeps only the error line."""
     from ductile.render import emit_json, say
 
     out = result.outcome
     response = out.response
+    if not human:
+        if out.error is not None:
+            say(f"ductile: job {out.status}: {out.error.one_line()}")
+        return
     if out.status == "succeeded" and response is not None:
         emit_json(response.result)
     for entry in response.logs if response is not None else ():
