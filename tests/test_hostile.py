@@ -395,7 +395,8 @@ def test_an_idle_connection_flood_from_a_local_user_cannot_take_serve_down(tmp_p
                 f.kill()
                 f.wait()
         kill_uid(uid)
-    assert w.stop() == 0, w.log()[-3000:]
+        code = w.stop()
+    assert code == 0, w.log()[-3000:]
 
 
 def _read_until_closed(sock, limit: float = 60.0) -> bytes:
