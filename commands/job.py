@@ -58,6 +58,7 @@ def show(job_id: str, config_path: str | None, as_json: bool) -> None:
     j = report["job"]
     account = j["account"] if j["uid"] is None else f"{j['account']} (uid {j['uid']})"
     fields = [("job", j["id"]), ("plugin", j["plugin"]), ("command", j["command"]), ("status", j["status"]),
+              ("trigger", j.get("trigger")),
               ("attempt", f"{j['attempt']}/{j['max_attempts']}"), ("created", j["created_at"]),
               ("started", j["started_at"]), ("finished", j["finished_at"]),
               ("next attempt", j["next_attempt_at"] if j["status"] == "queued" else None),
@@ -67,6 +68,10 @@ def show(job_id: str, config_path: str | None, as_json: bool) -> None:
     for key, value in fields:
         if value is not None:
             say(f"{key.ljust(width)}  {value}", err=False)
+    if j.get("warnings"):
+        say("warnings:", err=False)
+        for warning in j["warnings"]:
+            say(f"  - {warning}", err=False)
     say("", err=False)
     table(["attempt", "outcome", "exit", "account", "uid", "started", "finished", "error"],
           [(a["attempt"], a["outcome"], a["exit_code"], a["account"], a["uid"], a["started_at"], a["finished_at"],

@@ -1,20 +1,26 @@
-"""Discover plugins and show their trust, configuration and grants.
+"""Discover, create, test and run plugins; record their locks.
 
-Thin by design: discovery, trust and the config join live in ``ductile.plugins``; this
-module parses options and renders. New subcommands (``run``, ``lock``) attach to the
-``plugin`` group below with ``@plugin.command(...)``.
+Thin by design: discovery, trust and the config join live in ``ductile.plugins``, the
+scaffold in ``ductile.plugins.scaffold``, fixture runs in ``ductile.runtime.plugintest``;
+this module parses options and renders.
 """
 
 from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
 
 import click
 
 from ductile.cliopts import config_option, json_option
 
+if TYPE_CHECKING:
+    from ductile.runtime.executor import JobResult
+
 
 @click.group()
 def plugin() -> None:
-    """Discover plugins and show their trust, configuration and grants."""
+    """Discover, create, test and run plugins; record their locks."""
 
 
 @plugin.command("list")
@@ -80,14 +86,119 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
         say(line)
     say(f"ran {name} {command} as {result.account.describe() if result.account else 'nothing (refused before spawn)'}"
         + (f", pid {result.pid}" if result.pid else ""))
-    out = result.as_dict()
     if as_json:
-        emit_json(out)
-    elif result.outcome.response is not None:
-        emit_json(out["outcome"]["result"])
-    if result.outcome.error is not None:
-        say(f"ductile: job {result.outcome.status}: {result.outcome.error.one_line()}")
+        emit_json(result.as_dict())
+    report_run(result, human=not as_json)
     ctx.exit(0 if result.outcome.status == "succeeded" else 1)
+
+
+def report_run(result: JobResult, *, human: bool = True) -> None:
+    """The human account of one run: the result on stdout when it succeeded; on stderr the
+    plugin's log lines, the gateway's warnings and, when it failed, the error and the end of
+    its stderr (the reason is often in one of those, not in a result that is null). With
+    ``--json`` (human False) stdout is the JSON alone and stderr keeps only the error line."""
+    from ductile.render import emit_json, say
+
+    out = result.outcome
+    response = out.response
+    if not human:
+        if out.error is not None:
+            say(f"ductile: job {out.status}: {out.error.one_line()}")
+        return
+    if out.status == "succeeded" and response is not None:
+        emit_json(response.result)
+    for entry in response.logs if response is not None else ():
+        say(f"plugin {entry.level}: {entry.message}")
+    for warning in out.warnings:
+        say(f"warning: {warning}")
+    if out.error is None:
+        return
+    if response is None and out.stderr_tail.strip():
+        say("plugin stderr (last lines):")
+        for line in out.stderr_tail.rstrip().splitlines()[-10:]:
+            say(f"  {line}")
+    say(f"ductile: job {out.status}: {out.error.one_line()}")
+
+
+@plugin.command("new")
+@click.argument("name")
+@click.option("--lang", type=click.Choice(["python", "sh"]), default="python", show_default=True,
+              help="Language of the entrypoint (python: /usr/bin/python3, standard library only; sh: /bin/sh).")
+@click.option("--dir", "directory", metavar="DIR", default=".", show_default=True,
+              help="Where to create the plugin's directory NAME (e.g. a plugin root such as /opt/ductile/plugins).")
+def new(name: str, lang: str, directory: str) -> None:
+    """Create a plugin that honours the confined runtime contract: manifest, entrypoint, fixtures.
+
+    Writes DIR/NAME/manifest.yaml, run.py (or run.sh) and fixtures/<command>.json; refuses an
+    existing path. Then configure it, `ductile plugin test NAME`, `ductile plugin lock NAME`.
+    """
+    from ductile.plugins.scaffold import scaffold, unreachable_ancestor, write_scaffold
+    from ductile.render import say
+
+    target = write_scaffold(os.path.join(directory, name), scaffold(name, "sh" if lang == "sh" else "python"))
+    for f in sorted(os.listdir(target)):
+        say(f"created {os.path.join(target, f)}", err=False)
+    blocked = unreachable_ancestor(target)
+    if blocked is not None:
+        say(f"warning: {blocked} is not traversable by other users (no o+x): the plugin's account will not "
+            f"reach {target}; move it under a plugin root such as /opt/ductile/plugins")
+    say("next:", err=False)
+    say(f"  1. make {os.path.dirname(target)} a plugin root (plugin_roots) and add to the config:", err=False)
+    say(f"       plugins: {{{name}: {{run_as: default}}}}", err=False)
+    say(f"  2. ductile plugin test {name}      # runs its fixtures, confined", err=False)
+    say(f"  3. ductile plugin lock {name}      # records its fingerprint", err=False)
+    say(f"  4. ductile plugin run {name} -C poll", err=False)
+
+
+@plugin.command("test")
+@click.argument("name")
+@click.option("--command", "-C", "command", default=None, metavar="CMD",
+              help="Test only this command (its fixture, or --payload). Default: every command with a fixture.")
+@click.option("--payload", default=None, metavar="JSON", help="Payload for --command: inline JSON, @FILE, or - for stdin.")
+@config_option
+@json_option
+@click.pass_context
+def test(ctx: click.Context, name: str, command: str | None, payload: str | None, config_path: str | None,
+         as_json: bool) -> None:
+    """Run a plugin's commands confined against its fixtures and check each answer.
+
+    Each fixtures/<command>.json names the payload (and optionally state and event) and what the
+    answer must be (status, a subset of result, event types). Runs go through the same path as
+    serve; nothing is recorded. Exit 0 when every run passes, 1 otherwise.
+    """
+    from ductile.config import load_config
+    from ductile.render import emit_json, say
+    from ductile.runtime.oneshot import parse_payload
+    from ductile.runtime.plugintest import run_fixtures
+
+    verdicts, runtime = run_fixtures(load_config(config_path), name, command,
+                                     parse_payload(payload) if payload is not None else None)
+    passed = sum(v.passed for v in verdicts)
+    if as_json:
+        emit_json({"plugin": name, "passed": passed, "failed": len(verdicts) - passed,
+                   "runs": [v.as_dict() for v in verdicts]})
+    else:
+        say(runtime.posture_line())
+        for v in verdicts:
+            acct = v.result.account
+            who = acct.describe() if acct else "nothing (refused before spawn)"
+            if v.passed:
+                say(f"PASS {name} {v.case.command} ({v.case.source}) as {who} in {v.seconds:.2f}s", err=False)
+                continue
+            say(f"FAIL {name} {v.case.command} ({v.case.source}) as {who}:", err=False)
+            for problem in v.problems:
+                say(f"  - {problem}", err=False)
+            response = v.result.outcome.response
+            for entry in response.logs if response is not None else ():
+                say(f"    plugin {entry.level}: {entry.message}", err=False)
+            if response is None and v.result.outcome.stderr_tail.strip():
+                for line in v.result.outcome.stderr_tail.rstrip().splitlines()[-5:]:
+                    say(f"    stderr: {line}", err=False)
+        if any(v.result.binding is not None and v.result.binding.downgraded_from for v in verdicts):
+            say(f"note: {name} is not locked while other plugins are, so it ran downgraded to the untrusted "
+                f"account; once it passes: ductile plugin lock {name}", err=False)
+        say(f"{passed}/{len(verdicts)} passed", err=False)
+    ctx.exit(0 if passed == len(verdicts) else 1)
 
 
 @plugin.command("lock")

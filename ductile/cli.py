@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None, prog_name: str = "ductile") -> Any:
     except DuctileError as err:
         if _debug_requested(args):
             raise
-        click.echo(f"ductile: error: {err.one_line()}", err=True)
+        from ductile.render import safe  # plugin text can reach an error line: no escapes to the tty
+
+        click.echo(f"ductile: error: {safe(err.one_line())}", err=True)
         sys.exit(err.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
@@ -191,8 +193,10 @@ def main(argv: list[str] | None = None, prog_name: str = "ductile") -> Any:
     except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if _debug_requested(args):
             raise
+        from ductile.render import safe
+
         click.echo(
-            f"ductile: internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
+            f"ductile: internal error: {type(err).__name__}: {safe(str(err))} (rerun with --debug for a traceback)",
             err=True,
         )
         sys.exit(70)

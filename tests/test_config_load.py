@@ -103,7 +103,7 @@ def test_env_interpolation(tmp_path: Path) -> None:
 
 def test_yaml_on_key_is_text_not_boolean(tmp_path: Path) -> None:
     write(tmp_path / "config.yaml", "plugins: {echo: {}}\npipelines:\n  - name: p\n    on: echo.done\n    steps: [{uses: echo}]\n")
-    assert load_config(str(tmp_path), env={}).config.pipelines[0].on == "echo.done"
+    assert load_config(str(tmp_path), env={}).config.pipelines[0].on.event == "echo.done"
 
 
 def test_merge_keys_are_supported(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ def test_confined_unit_holds_exactly_the_two_drop_capabilities() -> None:
     assert d["ExecStart"] == "/opt/ductile/venv/bin/ductile serve --config /etc/ductile"
     assert d["ProtectSystem"] == "strict" and d["ReadWritePaths"] == "/var/lib/ductile"
     assert d["ProtectHome"] == "yes" and d["PrivateDevices"] == "yes" and d["LimitCORE"] == "0"
+    assert int(d["LimitNOFILE"]) >= 65536  # the gateway raises its soft limit to it (serve/limits.py)
 
 
 @pytest.mark.parametrize("option", ["PrivateUsers", "ProtectProc", "ProcSubset", "StateDirectory", "DynamicUser",

@@ -30,7 +30,7 @@ import pytest
 from conftest import REPO
 
 from ductile.cli import ENTRY_POINT_GROUP, cli
-from ductile.config.decode import alternatives, hints_of, is_optional
+from ductile.config.decode import alternatives, hints_of, is_optional, yaml_key
 from ductile.config.model import Config
 from ductile.config.units import format_duration
 
@@ -400,7 +400,7 @@ def model_keys(cls: type = Config, prefix: str = "") -> list[Key]:
     out: list[Key] = []
     for f in dataclasses.fields(cls):
         hint = is_optional(hints_of(cls)[f.name])[1]
-        path = f"{prefix}{f.name}"
+        path = f"{prefix}{yaml_key(f)}"
         out.append(Key(path, hint, f, cls))
         members = [a for a in alternatives(hint) if dataclasses.is_dataclass(a)] if len(alternatives(hint)) > 1 else []
         for member in members:  # `filesystem: unrestricted` or a mapping: document the mapping's keys

@@ -138,3 +138,24 @@ def test_rows_are_pure_data_sorted_by_name(tmp_path: Path) -> None:
     rows = plugin_rows(loaded.config, discover_for_config(loaded.config))
     assert [r.name for r in rows] == ["gone", "good", "loose", "stray"]
     assert all(r.lock == "-" for r in rows)
+
+
+def test_doctor_warns_when_any_plugin_can_start_a_pipeline_that_writes(tmp_path: Path) -> None:
+    cfg = world(tmp_path, "plugins:\n  good: {config: {token_name: t}}\n  stray: {}\n"
+                "pipelines:\n"
+                "  - {name: open-write, on: good.done, steps: [{uses: stray, command: handle}]}\n"
+                "  - {name: bound-write, on: {event: good.done, from: good}, steps: [{uses: stray}]}\n"
+                "  - {name: open-read, on: good.*, steps: [{uses: stray, command: poll}]}\n")
+    proc = run_ductile("doctor", "--json", "--config", str(cfg))
+    found = [f for f in json.loads(proc.stdout)["findings"] if f["category"] == "pipelines"]
+    assert [(f["severity"], f["field"]) for f in found] == [("warning", "pipelines[0].on")], found
+    assert "stray handle" in found[0]["message"] and "from: <plugin>" in found[0]["fix"]
+    assert found[0]["where"] == f"{cfg}:10"
+
+
+def test_on_from_must_name_configured_plugins(tmp_path: Path) -> None:
+    cfg = world(tmp_path, "plugins:\n  good: {config: {token_name: t}}\n"
+                "pipelines:\n  - {name: p, on: {event: good.done, from: [good, nobody]}, steps: [{uses: good}]}\n")
+    proc = run_ductile("doctor", "--json", "--config", str(cfg))
+    errors = [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error"]
+    assert [f["field"] for f in errors] == ["pipelines[0].on.from[1]"] and "nobody" in errors[0]["message"]

@@ -57,7 +57,9 @@ def test_upstream_manifest_loads_unchanged() -> None:
     assert poll.values["emit"][0]["event"] == "birdsong.digest"
     assert manifest.config_keys_required == ("db_path",)
     assert manifest.config_keys_optional == ("timezone", "min_confidence")
-    assert manifest.fact_outputs[0]["fact_type"] == "birdsong_digest.snapshot"
+    assert [(f.command, f.fact_type, f.mirrors) for f in manifest.fact_outputs] == [
+        ("poll", "birdsong_digest.snapshot", True)]
+    assert manifest.state_mode("poll") == "replace" and manifest.state_mode("handle") == "merge"
     assert manifest.stopwatch == {"max_subs": 16}
 
 

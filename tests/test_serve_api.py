@@ -93,8 +93,9 @@ def test_a_schedule_fires(world: ServeWorld) -> None:
         return body["jobs"] or None
 
     jobs = wait_for("a scheduled ticker job to succeed", fired, log=world.log)
-    assert world.job(jobs[0]["id"], OPS)["payload"] == {"from": "schedule"}
-    assert jobs[0]["dedupe_key"].startswith("schedule:ticker#0")
+    full = world.job(jobs[0]["id"], OPS)
+    assert full["payload"] == {"from": "schedule"} and jobs[0]["dedupe_key"].startswith("schedule:ticker#0")
+    assert jobs[0]["trigger"] == "schedule" and full["authority"] == {"trigger": "schedule", "scopes": None}
 
 
 @pytest.mark.parametrize("header", ["none", "wrong", "garbage", "other-body"])
@@ -114,7 +115,7 @@ def test_webhook_with_a_bad_signature_is_401_and_queues_nothing(world: ServeWorl
 
 @pytest.mark.parametrize("form", ["github", "bare"])
 def test_webhook_with_a_good_signature_queues_a_handle_job(world: ServeWorld, form: str) -> None:
-    body = b'{"action":  "opened", "n": 1}'  # odd spacing: the MAC is over the raw bytes
+    body = b'{"action":  "opened", "n": 1, "form": "%s"}' % form.encode()  # odd spacing: the MAC is over the raw bytes
     sig = sign(HOOK_KEY.encode(), body)
     status, answer = world.request("POST", "/hooks/echo", body,
                                    headers={"X-Hub-Signature-256": f"sha256={sig}" if form == "github" else sig.upper()})
@@ -122,7 +123,7 @@ def test_webhook_with_a_good_signature_queues_a_handle_job(world: ServeWorld, fo
     job = world.wait_job(answer["job_id"], OPS)
     assert job["command"] == "handle" and job["status"] == "succeeded"
     assert job["result"]["event"]["type"] == "webhook"
-    assert job["result"]["event"]["payload"] == {"action": "opened", "n": 1}
+    assert job["result"]["event"]["payload"] == {"action": "opened", "n": 1, "form": form}
 
 
 def test_webhook_body_that_is_not_json_arrives_raw(world: ServeWorld) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import sqlite3
 import textwrap
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from conftest import run_ductile
-from servehelp import BAD, ECHO, SLEEPER, SOLO, TALLY, ServeWorld, make_serve_world, wait_for
+from servehelp import BAD, ECHO, PY, SLEEPER, SOLO, TALLY, ServeWorld, make_serve_world, wait_for
 
 TOKEN = "durable-token-" + "d4" * 16
 
@@ -201,13 +202,17 @@ def test_retry_policy_end_to_end(bad_world: ServeWorld, mode: str, status: str, 
     assert last == reason
 
 
-def test_a_plugin_that_is_not_concurrency_safe_runs_one_job_at_a_time(tmp_path: Path) -> None:
-    w = make_serve_world(tmp_path, _config("""\
+@pytest.mark.parametrize(("settings", "manifest_extra"), [
+    ("{}", "concurrency_safe: false\n"),   # the manifest says so
+    ("{parallelism: 1}", ""),             # upstream's plugins.<n>.parallelism says so
+], ids=["not-concurrency-safe", "parallelism-1"])
+def test_a_plugin_limited_to_one_job_runs_one_job_at_a_time(tmp_path: Path, settings: str, manifest_extra: str) -> None:
+    w = make_serve_world(tmp_path, _config(f"""\
         plugins:
-          solo: {}
+          solo: {settings}
         """, workers=4), {"solo": SOLO}, secrets={"api-ops": TOKEN})
     (w.plugins / "solo" / "manifest.yaml").write_text(
-        (w.plugins / "solo" / "manifest.yaml").read_text() + "concurrency_safe: false\n")
+        (w.plugins / "solo" / "manifest.yaml").read_text() + manifest_extra)
     w.start()
     try:
         lock = str(w.base / "solo-busy")
@@ -272,3 +277,37 @@ def test_kill_9_during_a_burst_of_triggers_loses_no_accepted_job_and_runs_none_t
     for job_id in accepted:
         assert 1 <= runs[job_id] <= 1 + crashed[job_id], (job_id, runs[job_id], crashed[job_id])
     assert sum(crashed.values()) <= 2  # at most one job per worker was running at the kill
+
+
+# each job leaves a marker and waits (up to a minute) until `want` markers exist: it can only
+# finish early if that many of its plugin's jobs ran at the same time
+BARRIER = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    d, want = req["payload"]["dir"], req["payload"]["want"]
+    open(os.path.join(d, req["job_id"]), "w").close()
+    end = time.monotonic() + 60
+    while len(os.listdir(d)) < want and time.monotonic() < end:
+        time.sleep(0.05)
+    json.dump({{"status": "ok", "result": {{"met": len(os.listdir(d)) >= want}}}}, sys.stdout)
+'''
+
+
+def test_parallelism_above_one_lets_that_many_of_a_plugins_jobs_run_together(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, _config("""\
+        plugins:
+          pair: {parallelism: 2}
+        """, workers=4), {"pair": BARRIER}, secrets={"api-ops": TOKEN})
+    (w.plugins / "pair" / "manifest.yaml").write_text(  # even though it says it is not concurrency safe
+        (w.plugins / "pair" / "manifest.yaml").read_text() + "concurrency_safe: false\n")
+    meet = w.base / "meet"
+    meet.mkdir(mode=0o777)
+    os.chmod(meet, 0o777)
+    w.start()
+    try:
+        ids = [w.trigger("pair", "poll", {"dir": str(meet), "want": 2}, TOKEN) for _ in range(2)]
+        results = [w.wait_job(i, TOKEN) for i in ids]
+    finally:
+        assert w.stop() == 0
+    assert [r["result"]["met"] for r in results] == [True, True]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ductile.config.model import Config, PipelineConfig, PipelineStep, PluginConfig, RetryConfig, ServiceConfig
+from ductile.config.model import Config, PipelineConfig, PipelineOn, PipelineStep, PluginConfig, RetryConfig, ServiceConfig
 from ductile.errors import (
     AccountDropFailed,
     BootRefused,
@@ -32,7 +32,7 @@ from ductile.plugins.protocol import Response
 from ductile.runtime.outcome import Outcome
 from ductile.serve import logs, notify
 from ductile.serve.instance import InstanceLock
-from ductile.serve.pipelines import matches, route
+from ductile.serve.pipelines import matches, route, starts
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.serve.settle import settle
 from ductile.serve.signatures import sign, verify
@@ -83,8 +83,8 @@ def test_pipeline_matching(pattern: str, event: str, hit: bool) -> None:
 def _routing_config(max_depth: int = 2) -> Config:
     return Config(service=ServiceConfig(max_event_depth=max_depth),
                   plugins={"echo": PluginConfig(), "notify": PluginConfig(retry=RetryConfig(max_attempts=7))},
-                  pipelines=(PipelineConfig("a", "echo.*", (PipelineStep("notify"), PipelineStep("echo", "poll"))),
-                             PipelineConfig("b", "other", (PipelineStep("notify"),))))
+                  pipelines=(PipelineConfig("a", PipelineOn("echo.*"), (PipelineStep("notify"), PipelineStep("echo", "poll"))),
+                             PipelineConfig("b", PipelineOn("other"), (PipelineStep("notify"),))))
 
 
 def test_route_makes_one_job_per_step_one_hop_deeper() -> None:
@@ -94,7 +94,28 @@ def test_route_makes_one_job_per_step_one_hop_deeper() -> None:
     assert [(d.plugin, d.command, d.depth, d.max_attempts) for d in jobs] == [("notify", "handle", 1, 7),
                                                                               ("echo", "poll", 1, 4)]
     assert jobs[0].event == {"id": "e1", "type": "echo.done", "payload": {"k": 1}, "source_job_id": "j1",
-                             "source_plugin": "echo", "pipeline": "a", "depth": 1}
+                             "source_plugin": "echo", "pipeline": "a", "depth": 1,
+                             "event_id": "e1", "source": "echo", "dedupe_key": None}
+
+
+SOURCE_TABLE = [
+    # (on.event, on.from, event type, source plugin, starts?)
+    ("lowly.done", (), "lowly.done", "lowly", True),
+    ("lowly.done", (), "lowly.done", "evil", True),           # the short form trusts every source
+    ("lowly.done", ("lowly",), "lowly.done", "lowly", True),
+    ("lowly.done", ("lowly",), "lowly.done", "evil", False),  # spoofed: same type, other plugin
+    ("lowly.done", ("lowly",), "lowly.done", None, False),
+    ("lowly.done", ("a", "lowly"), "lowly.done", "lowly", True),
+    ("lowly.*", ("lowly",), "lowly.x.y", "lowly", True),
+    ("lowly.*", ("lowly",), "lowly.x.y", "evil", False),
+    ("lowly.done", ("lowly",), "lowly.other", "lowly", False),
+]
+
+
+@pytest.mark.parametrize(("event", "sources", "etype", "source", "hit"), SOURCE_TABLE)
+def test_a_pipeline_bound_to_sources_starts_only_on_their_events(event: str, sources: tuple[str, ...], etype: str,
+                                                                  source: str | None, hit: bool) -> None:
+    assert starts(PipelineOn(event, sources), etype, source) is hit
 
 
 def test_route_stops_a_chain_past_max_event_depth_and_says_why() -> None:

@@ -59,6 +59,11 @@ def hints_of(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+def yaml_key(f: dataclasses.Field[Any]) -> str:
+    """The YAML key of a model field: its ``key`` metadata (``from``) or its name."""
+    return str(f.metadata.get("key") or f.name)
+
+
 def is_optional(hint: Any) -> tuple[bool, Any]:
     """(None allowed, the hint without None): ``X | None`` -> X; ``X | Y | None`` -> X | Y."""
     if get_origin(hint) in (Union, types.UnionType):
@@ -98,7 +103,7 @@ class Decoder:
         if not isinstance(data, dict):
             self.problem(path, f"must be a mapping, got {type_name(data)}", "write key: value pairs here")
             return None
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
         for key in data:
             if key not in fields:
                 near = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -106,15 +111,16 @@ class Decoder:
                 self.problem(path + (str(key),), f"unknown key '{key}'", f"remove it or correct the spelling ({hint})")
         values: dict[str, Any] = {}
         hints = hints_of(cls)
-        for name, f in fields.items():
-            if name in data:
-                values[name] = self.convert(hints[name], data[name], f.metadata, path + (name,))
+        for key, f in fields.items():
+            name = f.name
+            if key in data:
+                values[name] = self.convert(hints[name], data[key], f.metadata, path + (key,))
             elif f.default is not dataclasses.MISSING:
                 values[name] = f.default
             elif f.default_factory is not dataclasses.MISSING:
                 values[name] = f.default_factory()
             else:
-                self.problem(path + (name,), f"required key '{name}' is missing", f"add {name}: ({f.metadata['doc']})")
+                self.problem(path + (key,), f"required key '{key}' is missing", f"add {key}: ({f.metadata['doc']})")
                 values[name] = None
         try:
             return cls(**values)
@@ -135,6 +141,9 @@ class Decoder:
             return self._union(alternatives(hint), value, meta, path)
         origin = get_origin(hint)
         if dataclasses.is_dataclass(hint):
+            shorthand = getattr(hint, "SHORTHAND", None)
+            if shorthand is not None and not isinstance(value, dict):
+                value = {shorthand: value}  # on: echo.done == on: {event: echo.done}
             return self.decode(hint, value, path)  # type: ignore[arg-type]
         if origin is Literal:
             choices = get_args(hint)
@@ -165,6 +174,8 @@ class Decoder:
         return None
 
     def _sequence(self, item: Any, value: Any, meta: typing.Mapping[str, Any], path: Path) -> Any:
+        if meta.get("one_or_many") and not isinstance(value, list):
+            value = [value]  # from: lowly == from: [lowly]
         if not isinstance(value, list):
             self.problem(path, f"must be a list, got {type_name(value)}", "write it as a YAML list ([a, b] or '- a' lines)")
             return ()
@@ -183,8 +194,8 @@ class Decoder:
                 self.problem(path + (str(key),), f"key {key!r} must be a string", "quote the key")
                 continue
             if key_pattern and not re.fullmatch(key_pattern, key):
-                self.problem(path + (key,), f"name '{key}' does not match {key_pattern}",
-                             "use letters, digits, '-' or '_', starting with a letter")
+                hint = meta.get("key_pattern_hint") or f"a name matching {key_pattern}"
+                self.problem(path + (key,), f"name '{key}' is not valid: a name is {hint}", f"rename it: {hint}")
             out[key] = self.convert(item, v, meta, path + (key,))
         return out
 

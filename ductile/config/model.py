@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 UID_MAX = 2_147_483_647
 KEBAB = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# One rule per kind of name, and the words that state it: every message about a name quotes
+# its HINT (tests/test_compat_pure.py checks each HINT against its pattern). Plugin names may
+# start with '_' because upstream's own template is `_template`.
+NAME_BODY = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+NAME = rf"^{NAME_BODY}$"
+NAME_HINT = "letters, digits, '_', '.' or '-', starting with a letter, a digit or '_'"
 ACCOUNT_NAME = r"^[a-z][a-z0-9_-]*$"
+ACCOUNT_NAME_HINT = "lowercase letters, digits, '_' or '-', starting with a lowercase letter"
 COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+COMMAND_NAME_HINT = "letters, digits, '_' or '-', starting with a letter"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EVENT_TYPE = r"^[A-Za-z0-9_.*:-]+$"
 SECRET_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -41,10 +48,19 @@ def spec(
     pattern_hint: str | None = None,
     min_items: int | None = None,
     key_pattern: str | None = None,
+    key_pattern_hint: str | None = None,
     why: str | None = None,
     default_factory: Any = dataclasses.MISSING,
+    key: str | None = None,
+    one_or_many: bool = False,
 ) -> Any:
-    """A dataclass field carrying the rules every consumer of the model reads."""
+    """A dataclass field carrying the rules every consumer of the model reads.
+
+    ``key``: the YAML key when it cannot be the field's name (``from``). ``one_or_many``: a
+    list field that also takes a single item (``from: lowly`` = ``from: [lowly]``).
+    A dataclass whose class sets ``SHORTHAND = "<field>"`` may be written as that field's
+    value alone (``on: echo.done`` = ``on: {event: echo.done}``).
+    """
     meta = {
         "doc": doc,
         "kind": kind,
@@ -54,7 +70,10 @@ def spec(
         "pattern_hint": pattern_hint,
         "min_items": min_items,
         "key_pattern": key_pattern,
+        "key_pattern_hint": key_pattern_hint,
         "why": why,
+        "key": key,
+        "one_or_many": one_or_many,
     }
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
@@ -109,6 +128,20 @@ class ServiceConfig:
     require_landlock: bool = spec(
         False, doc="Refuse to start when the kernel has no Landlock (otherwise doctor warns and plugins run "
                    "without a filesystem allowlist).",
+    )
+    # caps on what one plugin answer can set in motion (#11)
+    max_events_per_response: int = spec(
+        100, doc="Events kept from one plugin answer; the rest are dropped and the job carries a warning.",
+        minimum=0, maximum=100_000,
+    )
+    max_routed_jobs_per_response: int = spec(
+        100, doc="Pipeline jobs one plugin answer may start; the rest are not queued and the job carries a warning.",
+        minimum=0, maximum=100_000,
+    )
+    # upstream compatibility (#12)
+    dedupe_ttl: float = spec(
+        86400.0, doc="A routed job whose event dedupe_key was routed to the same step within this window is not queued.",
+        kind="duration", maximum=30 * 86400,
     )
 
 
@@ -201,7 +234,7 @@ class PluginConfig:
     schedules: tuple[ScheduleConfig, ...] = spec((), doc="When to run the plugin on its own.")
     timeouts: dict[str, float] = spec(
         default_factory=dict, doc="Per-command timeouts (default poll 60s, handle 120s, health 10s, init 30s, others 60s).",
-        kind="duration", minimum=0.01, key_pattern=COMMAND_NAME,
+        kind="duration", minimum=0.01, key_pattern=COMMAND_NAME, key_pattern_hint=COMMAND_NAME_HINT,
     )
     retry: RetryConfig = spec(default_factory=RetryConfig, doc="Retry policy for retryable failures.")
     config: dict[str, Any] = spec(default_factory=dict, doc="Operator settings passed to the plugin as `config`.")
@@ -214,18 +247,37 @@ class PluginConfig:
         None, doc="TCP ports the plugin may connect to and bind (Landlock ABI 4); absent: the network is not "
                   "restricted.",
     )
+    # upstream compatibility (#12)
+    parallelism: int | None = spec(
+        None, doc="Jobs of this plugin that may run at once (default: no cap, or 1 when its manifest says "
+                  "concurrency_safe: false).", minimum=1, maximum=256,
+    )
 
 
 @dataclass(frozen=True)
 class PipelineStep:
-    uses: str = spec(doc="Plugin that handles the event.", pattern=NAME)
+    uses: str = spec(doc="Plugin that handles the event.", pattern=NAME, pattern_hint=NAME_HINT)
     command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
+
+
+@dataclass(frozen=True)
+class PipelineOn:
+    """What starts a pipeline: an event type, and the plugins whose events count. Without
+    ``from`` an event of that type from any plugin starts it (``doctor`` warns when such a
+    pipeline runs a write command)."""
+
+    SHORTHAND: ClassVar[str] = "event"
+    event: str = spec(doc="Event type (exact, or a prefix ending in .* such as echo.*).", pattern=EVENT_TYPE)
+    sources: tuple[str, ...] = spec(
+        (), doc="Plugin(s) whose events start the pipeline; one name or a list. Empty: any plugin.",
+        pattern=NAME, pattern_hint=NAME_HINT, key="from", one_or_many=True,
+    )
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str = spec(doc="Pipeline name.", pattern=NAME)
-    on: str = spec(doc="Event type that starts it (e.g. echo.done).", pattern=EVENT_TYPE)
+    on: PipelineOn = spec(doc="What starts it: an event type (on: echo.done) or {event, from}.")
     steps: tuple[PipelineStep, ...] = spec(doc="Plugins that receive the event.", min_items=1)
 
 
@@ -235,7 +287,7 @@ class ApiToken:
     secret_ref: str = spec(doc="Vault secret holding the bearer token.", pattern=SECRET_REF)
     scopes: tuple[str, ...] = spec(
         doc="'*' or '<plugin>:ro' / '<plugin>:rw'.", min_items=1,
-        pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*:(ro|rw))$",
+        pattern=rf"^(\*|{NAME_BODY}:(ro|rw))$",
         pattern_hint="'*' or '<plugin>:ro' or '<plugin>:rw'",
     )
 
@@ -246,16 +298,42 @@ class ApiConfig:
     listen: str = spec("127.0.0.1:8080", doc="host:port to listen on.", kind="listen")
     tokens: tuple[ApiToken, ...] = spec((), doc="Bearer tokens, by reference into the vault.")
     max_body: int = spec(1024 * 1024, doc="Largest request body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+    # a bounded server (#11): an idle-connection flood cannot take it down
+    max_connections: int = spec(
+        1024, doc="Open connections at most; at the cap the longest-idle one is closed to admit a new one.",
+        minimum=8, maximum=1_000_000,
+    )
+    header_timeout: float = spec(
+        10.0, doc="A connection with no complete request for this long (since it opened or its last response) is closed.",
+        kind="duration", minimum=1, maximum=600,
+    )
+    body_timeout: float = spec(
+        30.0, doc="A request body not fully received this long after its headers is cut off.",
+        kind="duration", minimum=1, maximum=3600,
+    )
+    keepalive_timeout: float = spec(
+        5.0, doc="An idle keep-alive connection that sends nothing for this long is closed.",
+        kind="duration", minimum=1, maximum=600,
+    )
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
     path: str = spec(doc="URL path, e.g. /hooks/github.", pattern=r"^/[A-Za-z0-9/_.-]*$")
-    plugin: str = spec(doc="Plugin that handles the delivery.", pattern=NAME)
+    plugin: str = spec(doc="Plugin that handles the delivery.", pattern=NAME, pattern_hint=NAME_HINT)
     secret_ref: str = spec(doc="Vault secret holding the HMAC key.", pattern=SECRET_REF)
     signature_header: str = spec("X-Hub-Signature-256", doc="Header carrying the HMAC-SHA256.", pattern=HEADER_NAME)
     command: str = spec("handle", doc="Command to run.", pattern=COMMAND_NAME)
     max_body: int = spec(1024 * 1024, doc="Largest body accepted.", kind="size", minimum=1, maximum=64 * 1024**2)
+    # replay protection (#11)
+    replay_window: float = spec(
+        86400.0, doc="How long a delivery id or signed body is remembered; a repeat within it queues nothing. 0s: off.",
+        kind="duration", maximum=30 * 86400,
+    )
+    delivery_header: str | None = spec(
+        None, doc="Header carrying the sender's delivery id (default: X-GitHub-Delivery, then X-Request-Id).",
+        pattern=HEADER_NAME,
+    )
 
 
 @dataclass(frozen=True)
@@ -269,10 +347,10 @@ class Config:
     )
     accounts: dict[str, AccountConfig] = spec(
         default_factory=dict, doc="OS accounts plugins drop to; `default` and `untrusted` are tiers.",
-        key_pattern=ACCOUNT_NAME,
+        key_pattern=ACCOUNT_NAME, key_pattern_hint=ACCOUNT_NAME_HINT,
     )
     plugins: dict[str, PluginConfig] = spec(
-        default_factory=dict, doc="Plugins to run, by name.", key_pattern=NAME
+        default_factory=dict, doc="Plugins to run, by name.", key_pattern=NAME, key_pattern_hint=NAME_HINT,
     )
     pipelines: tuple[PipelineConfig, ...] = spec((), doc="Event routing.")
     api: ApiConfig = spec(default_factory=ApiConfig, doc="HTTP API.")

@@ -12,6 +12,7 @@ import re
 
 from ductile.config.model import KEBAB, Config
 from ductile.findings import Finding
+from ductile.redact import secret_paths
 
 TIERS = ("default", "untrusted")
 API_ROUTES = ("/healthz", "/plugins", "/plugin", "/job", "/jobs")
@@ -106,6 +107,11 @@ def plugin_rules(config: Config) -> list[Finding]:
                 out.append(sev("vault", f"{field}.vault_principal",
                                f"plugin name '{name}' is not a valid vault principal (kebab-case) and requires_vault is set",
                                f"set vault_principal: {re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'my-plugin'}"))
+        if pc.parallelism is not None and pc.parallelism > config.service.max_workers:
+            out.append(_warn("plugins", f"{field}.parallelism",
+                             f"parallelism {pc.parallelism} is above service.max_workers {config.service.max_workers}, "
+                             "which bounds every plugin: it has no effect past that",
+                             f"lower it to {config.service.max_workers} or raise service.max_workers"))
         for i, sched in enumerate(pc.schedules):
             if sched is None:
                 continue
@@ -129,6 +135,11 @@ def routing_rules(config: Config) -> list[Finding]:
             out.append(_err("pipelines", f"pipelines[{i}].name", f"duplicate pipeline name '{pipe.name}'",
                             "give each pipeline a unique name"))
         names.add(pipe.name)
+        for k, source in enumerate(pipe.on.sources if pipe.on is not None else ()):
+            if source is not None and source not in config.plugins:
+                out.append(_err("pipelines", f"pipelines[{i}].on.from[{k}]",
+                                f"on.from names plugin '{source}', which is not configured under plugins:",
+                                f"add plugins.{source} or fix the name"))
         for j, step in enumerate(pipe.steps):
             if step is not None and step.uses not in config.plugins:
                 out.append(_err("pipelines", f"pipelines[{i}].steps[{j}].uses",
@@ -178,6 +189,28 @@ def service_rules(config: Config) -> list[Finding]:
     return out
 
 
+def secret_rules(config: Config) -> list[Finding]:
+    """A schedule payload under a secret-looking key: the payload is stored with every job it
+    queues (the ledger shows it redacted, but the database and its backups hold it)."""
+    out = []
+    for name in sorted(config.plugins):
+        pc = config.plugins[name]
+        if pc is None:
+            continue
+        for i, sched in enumerate(pc.schedules):
+            if sched is None:
+                continue
+            for path in secret_paths(sched.payload):
+                field = f"plugins.{name}.schedules[{i}].payload.{path}"
+                out.append(_warn("secrets", field,
+                                 f"schedule payload key '{path}' looks like a secret: every job this schedule queues "
+                                 "stores it in the state database (shown redacted, but kept)",
+                                 f"keep it in the vault instead (value on stdin: ductile vault set NAME --grant "
+                                 f"{pc.vault_principal or name}); the plugin reads it from the request's secrets"))
+    return out
+
+
 def config_rules(config: Config, gateway_uid: int | None) -> list[Finding]:
     """Every cross-field rule; ``gateway_uid`` is the uid ductile will run as (None: unknown)."""
-    return account_rules(config, gateway_uid) + plugin_rules(config) + routing_rules(config) + service_rules(config)
+    return (account_rules(config, gateway_uid) + plugin_rules(config) + routing_rules(config) + service_rules(config)
+            + secret_rules(config))

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Literal, get_args, get_origin
 
 from ductile.config.decode import (CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, TIMEZONE_PATTERN, alternatives, hints_of,
-                                    is_optional)
+                                    is_optional, yaml_key)
 from ductile.config.model import Config
 from ductile.config.units import DURATION_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
 
@@ -63,13 +63,20 @@ def _node(hint: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
         if name not in defs:
             defs[name] = {}  # reserve against recursion
             defs[name] = _object(hint, defs)  # type: ignore[arg-type]
-        node = {"$ref": f"#/$defs/{name}"}
+        node: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
+        shorthand = getattr(hint, "SHORTHAND", None)
+        if shorthand is not None:  # the one field's value alone stands for the mapping
+            short = next(f for f in dataclasses.fields(hint) if f.name == shorthand)  # type: ignore[arg-type]
+            node = {"anyOf": [_node(hints_of(hint)[shorthand], dict(short.metadata), defs), node]}  # type: ignore[arg-type]
     elif origin is Literal:
         node = {"enum": list(get_args(hint))}
     elif origin is tuple:
-        node = {"type": "array", "items": _node(get_args(hint)[0], meta, defs)}
+        item = _node(get_args(hint)[0], meta, defs)
+        node = {"type": "array", "items": item}
         if meta.get("min_items"):
             node["minItems"] = meta["min_items"]
+        if meta.get("one_or_many"):
+            node = {"anyOf": [item, node]}
     elif origin is dict:
         node = {"type": "object", "additionalProperties": _node(get_args(hint)[1], meta, defs)}
         if meta.get("key_pattern"):
@@ -92,8 +99,8 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         prop = _node(hints[f.name], meta, defs)
         prop["description"] = meta.get("doc", "")
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
-        props[f.name] = prop
+            required.append(yaml_key(f))
+        props[yaml_key(f)] = prop
     out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
     if required:
         out["required"] = required

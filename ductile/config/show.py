@@ -2,34 +2,20 @@
 
 The model never holds secret values (tokens and HMAC keys are ``secret_ref`` names into
 the vault), but the free-form ``plugins.<name>.config`` and schedule ``payload`` maps are
-written by operators and may; values under secret-looking keys there are redacted.
+written by operators and may; values under secret-looking keys there are redacted by the
+one rule in ``ductile.redact`` (the API and the job ledger use the same one).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from typing import Any
 
-from ductile.config.decode import hints_of, is_optional
+from ductile.config.decode import hints_of, is_optional, yaml_key
 from ductile.config.model import Config
 from ductile.config.units import format_duration
-
-REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(?i)(secret|token|passw|passphrase|api[_-]?key|private[_-]?key|credential|bearer|auth)")
-
-
-def redact(value: Any) -> Any:
-    """Replace values under secret-looking keys (not ``*_ref`` names) with ``<redacted>``."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and not k.endswith("_ref")
-                    and value[k] not in (None, "") else redact(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
+from ductile.redact import redact
 
 def _redact_free_form(view: dict[str, Any]) -> dict[str, Any]:
     for plugin in (view.get("plugins") or {}).values():
@@ -52,7 +38,7 @@ def _plain(hint: Any, meta: Any, value: Any) -> Any:
         return None
     if dataclasses.is_dataclass(value):
         hints = hints_of(type(value))
-        return {f.name: _plain(hints[f.name], f.metadata, getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {yaml_key(f): _plain(hints[f.name], f.metadata, getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         args = getattr(hint, "__args__", (Any,))
         return [_plain(args[0], meta, v) for v in value]

@@ -46,6 +46,9 @@ LimitCORE=0
 # Delegate=yes hands the subtree (and its controllers, for plugins.<name>.limits) to the
 # gateway's user; without it the gateway falls back to sweeping each account's leftovers.
 Delegate=yes
+# Open files: the gateway raises its soft limit to this hard limit at boot and sizes
+# api.max_connections under it, so idle sockets never starve the database of descriptors.
+LimitNOFILE=65536
 """
 
 CONFINED = """\

@@ -120,12 +120,40 @@ def inventory_findings(config: Config, discovery: Discovery) -> list[Finding]:
                                f"plugin {name} at {plugin.directory} is discovered but not configured, so it never runs",
                                f"add plugins.{name} to the config to use it"))
             continue
+        if settings.parallelism is not None and settings.parallelism > 1 and not plugin.manifest.concurrency_safe:
+            out.append(Finding("warning", "plugin", f"plugins.{name}.parallelism",
+                               f"plugin {name}'s manifest says concurrency_safe: false, but parallelism "
+                               f"{settings.parallelism} lets {settings.parallelism} of its jobs run at once",
+                               "remove parallelism (one job at a time) unless you know the plugin is safe to overlap"))
         missing = [k for k in plugin.manifest.config_keys_required if k not in settings.config]
         if missing:
             out.append(Finding("warning", "plugin", f"plugins.{name}.config",
                                f"plugin {name} requires config key(s) {', '.join(missing)}, which are not set",
                                f"set them under plugins.{name}.config"))
     out += _command_findings(config, discovery)
+    out += _pipeline_findings(config, discovery)
+    return out
+
+
+def _pipeline_findings(config: Config, discovery: Discovery) -> list[Finding]:
+    """A pipeline any plugin can start (no ``on.from``) that runs a write command: any plugin
+    that emits the event type can make the step act with its own account and secrets."""
+    out = []
+    for i, pipe in enumerate(config.pipelines):
+        if pipe.on.sources:
+            continue
+        writes = []
+        for step in pipe.steps:
+            plugin = discovery.plugins.get(step.uses)
+            spec = plugin.manifest.command(step.command) if plugin is not None else None
+            if spec is not None and spec.type == "write":
+                writes.append(f"{step.uses} {step.command}")
+        if writes:
+            out.append(Finding("warning", "pipelines", f"pipelines[{i}].on",
+                               f"pipeline {pipe.name} starts on {pipe.on.event} from any plugin and runs write "
+                               f"command(s) {', '.join(writes)}: any plugin that emits that type can trigger them",
+                               f"bind it to the plugin that emits the event: on: {{event: {pipe.on.event}, from: "
+                               f"<plugin>}}"))
     return out
 
 

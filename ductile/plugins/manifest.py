@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ductile.config.model import COMMAND_NAME, NAME
+from ductile.config.model import COMMAND_NAME, COMMAND_NAME_HINT, NAME, NAME_HINT
 from ductile.config.yamlsrc import Document, Mark, Wording, read_yaml
 from ductile.config.yamlsrc import Path as KeyPath
 from ductile.errors import ConfigError, PluginError
@@ -69,6 +69,25 @@ class CommandSpec:
     values: Any = field(default=None, hash=False)
 
 
+COMPATIBILITY_VIEWS = ("", "mirror_object")
+
+
+@dataclass(frozen=True)
+class FactOutput:
+    """Upstream's ``fact_outputs`` rule: when ``command`` succeeds, its ``state_updates`` are a
+    snapshot of kind ``fact_type``; with ``compatibility_view: mirror_object`` the snapshot
+    *replaces* the plugin's stored state instead of being merged into it."""
+
+    command: str
+    fact_type: str
+    compatibility_view: str = ""
+    source: str = "state_updates"
+
+    @property
+    def mirrors(self) -> bool:
+        return self.compatibility_view == "mirror_object"
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a plugin says about itself. It never grants anything: the account a plugin
@@ -85,8 +104,8 @@ class Manifest:
     concurrency_safe: bool = True
     manifest_spec: str | None = None
     manifest_version: int | None = None
-    # upstream features ductile does not implement yet; kept so nothing is silently lost
-    fact_outputs: Any = field(default=None, hash=False)
+    fact_outputs: tuple[FactOutput, ...] = ()
+    # upstream feature ductile does not implement; kept so nothing is silently lost
     stopwatch: Any = field(default=None, hash=False)
 
     @property
@@ -95,6 +114,11 @@ class Manifest:
 
     def command(self, name: str) -> CommandSpec | None:
         return next((c for c in self.commands if c.name == name), None)
+
+    def state_mode(self, command: str) -> str:
+        """How a successful ``command``'s ``state_updates`` reach the stored state:
+        ``replace`` when a fact_outputs rule for it mirrors the object, else ``merge``."""
+        return "replace" if any(f.command == command and f.mirrors for f in self.fact_outputs) else "merge"
 
     @property
     def config_keys(self) -> tuple[str, ...]:
@@ -200,8 +224,8 @@ class _Parser:
         manifest_version = self.manifest_version(d.get("manifest_version"))
         name = self.text(("name",), d.get("name"), required=True).strip()
         if not _NAME.match(name):
-            raise self.fail(("name",), f"{name!r} is not a valid plugin name",
-                            "use letters, digits, '_', '.' or '-', starting with a letter or digit")
+            raise self.fail(("name",), f"{name!r} is not a valid plugin name: a name is {NAME_HINT}",
+                            f"rename it: {NAME_HINT}")
         protocol = self.protocol(d.get("protocol"))
         entrypoint = self.text(("entrypoint",), d.get("entrypoint"), required=True)
         problem = entrypoint_problem(entrypoint)
@@ -226,7 +250,7 @@ class _Parser:
             concurrency_safe=True if concurrency_safe is None else concurrency_safe,
             manifest_spec=manifest_spec,
             manifest_version=manifest_version,
-            fact_outputs=d.get("fact_outputs"),
+            fact_outputs=self.fact_outputs(d.get("fact_outputs"), commands),
             stopwatch=d.get("stopwatch"),
         )
         return manifest, self.findings
@@ -286,8 +310,8 @@ class _Parser:
                           f"remove it or fix its spelling (known keys: {', '.join(sorted(COMMAND_KEYS))})")
         name = self.text(key + ("name",), item.get("name"), required=True).strip()
         if not _COMMAND_NAME.match(name):
-            raise self.fail(key + ("name",), f"{name!r} is not a valid command name",
-                            "start with a letter, then letters, digits, '_' or '-'")
+            raise self.fail(key + ("name",), f"{name!r} is not a valid command name: a command name is "
+                            f"{COMMAND_NAME_HINT}", f"rename it: {COMMAND_NAME_HINT}")
         ctype = item.get("type")
         if ctype is None:
             raise self.fail(key + ("type",), f"is required (command '{name}')",
@@ -305,6 +329,40 @@ class _Parser:
             output_schema=item.get("output_schema"),
             values=item.get("values"),
         )
+
+    def fact_outputs(self, value: Any, commands: tuple[CommandSpec, ...]) -> tuple[FactOutput, ...]:
+        """Upstream's rules, refused where upstream refuses them (undeclared command, a source
+        other than state_updates, no fact_type, an unknown compatibility_view)."""
+        key: KeyPath = ("fact_outputs",)
+        example = "fact_outputs: [{when: {command: poll}, from: state_updates, fact_type: x.snapshot}]"
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list of rules, got {_kind(value)}", f"write {example}")
+        declared = {c.name for c in commands}
+        out: list[FactOutput] = []
+        for i, item in enumerate(value):
+            at = key + (i,)
+            if not isinstance(item, dict):
+                raise self.fail(at, f"must be a mapping, got {_kind(item)}", f"write {example}")
+            when = item.get("when")
+            command = when.get("command") if isinstance(when, dict) else None
+            if not isinstance(command, str) or command not in declared:
+                raise self.fail(at + ("when",), f"must name a declared command as when.command, got {command!r}",
+                                f"write when: {{command: <one of {', '.join(sorted(declared))}>}}")
+            if item.get("from") != "state_updates":
+                raise self.fail(at + ("from",), f"must be state_updates, got {item.get('from')!r}",
+                                "write from: state_updates")
+            fact_type = item.get("fact_type")
+            if not isinstance(fact_type, str) or not fact_type.strip():
+                raise self.fail(at + ("fact_type",), "is required (a name such as myplugin.snapshot)",
+                                "add fact_type: <plugin>.snapshot")
+            view = item.get("compatibility_view") or ""
+            if view not in COMPATIBILITY_VIEWS:
+                raise self.fail(at + ("compatibility_view",), f"must be mirror_object or empty, got {view!r}",
+                                "write compatibility_view: mirror_object or leave it out")
+            out.append(FactOutput(command, fact_type.strip(), view))
+        return tuple(out)
 
     def config_keys(self, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Either a plain list (every key optional) or upstream's {required, optional}."""

@@ -16,25 +16,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from ductile import strictjson
 from ductile.errors import ProtocolError
 
 PROTOCOL_VERSION = 2
 EXIT_TERMINAL = 78            # EX_CONFIG: the plugin says retrying cannot help
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024  # service.max_plugin_output's default
 STDERR_TAIL = 64 * 1024       # how much stderr the ledger keeps
-MAX_NESTING = 128             # deepest JSON a response may nest; deeper is refused
+MAX_NESTING = strictjson.MAX_DEPTH  # deepest JSON a response may nest; deeper is refused
 _SNIPPET = 40                 # how much offending output a message may quote
 
 Status = Literal["ok", "error"]
 _FIX = "make the plugin write exactly one JSON object to stdout (logs go to stderr)"
 
 
+MAX_DEDUPE_KEY = 512
+
+
 @dataclass(frozen=True)
 class Event:
-    """An event the plugin emits; pipelines route it to other plugins."""
+    """An event the plugin emits; pipelines route it to other plugins. ``dedupe_key``
+    (upstream's protocol) names what the event is about: a routed job whose key was
+    already routed within ``service.dedupe_ttl`` is not queued again."""
 
     type: str
     payload: dict[str, Any] = field(default_factory=dict, hash=False)
+    dedupe_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,14 +67,33 @@ class Response:
         return self.status == "ok"
 
 
+API_TRIGGER = "api.trigger"
+
+
+def request_event(command: str, payload: Any, event: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``event`` a request carries: the job's own (a pipeline's or a webhook's), or, for a
+    ``handle`` job that has none, upstream's envelope ``{type: "api.trigger", payload}``.
+
+    Upstream wraps the payload of every such job (CLI, API, schedule) this way and its
+    plugins read ``event.payload``; without the envelope they fail ("event must include
+    url") or, worse, misclassify and succeed. Decided here, where the request is built, so
+    no caller can forget it."""
+    if event is not None:
+        return dict(event)
+    if command == "handle":
+        return {"type": API_TRIGGER, "payload": payload}
+    return None
+
+
 def build_request(*, job_id: str, command: str, config: Mapping[str, Any], state: Mapping[str, Any],
                   payload: Any, event: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
                   deadline_at: datetime | str | None = None, secrets: Mapping[str, str] | None = None) -> bytes:
     """One JSON object and a newline, for the plugin's stdin.
 
     ``secrets`` is omitted entirely when there are none, so a plugin that was granted
-    nothing cannot tell an empty vault from no vault. ``event`` and ``deadline_at`` appear
-    only when set; ``context`` is always an object. Output is ASCII (non-ASCII escaped), so
+    nothing cannot tell an empty vault from no vault. ``event`` appears when set and on every
+    ``handle`` request (``request_event``); ``deadline_at`` when set; ``context`` is always
+    an object. Output is ASCII (non-ASCII escaped), so
     no text in a payload can make the request invalid UTF-8.
     """
     request: dict[str, Any] = {
@@ -79,8 +105,9 @@ def build_request(*, job_id: str, command: str, config: Mapping[str, Any], state
         "payload": payload,
         "context": dict(context or {}),
     }
-    if event is not None:
-        request["event"] = dict(event)
+    carried = request_event(command, payload, event)
+    if carried is not None:
+        request["event"] = carried
     if deadline_at is not None:
         request["deadline_at"] = _rfc3339(deadline_at)
     if secrets:
@@ -140,58 +167,24 @@ def _snippet(text: str) -> str:
     return repr(text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else ""))
 
 
-class _NotJson(ValueError):
-    """NaN and Infinity: Python's decoder accepts them, JSON (and every other reader) does not."""
-
-
-def _no_constants(name: str) -> Any:
-    raise _NotJson(name)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
-
-
 def _parse_one_object(text: str) -> Any:
     start = len(text) - len(text.lstrip())
     try:
-        value, end = _DECODER.raw_decode(text, start)
-    except RecursionError:
-        raise _refuse(f"output nests JSON too deeply to decode (the limit is {MAX_NESTING} levels)",
-                      "flatten the result") from None
-    except _NotJson as err:
-        raise _refuse(f"output is not JSON ({err} is not a JSON value)", "encode numbers as finite values "
-                      "or null") from None
-    except json.JSONDecodeError as err:
+        value, end = strictjson.raw_decode(text, start)
+    except strictjson.JsonRefused as err:
+        raise _refuse(f"output is not usable JSON: {err.reason}", "write finite numbers, integers of at most "
+                      f"{strictjson.MAX_INT_DIGITS} digits and at most {MAX_NESTING} levels of nesting") from None
+    except strictjson.NotJson as err:
         if err.pos >= len(text.rstrip()):
             raise _refuse("output ends in the middle of a JSON value (partial or cut-off output)", _FIX) from None
-        raise _refuse(f"output is not JSON ({err.msg} at line {err.lineno} column {err.colno}; starts "
-                      f"{_snippet(text)})", _FIX) from None
-    except ValueError as err:  # e.g. an integer longer than Python converts
-        raise _refuse(f"output is not usable JSON ({' '.join(str(err).split(':')[0].split())})", _FIX) from None
+        raise _refuse(f"output is not JSON ({err.reason}; starts {_snippet(text)})", _FIX) from None
     rest = text[end:]
     if rest.strip():
         raise _refuse(f"output has trailing data after the JSON object (starts {_snippet(rest)})",
                       "write exactly one JSON object and nothing else to stdout")
     if not isinstance(value, dict):
         raise _refuse(f"output is a JSON {_json_kind(value)}, not an object", _FIX)
-    if _depth(value) > MAX_NESTING:
-        raise _refuse(f"output nests JSON deeper than {MAX_NESTING} levels", "flatten the result")
     return value
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth without recursion, so the check itself cannot overflow the stack."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node.values())
-        elif isinstance(node, list):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node)
-    return deepest
 
 
 def _json_kind(value: Any) -> str:
@@ -251,8 +244,23 @@ def _events(raw: Any) -> tuple[Event, ...]:
             payload = {}
         elif not isinstance(payload, dict):
             raise _refuse(f"events[{i}].payload must be an object, got a {_json_kind(payload)}", fix)
-        out.append(Event(etype, payload))
+        out.append(Event(etype, payload, _dedupe_key(i, item.get("dedupe_key"))))
     return tuple(out)
+
+
+def _dedupe_key(i: int, raw: Any) -> str | None:
+    """A string (a number is taken as its text, as upstream's decoder does), or absent."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        raw = json.dumps(raw)
+    if not isinstance(raw, str):
+        raise _refuse(f"events[{i}].dedupe_key must be a string, got a {_json_kind(raw)}",
+                      'write "dedupe_key": "<what the event is about>"')
+    if len(raw) > MAX_DEDUPE_KEY:
+        raise _refuse(f"events[{i}].dedupe_key is {len(raw)} characters (at most {MAX_DEDUPE_KEY})",
+                      "use a shorter key, e.g. a hash of what the event is about")
+    return raw
 
 
 def _logs(raw: Any) -> tuple[LogEntry, ...]:

@@ -4,7 +4,8 @@ run`` both apply, so a plugin that is not safe to run twice is never run twice b
     manifest concurrency_safe   parallelism     limit
     true (default)              unset           none
     false                       unset           1
-    any                         N               N
+    any                         N               N     (the operator decided; doctor warns
+                                                       when it overrides concurrency_safe: false)
 """
 
 from __future__ import annotations
@@ -23,4 +24,5 @@ def concurrency_limit(runtime: Runtime, plugin: str) -> int | None:
     found = runtime.plugins.get(plugin)
     if found is None:
         return None
-    return limit_of(found.manifest.concurrency_safe)
+    pc = runtime.config.plugins.get(plugin)
+    return limit_of(found.manifest.concurrency_safe, pc.parallelism if pc is not None else None)

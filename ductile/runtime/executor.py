@@ -26,7 +26,7 @@ from ductile.privsep.accounts import ResolvedAccount, resolve_account
 from ductile.privsep.fingerprint import Binding
 from ductile.privsep.spawnspec import SpawnSpec, build_spawn_spec
 from ductile.runtime.boot import Runtime
-from ductile.runtime.outcome import Outcome, classify
+from ductile.runtime.outcome import Outcome, classify, screened
 from ductile.runtime.spawn import spawn
 
 log = logging.getLogger("ductile.runtime")
@@ -60,7 +60,7 @@ class JobResult:
             "job_id": self.job.job_id, "plugin": self.job.plugin, "command": self.job.command, "pid": self.pid,
             "account": {"name": acct.name, "uid": acct.uid, "gid": acct.gid, "source": acct.source} if acct else None,
             "outcome": self.outcome.as_dict(),
-            "events": [{"type": e.type, "payload": e.payload} for e in r.events] if r else [],
+            "events": [{"type": e.type, "payload": e.payload, "dedupe_key": e.dedupe_key} for e in r.events] if r else [],
             "state_updates": dict(r.state_updates) if r else {},
             "logs": [{"level": lg.level, "message": lg.message} for lg in r.logs] if r else [],
             "secrets_delivered": list(self.secret_names),
@@ -199,7 +199,9 @@ class Executor:
             names = tuple(sorted(secrets))
             raw = spawn(spec, request, on_start=pids.append, cancel=cancel)
             del request, secrets
-            return JobResult(job, classify(spec, raw, job.plugin), resolved, spec, pids[0] if pids else None,
+            outcome = screened(classify(spec, raw, job.plugin),
+                               max_events=self.runtime.config.service.max_events_per_response)
+            return JobResult(job, outcome, resolved, spec, pids[0] if pids else None,
                              secret_names=names, binding=binding)
         except DuctileError as err:
             if isinstance(err, AccountDropFailed) and resolved is not None:

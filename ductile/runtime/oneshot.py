@@ -11,10 +11,10 @@ Its outcome is recorded in one transaction with its state updates, as serve reco
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
+from ductile import strictjson
 from ductile.config import LoadedConfig
 from ductile.errors import UsageError
 from ductile.runtime.boot import Runtime, boot
@@ -43,10 +43,14 @@ def parse_payload(text: str) -> dict[str, Any]:
             raise UsageError(f"cannot read payload file: {err.strerror}", where=text[1:],
                              fix="give a readable JSON file after @") from None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--payload is not JSON: {err.msg} at character {err.pos}", where="--payload",
+        value = strictjson.loads(text)
+    except strictjson.NotJson as err:
+        raise UsageError(f"--payload is not JSON: {err.reason}", where="--payload",
                          fix="pass a JSON object, e.g. --payload '{\"key\": 1}'") from None
+    except strictjson.JsonRefused as err:
+        raise UsageError(f"--payload refused: {err.reason}", where="--payload",
+                         fix="use finite numbers, integers of at most "
+                             f"{strictjson.MAX_INT_DIGITS} digits and at most {strictjson.MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise UsageError("--payload must be a JSON object", where="--payload", fix="wrap it in {...}")
     return value
@@ -88,16 +92,20 @@ def _record(state: StateDB, runtime: Runtime, job_id: str, result: JobResult) ->
     out = result.outcome
     response = out.response
     account = result.account
+    found = runtime.plugins.get(result.job.plugin)
+    mode = found.manifest.state_mode(result.job.command) if found is not None else "merge"
     with state.write():
         decision, refused = apply_state_updates(state, result.job.plugin, ledger_outcome(out),
                                                 response.state_updates if response else None,
-                                                limit=runtime.config.service.max_plugin_state)
+                                                limit=runtime.config.service.max_plugin_state, mode=mode)
         state.jobs.finish(job_id, decision, exit_code=out.exit_code, stderr_tail=out.stderr_tail or None,
                           account=(account.name if account.confined else "unconfined") if account else None,
-                          uid=(account.uid if account.confined else None) if account else None)
+                          uid=(account.uid if account.confined else None) if account else None,
+                          warnings=out.warnings)
         if isinstance(decision, Succeeded) and response is not None:
             for event in response.events:
-                state.events.record_event(event.type, event.payload, source_job_id=job_id, plugin=result.job.plugin)
+                state.events.record_event(event.type, event.payload, source_job_id=job_id, plugin=result.job.plugin,
+                                          dedupe_key=event.dedupe_key)
     if refused is not None:  # the plugin answered ok, but its state was refused: the run failed
         return replace(result, outcome=replace(out, status="failed", terminal=True, error=refused))
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ductile.errors import (
@@ -21,6 +21,7 @@ from ductile.errors import (
     ProtocolError,
     SpawnFailed,
 )
+from ductile.plugins import emits
 from ductile.plugins.protocol import Response, decode_response, is_terminal
 from ductile.privsep.spawnspec import (EXIT_HANDSHAKE, EXIT_LIMIT, EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_TMPDIR,
                                        EXIT_WORKDIR, TRAMPOLINE_NAME, SpawnSpec)
@@ -41,6 +42,7 @@ class Outcome:
     error: DuctileError | None
     exit_code: int | None
     stderr_tail: str = field(default="", repr=False)
+    warnings: tuple[str, ...] = ()  # what the gateway dropped from the answer (emits.screen)
 
     @property
     def reason(self) -> str:
@@ -51,7 +53,20 @@ class Outcome:
             "status": self.status, "terminal": self.terminal, "exit_code": self.exit_code,
             "error": self.error.as_dict() if self.error else None,
             "result": self.response.result if self.response else None,
+            "warnings": list(self.warnings),
         }
+
+
+def screened(outcome: Outcome, *, max_events: int) -> Outcome:
+    """``outcome`` with its events put through the emit rule (``plugins.emits``): events in the
+    gateway's namespaces and past the cap are dropped, each reason one warning."""
+    response = outcome.response
+    if response is None or not response.events:
+        return outcome
+    kept, warnings = emits.screen(response.events, max_events=max_events)
+    if not warnings:
+        return outcome
+    return replace(outcome, response=replace(response, events=tuple(kept)), warnings=outcome.warnings + tuple(warnings))
 
 
 def last_line(data: bytes, limit: int = 300) -> str:

@@ -3,7 +3,7 @@
     GET  /healthz                    no token: status (ok | degraded | draining) and why, posture,
                                      queue depth, uptime
     GET  /plugins                    plugins the token may see
-    POST /plugin/{name}/{command}    JSON object body = payload -> 202 {job_id}
+    POST /plugin/{name}/{command}    JSON object body = payload (or upstream's {"payload": {...}}) -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
     GET  /jobs?status=&plugin=&limit=&before=   summaries (no payload/result), streamed, byte-bounded
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
@@ -37,7 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ductile import __version__
 from ductile.errors import DuctileError, StateError
 from ductile.runtime.boot import Runtime
-from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited
+from ductile.serve.authority import api_token
+from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limited, unwrap_payload
 from ductile.serve.health import Health
 from ductile.serve.intake import Intake
 from ductile.serve.logs import log
@@ -167,7 +168,7 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            payload = json_object(await read_limited(request, cfg.api.max_body))
+            payload = unwrap_payload(json_object(await read_limited(request, cfg.api.max_body)))
         except BodyTooLarge as err:
             return error(413, f"request body is larger than api.max_body ({err.limit} bytes)",
                          "send a smaller payload or raise api.max_body")
@@ -176,7 +177,9 @@ class Api:
         if self.ctx.draining.is_set():
             return draining()
         try:
-            job_id = await self.ctx.enqueue(name, command, payload, max_attempts=pc.retry.max_attempts)
+            authority = api_token(who)
+            job_id = await self.ctx.enqueue(name, command, payload, max_attempts=pc.retry.max_attempts,
+                                            trigger=authority.trigger, authority=authority.as_dict())
         except DuctileError as err:
             return self.ctx.refused(err, f"a trigger of {name}/{command}")
         self.ctx.wake()

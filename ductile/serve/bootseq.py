@@ -1,7 +1,8 @@
 """serve's boot, in SPEC §8 order, as one function that either returns everything the
 gateway needs or raises one ``DuctileError`` before a single plugin has run:
 
-    load + validate config -> discover plugins -> single-instance lock -> open state (WAL, quick_check)
+    load + validate config -> discover plugins -> raise the open-file limit -> single-instance lock
+      -> open state (WAL, quick_check)
       -> capability probe -> boot gate -> (enforce) harden + reconcile      [runtime.boot]
       -> containment; sweep every account's leftovers (a killed gateway's orphans)
       -> recover jobs a crash left running (after the sweep: a re-queued job never runs
@@ -21,6 +22,7 @@ from ductile.config import LoadedConfig, load_config
 from ductile.errors import BootRefused
 from ductile.runtime.boot import Runtime, boot, discover
 from ductile.serve.instance import InstanceLock
+from ductile.serve.limits import NofilePlan, raise_nofile
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state
@@ -38,6 +40,7 @@ class Booted:
     listener: socket.socket | None
     recovered: list[tuple[str, str]] = field(default_factory=list)
     swept: list[tuple[str, int | None]] = field(default_factory=list)  # (account, leftovers killed | None: busy)
+    nofile: NofilePlan = field(default_factory=lambda: NofilePlan(0, 0, 0, 1024))
 
     def close(self) -> None:
         if self.listener is not None:
@@ -76,6 +79,8 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
     if config.webhooks and not config.api.enabled:
         raise BootRefused("webhooks are configured but api.enabled is false, so nothing would receive them",
                           where="api.enabled", fix="set api.enabled: true or remove the webhooks")
+    # before anything opens a descriptor: idle sockets must never starve SQLite of one
+    nofile = raise_nofile(max_connections=config.api.max_connections, workers=config.service.max_workers)
     lock = InstanceLock.for_state(config.state.path).acquire()
     db: StateDB | None = None
     listener: socket.socket | None = None
@@ -90,7 +95,7 @@ def boot_serve(config_path: str | None, *, secret_source: SecretSource | None = 
         schedules = schedules_of(config)
         secrets = resolve_gateway_secrets(config, AuditedSource(secret_source or VaultSource(config), db))
         listener = bind(config.api.listen) if config.api.enabled else None
-        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered, swept)
+        return Booted(loaded, runtime, db, lock, schedules, secrets, listener, recovered, swept, nofile)
     except BaseException:
         if listener is not None:
             listener.close()

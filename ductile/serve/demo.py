@@ -126,7 +126,7 @@ def _config_text(accounts: dict[str, int], base: Path) -> str:
           counter: {{schedules: [{{every: 1m}}]}}   # stateful: its count lives in the state database
           notify: {{{grants.get('notify', '')}}}
         pipelines:
-          - {{name: notify-on-echo, on: echo.done, steps: [{{uses: notify}}]}}
+          - {{name: notify-on-echo, on: {{event: echo.done, from: echo}}, steps: [{{uses: notify}}]}}
         api:
           listen: ${{DUCTILE_LISTEN:-{DEFAULT_LISTEN}}}
           tokens: [{{name: demo, secret_ref: {TOKEN_REF}, scopes: ["*"]}}]

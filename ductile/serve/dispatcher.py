@@ -7,9 +7,11 @@ record. A job accepted with 202 is a row before the API answers; a worker takes 
 it with one more transaction — the one that also claims the worker's next job. Nothing
 lives only in memory, so a crash loses nothing the next boot cannot recover.
 
-Per-plugin concurrency: a plugin whose manifest says ``concurrency_safe: false`` runs one
-job at a time; ``claim`` skips it while one is running and younger jobs of other
-plugins go ahead.
+Per-plugin concurrency (``runtime.concurrency``, shared with ``plugin run``):
+``plugins.<n>.parallelism: N`` (upstream's key) caps that plugin at N running jobs; without
+it a plugin whose manifest says ``concurrency_safe: false`` runs one job at a time (an
+explicit parallelism overrides that, as upstream does, and doctor warns). ``claim`` skips a
+plugin at its cap and younger jobs of other plugins go ahead.
 
 Idle workers sleep: until they are woken (a trigger, a schedule, a capped plugin's job
 finishing) or until the earliest queued job falls due (``Claim.next_due``), never in a
@@ -218,6 +220,16 @@ class Dispatcher:
             self.health.resolve(_log, "state:")
             return result
 
+    def _command_type(self, plugin: str, command: str) -> str | None:
+        """read | write from the plugin's manifest; None when unknown (counted as a write)."""
+        found = self.runtime.plugins.get(plugin)
+        spec = found.manifest.command(command) if found is not None else None
+        return spec.type if spec is not None else None
+
+    def _state_mode(self, plugin: str, command: str) -> str:
+        found = self.runtime.plugins.get(plugin)
+        return found.manifest.state_mode(command) if found is not None else "merge"
+
     def _collect_event(self, type: str, payload: dict[str, Any]) -> None:
         """Executor events (``plugin.drop_failed``...) are kept with the job and stored in
         its settling transaction."""
@@ -268,7 +280,8 @@ class Dispatcher:
 
         def record() -> tuple[Recorded, QueuedJob | None]:
             with self.db.write(durable=False):  # see StateDB.write: a power loss re-runs, never loses
-                rec = record_run(self.db, self.config, queued, result, decision, gateway_events)
+                rec = record_run(self.db, self.config, queued, result, decision, gateway_events,
+                                 command_type=self._command_type, state_mode=self._state_mode)
                 following = None if self._stop.is_set() else self._claim().job
             return rec, following
 
@@ -285,12 +298,13 @@ class Dispatcher:
             self._paused.pop(queued.plugin, None)
             self.finished += 1
             self.health.resolve(_log, f"plugin:{queued.plugin}")
-        self._report(queued, result, rec.status, rec.downstream)
+        self._report(queued, result, rec.status, rec.downstream, rec.warnings)
         if rec.downstream:
             self.wake(len(rec.downstream))
         return following
 
-    def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str]) -> None:
+    def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str],
+                warnings: list[str] | None = None) -> None:
         out = result.outcome
         fields: dict[str, Any] = {"job_id": queued.id, "plugin": queued.plugin, "command": queued.command,
                                   "status": status, "attempt": f"{queued.attempt}/{queued.max_attempts}"}
@@ -305,6 +319,9 @@ class Dispatcher:
             fields["error"] = out.reason
             msg += f": {out.reason}"
         log(_log, level, msg, **fields)
+        for warning in warnings or ():
+            log(_log, logging.WARNING, f"job {queued.plugin}/{queued.command}: {warning}", job_id=queued.id,
+                plugin=queued.plugin)
         if out.response is not None:
             for entry in out.response.logs:
                 log(_plugin_log, PLUGIN_LEVELS.get(entry.level.lower(), logging.INFO), f"{queued.plugin}: {entry.message}",

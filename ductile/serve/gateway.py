@@ -24,6 +24,7 @@ from types import FrameType
 from ductile.runtime.wiring import make_executor
 from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
+from ductile.serve.bounded import Guard, GuardMiddleware, Limits, guarded_protocol
 from ductile.serve.dispatcher import Dispatcher
 from ductile.serve.health import Health
 from ductile.serve.intake import Intake
@@ -65,9 +66,17 @@ class Gateway:
         import asyncio
 
         import uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        config = uvicorn.Config(build_app(self.ctx), log_config=None, access_log=False, lifespan="off",
-                                server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5)
+        api = self.b.runtime.config.api
+        guard = Guard(Limits(self.b.nofile.connections, api.header_timeout, api.body_timeout))
+        # proxy_headers off: the gateway is not behind a proxy it knows of, and a local client
+        # must not be able to rewrite the peer address the logs show with X-Forwarded-For
+        config = uvicorn.Config(GuardMiddleware(build_app(self.ctx), guard), log_config=None, access_log=False,
+                                lifespan="off", server_header=False, proxy_headers=False,
+                                http=guarded_protocol(guard, H11Protocol),
+                                timeout_keep_alive=api.keepalive_timeout,  # type: ignore[arg-type]
+                                timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         self._server = server
         self._server_thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
@@ -89,6 +98,13 @@ class Gateway:
         log(_log, logging.INFO, f"serving: api {listen}, {cfg.service.max_workers} worker(s), "
             f"{len(self.b.schedules)} schedule(s), {len(self.b.runtime.plugins)} plugin(s)",
             listen=listen, workers=cfg.service.max_workers, tokens=tokens, webhooks=len(cfg.webhooks))
+        nofile = self.b.nofile
+        if self.b.listener is not None:
+            raised = f"raised from {nofile.soft_before}" if nofile.soft != nofile.soft_before else "kept"
+            log(_log, logging.INFO, f"open files: soft limit {nofile.soft} ({raised}; hard {nofile.hard}); "
+                f"at most {nofile.connections} API connection(s)", nofile=nofile.soft, connections=nofile.connections)
+            if nofile.note:
+                log(_log, logging.WARNING, nofile.note)
         if self.b.listener is not None and not tokens:
             log(_log, logging.WARNING, "api.tokens is empty: only /healthz and webhooks will answer",
                 fix="add api.tokens with secret_refs into the vault")

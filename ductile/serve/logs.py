@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from ductile.render import safe
+
 REDACTED = "[redacted]"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 MIN_SECRET_LEN = 4  # shorter "secrets" would redact ordinary words
@@ -68,21 +70,25 @@ class JsonFormatter(logging.Formatter):
                 out.setdefault(key, value)
         if record.exc_text:
             out["traceback"] = record.exc_text
-        return json.dumps(out, default=str, ensure_ascii=False)
+        # ASCII: a plugin's log line may hold C1 controls or bidi overrides, which a UTF-8
+        # terminal tailing the journal would act on; escaped, the line is exact and inert
+        return json.dumps(out, default=str, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
-    """The message followed by ``key=value`` fields, for rich's handler on a terminal."""
+    """The message followed by ``key=value`` fields, for rich's handler on a terminal; plugin
+    text in them is made ``safe`` (no escape sequence reaches the terminal)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
+        text = safe(record.getMessage())
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            extra = [f"{k}={v}" for k, v in fields.items() if v is not None and f"{k}={v}" not in text]
+            extra = [safe(f"{k}={v}", keep_newlines=False) for k, v in fields.items() if v is not None]
+            extra = [e for e in extra if e not in text]
             if extra:
                 text += "  " + " ".join(extra)
         if record.exc_text:
-            text += "\n" + record.exc_text
+            text += "\n" + safe(record.exc_text)
         return text
 
 

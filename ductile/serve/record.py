@@ -8,21 +8,29 @@ all of it or none of it (the job then stays ``running`` and is recovered at boot
 
 State updates and plugin events are taken from successful runs only: a failed run is
 retried, and its retry will say again what it wants to change. State updates that would
-grow the plugin's state past ``service.max_plugin_state`` fail the run instead.
+grow the plugin's state past ``service.max_plugin_state`` fail the run instead. What one
+answer can set in motion is bounded: the executor already dropped events in the gateway's
+namespaces and past ``service.max_events_per_response``; here pipeline jobs past
+``service.max_routed_jobs_per_response`` are not queued, and a step the chain's root trigger
+had no authority for is not queued either (``ductile.serve.authority``). Each drop is a
+warning stored on the job, so the ledger says what was refused and why.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ductile.config.model import Config
 from ductile.runtime.executor import JobResult
+from ductile.serve.authority import Authority, authorize, pipeline_trigger
 from ductile.serve.logs import log
-from ductile.serve.pipelines import DEPTH_EXCEEDED, route
+from ductile.serve.pipelines import DEDUPLICATED, DENIED, DEPTH_EXCEEDED, Downstream, route, route_key
+from ductile.state.codec import iso
 from ductile.state.db import StateDB
 from ductile.state.jobs import Job as QueuedJob
 from ductile.state.jobs import Outcome, Succeeded
@@ -37,6 +45,10 @@ class Recorded:
     events: list[str] = field(default_factory=list)      # event types stored
     downstream: list[str] = field(default_factory=list)  # job ids enqueued by pipelines
     stopped: int = 0                                      # steps refused by max_event_depth
+    capped: int = 0                                       # steps past max_routed_jobs_per_response
+    denied: int = 0                                       # steps the chain's authority may not start
+    deduplicated: int = 0                                 # steps whose dedupe_key was routed within the ttl
+    warnings: list[str] = field(default_factory=list)    # what the gateway dropped, one line each
 
 
 def identity(result: JobResult) -> tuple[str | None, int | None]:
@@ -49,17 +61,71 @@ def identity(result: JobResult) -> tuple[str | None, int | None]:
     return "unconfined", os.geteuid()
 
 
-def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob) -> None:
-    """Store one event and enqueue what it starts (call inside a write block)."""
+CommandType = Callable[[str, str], "str | None"]
+StateMode = Callable[[str, str], str]
+
+
+def _unknown(plugin: str, command: str) -> str | None:
+    return None
+
+
+def _merge(plugin: str, command: str) -> str:
+    return "merge"
+
+
+def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload: Any, source: QueuedJob,
+                command_type: CommandType = _unknown, dedupe_key: str | None = None) -> None:
+    """Store one event and enqueue what it starts (call inside a write block).
+
+    A step the chain's authority may not start is not queued: ``pipeline.denied`` says
+    why. A step whose event ``dedupe_key`` was already routed to it within
+    ``service.dedupe_ttl`` (and did not fail) is not queued: ``pipeline.deduplicated`` says
+    so. Jobs past ``service.max_routed_jobs_per_response`` for this answer are counted,
+    not queued. A queued job inherits the source job's authority."""
     event_id = db.events.record_event(type_, payload, source_job_id=source.id, plugin=source.plugin,
-                                      depth=source.event_depth)
+                                      depth=source.event_depth, dedupe_key=dedupe_key)
     rec.events.append(type_)
     jobs, stopped = route(config, event_id=event_id, event_type=type_, payload=payload, source_job_id=source.id,
-                          source_plugin=source.plugin, source_depth=source.event_depth)
+                          source_plugin=source.plugin, source_depth=source.event_depth, dedupe_key=dedupe_key,
+                          timestamp=iso(time.time()))
+    root = Authority.from_dict(source.authority)
+    jobs, denied = authorize(jobs, root, lambda d: d.plugin, lambda d: d.command, command_type)
+    for d, why in denied:
+        db.events.record_event(DENIED, {"pipeline": d.pipeline, "step": d.plugin, "command": d.command,
+                                        "event_type": type_, "root_trigger": root.trigger if root else None,
+                                        "why": why},
+                               source_job_id=source.id, plugin=source.plugin, depth=source.event_depth)
+        rec.denied += 1
+        log(_log, logging.WARNING, f"pipeline {d.pipeline} denied: {why}", job_id=source.id, event_type=type_,
+            pipeline=d.pipeline)
+    cap = config.service.max_routed_jobs_per_response
     for d in jobs:
-        rec.downstream.append(db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event,
-                                              max_attempts=d.max_attempts, parent_job_id=source.id,
-                                              event_depth=d.depth, event_id=event_id))
+        if len(rec.downstream) >= cap:
+            rec.capped += 1
+            continue
+
+        def queue(d: Downstream = d) -> str:
+            return db.jobs.enqueue(d.plugin, d.command, d.payload, event=d.event, max_attempts=d.max_attempts,
+                                   parent_job_id=source.id, event_depth=d.depth, event_id=event_id,
+                                   trigger=pipeline_trigger(source.id), authority=source.authority)
+
+        if d.dedupe_key is None:
+            rec.downstream.append(queue())
+            continue
+        claimed = db.dedupe.claim([route_key(d.plugin, d.command, d.dedupe_key)], config.service.dedupe_ttl, queue,
+                                  unless_failed=True)
+        if not claimed.duplicate and claimed.job_id is not None:
+            rec.downstream.append(claimed.job_id)
+            continue
+        db.events.record_event(DEDUPLICATED, {"pipeline": d.pipeline, "step": d.plugin, "command": d.command,
+                                              "event_type": type_, "dedupe_key": d.dedupe_key,
+                                              "first_job_id": claimed.job_id,
+                                              "why": f"dedupe_key already routed to {d.plugin} {d.command} within "
+                                                     f"service.dedupe_ttl ({config.service.dedupe_ttl:g}s)"},
+                               source_job_id=source.id, plugin=source.plugin, depth=source.event_depth)
+        rec.deduplicated += 1
+        log(_log, logging.INFO, f"pipeline {d.pipeline}: {d.plugin} {d.command} not queued again for dedupe_key "
+            f"{d.dedupe_key!r}", job_id=source.id, first_job_id=claimed.job_id)
     for s in stopped:
         db.events.record_event(DEPTH_EXCEEDED, s.as_payload(), source_job_id=source.id, plugin=source.plugin,
                                depth=source.event_depth)
@@ -69,18 +135,25 @@ def store_event(db: StateDB, config: Config, rec: Recorded, type_: str, payload:
 
 
 def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, decision: Outcome,
-               gateway_events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Recorded:
+               gateway_events: Sequence[tuple[str, dict[str, Any]]] = (), *,
+               command_type: CommandType = _unknown, state_mode: StateMode = _merge) -> Recorded:
+    """``state_mode(plugin, command)``: merge, or replace for upstream's mirror_object facts."""
     account, uid = identity(result)
     out = result.outcome
     with db.write():
         response = out.response
         decision, _ = apply_state_updates(db, job.plugin, decision, response.state_updates if response else None,
-                                          limit=config.service.max_plugin_state)
-        rec = Recorded(db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
-                                      stderr_tail=out.stderr_tail or None))
-        emitted: list[tuple[str, Any]] = list(gateway_events)
+                                          limit=config.service.max_plugin_state,
+                                          mode=state_mode(job.plugin, job.command))
+        rec = Recorded("running", warnings=list(out.warnings))
+        emitted: list[tuple[str, Any, str | None]] = [(t, p, None) for t, p in gateway_events]
         if isinstance(decision, Succeeded) and response is not None:
-            emitted += [(e.type, e.payload) for e in response.events]
-        for type_, payload in emitted:
-            store_event(db, config, rec, type_, payload, job)
+            emitted += [(e.type, e.payload, e.dedupe_key) for e in response.events]
+        for type_, payload, key in emitted:
+            store_event(db, config, rec, type_, payload, job, command_type, key)
+        if rec.capped:
+            rec.warnings.append(f"did not queue {rec.capped} pipeline job(s) past service.max_routed_jobs_per_response "
+                                f"({config.service.max_routed_jobs_per_response})")
+        rec.status = db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
+                                    stderr_tail=out.stderr_tail or None, warnings=rec.warnings)
     return rec

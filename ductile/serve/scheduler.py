@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ductile.errors import DuctileError, StateError
+from ductile.serve.authority import SCHEDULE, operator
 from ductile.serve.health import Health
 from ductile.serve.logs import log
 from ductile.serve.periodic import Periodic
@@ -20,6 +21,7 @@ from ductile.state.db import StateDB
 
 _log = logging.getLogger("ductile.scheduler")
 TICK = 1.0
+SCHEDULED = operator(SCHEDULE)  # the operator configured the schedule: full authority
 
 
 class Scheduler:
@@ -55,7 +57,8 @@ class Scheduler:
                 elif action == "fire":
                     not_before = now + self.rand() * s.jitter if s.jitter else None
                     job_id = self.db.schedules.fire(s.id, s.plugin, s.command, slot, payload=s.payload,
-                                                    max_attempts=s.max_attempts, not_before=not_before)
+                                                    max_attempts=s.max_attempts, not_before=not_before,
+                                                    authority=SCHEDULED.as_dict())
                     if job_id is not None:
                         fired += 1
                         log(_log, logging.INFO, f"schedule {s.where} fired", job_id=job_id, plugin=s.plugin,

@@ -50,6 +50,7 @@ from ductile.state.schema import APPLICATION_ID, MIGRATIONS
 
 if TYPE_CHECKING:
     from ductile.state.audit import AuditLog
+    from ductile.state.dedupe import SeenKeys
     from ductile.state.events import EventLog
     from ductile.state.jobs import JobQueue
     from ductile.state.plugin_state import PluginStateStore
@@ -321,6 +322,12 @@ class StateDB:
         from ductile.state.schedules import ScheduleStore
 
         return self._store("_schedules", ScheduleStore)
+
+    @property
+    def dedupe(self) -> SeenKeys:
+        from ductile.state.dedupe import SeenKeys
+
+        return self._store("_dedupe", SeenKeys)
 
     @property
     def audit(self) -> AuditLog:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ductile.errors import StateError
+from ductile.redact import redact
 from ductile.state.codec import from_json, iso, to_json
 from ductile.state.db import StateDB
 
@@ -24,10 +25,13 @@ class Event:
     plugin: str | None
     depth: int
     created_at: float
+    dedupe_key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The event as readers see it: its payload under the one redaction rule."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         out["created_at"] = iso(self.created_at)
+        out["payload"] = redact(self.payload)
         return out
 
 
@@ -37,8 +41,9 @@ class EventLog:
         self.clock = clock
 
     def record_event(self, type: str, payload: Any, *, source_job_id: str | None = None,
-                     plugin: str | None = None, depth: int = 0) -> str:
-        """Store one event and return its id. ``depth`` counts pipeline hops from the root job."""
+                     plugin: str | None = None, depth: int = 0, dedupe_key: str | None = None) -> str:
+        """Store one event and return its id. ``depth`` counts pipeline hops from the root job;
+        ``dedupe_key`` is the plugin's own key for what the event is about (upstream protocol)."""
         if not isinstance(type, str) or not type:
             raise StateError(f"event type must be a non-empty string, got {type!r}", where="event.type",
                              fix="name the event, e.g. echo.done")
@@ -47,10 +52,10 @@ class EventLog:
                              fix="pass the number of pipeline hops (0 for a root job)")
         event_id = str(uuid.uuid4())
         with self.db.write() as conn:
-            conn.execute("INSERT INTO events (id, type, payload, source_job_id, plugin, depth, created_at)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO events (id, type, payload, source_job_id, plugin, depth, created_at, dedupe_key)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (event_id, type, to_json(payload, field=f"event {type} payload"), source_job_id,
-                          plugin, depth, self.clock()))
+                          plugin, depth, self.clock(), dedupe_key))
         return event_id
 
     def list_events(self, job_id: str | None = None, type: str | None = None, limit: int = 100) -> list[Event]:

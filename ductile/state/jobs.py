@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ductile.errors import StateError
+from ductile.redact import redact
 from ductile.state.codec import clip, from_json, iso, tail_text, to_json
 from ductile.state.db import StateDB
 from ductile.state.schema import JOB_STATUSES
@@ -82,11 +83,19 @@ class JobHead:
     account: str | None
     uid: int | None
     last_error: str | None
+    trigger: str | None  # api:<token>, webhook:<path>, schedule, cli, pipeline:<parent job id>
 
     def as_dict(self) -> dict[str, Any]:
+        """The job as every reader sees it (API, ``job show``, ``job list``): times as
+        ISO-8601, and values under secret-looking keys of its payload, event and result
+        redacted by the one rule ``config show`` uses (``ductile.redact``). The row itself
+        keeps them: the plugin needs its payload."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         for key in _TIMES:
             out[key] = iso(out[key])
+        for key in ("payload", "event", "result"):
+            if key in out:
+                out[key] = redact(out[key])
         return out
 
 
@@ -100,6 +109,8 @@ class Job(JobHead):
     stderr_tail: str | None
     event_id: str | None = None
     claimed_by: str | None = None  # a process outside serve running it (``plugin run``)
+    warnings: list[str] | None = None  # what the gateway dropped from the last run's answer
+    authority: dict[str, Any] | None = None  # the root trigger of the chain and its scopes
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -107,7 +118,7 @@ class Job(JobHead):
         event's) from the event row, where it is stored once."""
         data = {k: row[k] for k in row.keys()}
         shared = data.pop("event_payload", None)
-        for key in ("payload", "event", "result"):
+        for key in ("payload", "event", "result", "warnings", "authority"):
             data[key] = from_json(data[key])
         if data.get("event_id") is not None and shared is not None:
             payload = from_json(shared)
@@ -271,12 +282,15 @@ class JobQueue:
 
     def enqueue(self, plugin: str, command: str, payload: Any, *, event: Any = None, max_attempts: int,
                 parent_job_id: str | None = None, event_depth: int = 0, dedupe_key: str | None = None,
-                not_before: float | None = None, now: float | None = None, event_id: str | None = None) -> str:
+                not_before: float | None = None, now: float | None = None, event_id: str | None = None,
+                trigger: str | None = None, authority: Mapping[str, Any] | None = None) -> str:
         """Queue a job and return its id; a known ``dedupe_key`` returns the existing job's id.
 
         ``event_id`` names a stored event this job was started by: its payload is then not
         copied into the job (``payload`` and ``event["payload"]`` are read from the event).
-        """
+        ``trigger`` says what started the job and ``authority`` what the root of its chain
+        was allowed to do (see ``ductile.serve.authority``); both are kept for the ledger
+        and for the pipeline steps the job's events start."""
         for name, value in (("plugin", plugin), ("command", command)):
             if not isinstance(value, str) or not value:
                 raise StateError(f"{name} must be a non-empty string, got {value!r}", where=f"enqueue.{name}",
@@ -296,6 +310,7 @@ class JobQueue:
         else:
             payload_text = to_json(payload, field="payload")
             event_text = None if event is None else to_json(event, field="event")
+        authority_text = None if authority is None else to_json(dict(authority), field="authority")
         with self.db.write() as conn:
             if dedupe_key is not None:
                 found = conn.execute("SELECT id FROM jobs WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
@@ -308,10 +323,11 @@ class JobQueue:
             job_id = str(uuid.uuid4())
             conn.execute(
                 "INSERT INTO jobs (id, plugin, command, payload, event, status, attempt, max_attempts,"
-                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth, event_id)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at, dedupe_key, parent_job_id, event_depth, event_id,"
+                " trigger, authority) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, plugin, command, payload_text, event_text, max_attempts,
-                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth, event_id))
+                 now if not_before is None else not_before, now, now, dedupe_key, parent_job_id, event_depth, event_id,
+                 trigger, authority_text))
             self._transition(conn, job_id, None, "queued", now, "enqueued")
             return job_id
 
@@ -384,7 +400,8 @@ class JobQueue:
             job_id = str(uuid.uuid4())
             conn.execute(
                 "INSERT INTO jobs (id, plugin, command, payload, status, attempt, max_attempts, next_attempt_at,"
-                " created_at, updated_at, started_at, claimed_by) VALUES (?, ?, ?, ?, 'running', 1, 1, ?, ?, ?, ?, ?)",
+                " created_at, updated_at, started_at, claimed_by, trigger)"
+                " VALUES (?, ?, ?, ?, 'running', 1, 1, ?, ?, ?, ?, ?, 'cli')",
                 (job_id, plugin, command, payload_text, now, now, now, now, claimed_by))
             conn.execute("INSERT INTO job_attempts (job_id, attempt, started_at, outcome) VALUES (?, 1, ?, 'running')",
                          (job_id, now))
@@ -404,9 +421,15 @@ class JobQueue:
                     for job in orphans]
 
     def finish(self, job_id: str, outcome: Outcome, *, exit_code: int | None = None, account: str | None = None,
-               uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None) -> str:
-        """Record how a running job's attempt ended and return the job's new status."""
+               uid: int | None = None, stderr_tail: str | bytes | None = None, now: float | None = None,
+               warnings: Iterable[str] = ()) -> str:
+        """Record how a running job's attempt ended and return the job's new status.
+
+        ``warnings`` are what the gateway dropped from this run's answer (one line each);
+        they replace the previous run's, so the row tells about the run it shows."""
         now = self.clock() if now is None else now
+        kept = [clip(w, ERROR_MAX) for w in warnings]
+        warnings_text = to_json(kept, field="warnings") if kept else None
         result_text = to_json(outcome.result, field="result") if isinstance(outcome, Succeeded) else None
         error = None if isinstance(outcome, Succeeded) else clip(outcome.error, ERROR_MAX)
         tail = tail_text(stderr_tail)
@@ -417,9 +440,9 @@ class JobQueue:
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, finished_at = ?, next_attempt_at = ?, result = ?,"
                 " last_error = ?, stderr_tail = ?, account = ?, uid = ?, attempt = attempt - ?,"
-                " started_at = CASE WHEN ? THEN NULL ELSE started_at END WHERE id = ?",
+                " started_at = CASE WHEN ? THEN NULL ELSE started_at END, warnings = ? WHERE id = ?",
                 (status, now, None if status == "queued" else now, next_at, result_text, error, tail,
-                 account, uid, uncharged, uncharged, job_id))
+                 account, uid, uncharged, uncharged, warnings_text, job_id))
             self._close_attempt(conn, job, now, outcome.kind, error, exit_code=exit_code, account=account,
                                 uid=uid, stderr_tail=tail)
             self._transition(conn, job_id, "running", status, now, reason)

@@ -1,6 +1,7 @@
 """A plugin's persistent state: the ``state`` sent in each request, updated by its
 ``state_updates`` (SPEC §4), shallow-merged so a plugin can change one key without
-resending the rest."""
+resending the rest, or replaced whole when the manifest's ``fact_outputs`` says the command
+answers with a full snapshot (``compatibility_view: mirror_object``)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,23 @@ class PluginStateStore:
         before anything is written: the state is sent with every request, so one runaway
         plugin would otherwise cost memory and time on every run from then on.
         """
+        return self.apply(plugin, updates, "merge", limit=limit)
+
+    def replace_state(self, plugin: str, snapshot: Mapping[str, Any], *, limit: int | None = None) -> dict[str, Any]:
+        """Make ``snapshot`` the whole state (upstream's ``fact_outputs`` with
+        ``compatibility_view: mirror_object``): keys it does not hold are gone."""
+        return self.apply(plugin, snapshot, "replace", limit=limit)
+
+    def apply(self, plugin: str, updates: Mapping[str, Any], mode: str, *, limit: int | None = None) -> dict[str, Any]:
+        """``replace`` or ``merge`` (see ``Manifest.state_mode``), within ``limit`` bytes of JSON."""
         if not isinstance(updates, Mapping):
             raise StateError(f"state_updates must be an object, got {type(updates).__name__}",
                              where=f"plugins.{plugin}.state_updates", fix="return state_updates as a JSON object")
         with self.db.write() as conn:
-            row = conn.execute("SELECT state FROM plugin_state WHERE plugin = ?", (plugin,)).fetchone()
-            state: dict[str, Any] = {} if row is None else dict(from_json(row["state"]))
+            state: dict[str, Any] = {}
+            if mode != "replace":
+                row = conn.execute("SELECT state FROM plugin_state WHERE plugin = ?", (plugin,)).fetchone()
+                state = {} if row is None else dict(from_json(row["state"]))
             state.update(updates)
             text = to_json(state, field=f"plugins.{plugin}.state_updates")
             size = len(text.encode("utf-8"))
@@ -62,15 +74,15 @@ class PluginStateStore:
 
 
 def apply_state_updates(db: StateDB, plugin: str, decision: Outcome, updates: Mapping[str, Any] | None, *,
-                        limit: int) -> tuple[Outcome, StateTooLarge | None]:
-    """Merge a successful run's ``state_updates`` (call inside the write block that records
-    the run). Over ``limit`` (``service.max_plugin_state``) the run fails instead, reason
+                        limit: int, mode: str = "merge") -> tuple[Outcome, StateTooLarge | None]:
+    """Merge (or, ``mode="replace"``, replace) a successful run's ``state_updates`` (call
+    inside the write block that records the run). Over ``limit`` (``service.max_plugin_state``) the run fails instead, reason
     ``state_too_large`` (returned with the refusal), and the state is left as it was: a
     retry would only produce the same state again. Shared by serve and ``plugin run``."""
     if not isinstance(decision, Succeeded) or not updates:
         return decision, None
     try:
-        db.plugin_state.merge_state(plugin, dict(updates), limit=limit)
+        db.plugin_state.apply(plugin, dict(updates), mode, limit=limit)
     except StateTooLarge as err:
         return Failed(err.one_line(), "state_too_large"), err
     return decision, None

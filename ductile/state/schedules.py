@@ -37,16 +37,19 @@ class ScheduleStore:
                          " ON CONFLICT (id) DO NOTHING", (schedule_id, plugin, command, slot, self.clock()))
 
     def fire(self, schedule_id: str, plugin: str, command: str, slot: float, *, payload: Any,
-             max_attempts: int, not_before: float | None = None) -> str | None:
+             max_attempts: int, not_before: float | None = None,
+             authority: dict[str, Any] | None = None) -> str | None:
         """Enqueue the job for ``slot`` and record it, or return None if that slot (or a later
-        one) already fired."""
+        one) already fired. The job's trigger is ``schedule``; ``authority`` is what its
+        chain may do (the operator's, who configured the schedule)."""
         now = self.clock()
         with self.db.write() as conn:
             row = conn.execute("SELECT last_slot FROM schedule_state WHERE id = ?", (schedule_id,)).fetchone()
             if row is not None and float(row[0]) >= slot:
                 return None
             job_id = self.db.jobs.enqueue(plugin, command, payload, max_attempts=max_attempts,
-                                          dedupe_key=dedupe_key(schedule_id, slot), not_before=not_before, now=now)
+                                          dedupe_key=dedupe_key(schedule_id, slot), not_before=not_before, now=now,
+                                          trigger="schedule", authority=authority)
             conn.execute("INSERT INTO schedule_state (id, plugin, command, last_slot, last_job_id, updated_at)"
                          " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last_slot = excluded.last_slot,"
                          " last_job_id = excluded.last_job_id, updated_at = excluded.updated_at",

@@ -136,4 +136,27 @@ _V5 = (
     "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+# v6: hostile input and upstream compatibility (#11, #12).
+#   jobs.warnings   what the gateway dropped from the last run's answer (reserved event types,
+#                   events or routed jobs past their caps), as a JSON list of one-line strings
+#   jobs.trigger    what started the job: api:<token>, webhook:<path>, schedule, cli,
+#                   pipeline:<parent job id>
+#   jobs.authority  the root trigger and the scopes it held (JSON), inherited down a pipeline
+#                   chain so a routed write step needs the root's write scope
+#   events.dedupe_key  a plugin's dedupe_key, inherited by the jobs the event starts
+#   dedupe_keys     keys seen within a window: webhook delivery ids and bodies (replays) and
+#                   routed dedupe keys; a row is live until expires_at
+_V6 = (
+    "ALTER TABLE jobs ADD COLUMN warnings TEXT",
+    "ALTER TABLE jobs ADD COLUMN trigger TEXT",
+    "ALTER TABLE jobs ADD COLUMN authority TEXT",
+    "ALTER TABLE events ADD COLUMN dedupe_key TEXT",
+    """CREATE TABLE dedupe_keys (
+        key        TEXT PRIMARY KEY,
+        job_id     TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX dedupe_keys_expiry ON dedupe_keys (expires_at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
