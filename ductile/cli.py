@@ -37,7 +37,7 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
     "doctor": ("ductile_commands.doctor", "doctor",
                "Check the config, the host and the privilege posture; explain every problem"),
     "job": ("ductile_commands.job", "job", "The job ledger: list jobs, show one job's attempts, transitions and result"),
-    "plugin": ("ductile_commands.plugin", "plugin", "Discover plugins and show their trust, configuration and grants"),
+    "plugin": ("ductile_commands.plugin", "plugin", "Discover, create, test and run plugins; record their locks"),
     "serve": ("ductile_commands.serve", "serve",
               "Run the gateway: scheduler, workers and the HTTP API, in the foreground until SIGTERM"),
     "vault": ("ductile_commands.vault", "vault",

@@ -290,7 +290,9 @@ class Serve:
         return wait_for(f"job {job_id}", done, log=self.log.read_text, interval=0.2)
 
     def jobs(self, plugin: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/jobs?plugin={plugin}&limit=1000")[1]["jobs"])
+        """Whole jobs: the listing holds summaries, each job's own answer the rest."""
+        listed = self.request("GET", f"/jobs?plugin={plugin}&limit=1000")[1]["jobs"]
+        return [self.request("GET", f"/job/{j['id']}")[1] for j in listed]
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -91,9 +91,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
 
 
 def jobs_of(world: ServeWorld, plugin: str) -> list[dict]:
+    """Every job of ``plugin``, whole: ``GET /jobs`` lists summaries, ``GET /job`` the rest."""
     status, body = world.request("GET", f"/jobs?plugin={plugin}&limit=1000", token=OPS)
     assert status == 200, body
-    return list(body["jobs"])
+    return [world.job(j["id"], OPS) for j in body["jobs"]]
 
 
 # -- 5. parser edges: 400 with a reason, never 500, nothing queued -------------------------
@@ -507,15 +508,19 @@ def test_a_secret_in_a_schedule_payload_is_redacted_wherever_config_show_redacts
         return done or None
 
     [job] = wait_for("the scheduled ticker job", fired, log=world.log)
-    views = {"GET /jobs": job, "GET /job": world.job(job["id"], OPS),
+    views = {"GET /job": job,
              "job show --json": json.loads(run_ductile("job", "show", job["id"], "--json", "--config",
-                                                       str(world.etc)).stdout)["job"],
-             "job list --json": json.loads(run_ductile("job", "list", "--json", "--plugin", "ticker", "--config",
-                                                       str(world.etc)).stdout)[0]}
+                                                       str(world.etc)).stdout)["job"]}
     for where, view in views.items():
         assert view["payload"] == {"token": "<redacted>", "channel": "ops-room"}, where
         assert view["result"]["payload"]["token"] == "<redacted>", where
         assert SCHEDULE_SECRET not in json.dumps(view), where
+    summaries = {"GET /jobs": world.request("GET", "/jobs?plugin=ticker", token=OPS)[1]["jobs"],
+                 "job list --json": json.loads(run_ductile("job", "list", "--json", "--plugin", "ticker", "--config",
+                                                           str(world.etc)).stdout)}
+    for where, listed in summaries.items():  # listings carry no payload or result at all
+        assert listed and all("payload" not in j and "result" not in j for j in listed), where
+        assert SCHEDULE_SECRET not in json.dumps(listed), where
     human = run_ductile("job", "show", job["id"], "--config", str(world.etc))
     assert SCHEDULE_SECRET not in human.stdout + human.stderr and "ops-room" in human.stdout
     shown = run_ductile("config", "show", "--config", str(world.etc))

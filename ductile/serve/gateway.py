@@ -91,13 +91,7 @@ class Gateway:
         self.dispatcher.start()
         self.scheduler.start()
         self.maintenance.start()
-        self._start_http()
-        cfg = self.b.runtime.config
-        listen = cfg.api.listen if self.b.listener is not None else "off"
-        tokens = len(self.b.secrets.tokens)
-        log(_log, logging.INFO, f"serving: api {listen}, {cfg.service.max_workers} worker(s), "
-            f"{len(self.b.schedules)} schedule(s), {len(self.b.runtime.plugins)} plugin(s)",
-            listen=listen, workers=cfg.service.max_workers, tokens=tokens, webhooks=len(cfg.webhooks))
+        # said before the listener answers, so whoever sees /healthz can read it in the log
         nofile = self.b.nofile
         if self.b.listener is not None:
             raised = f"raised from {nofile.soft_before}" if nofile.soft != nofile.soft_before else "kept"
@@ -105,6 +99,13 @@ class Gateway:
                 f"at most {nofile.connections} API connection(s)", nofile=nofile.soft, connections=nofile.connections)
             if nofile.note:
                 log(_log, logging.WARNING, nofile.note)
+        self._start_http()
+        cfg = self.b.runtime.config
+        listen = cfg.api.listen if self.b.listener is not None else "off"
+        tokens = len(self.b.secrets.tokens)
+        log(_log, logging.INFO, f"serving: api {listen}, {cfg.service.max_workers} worker(s), "
+            f"{len(self.b.schedules)} schedule(s), {len(self.b.runtime.plugins)} plugin(s)",
+            listen=listen, workers=cfg.service.max_workers, tokens=tokens, webhooks=len(cfg.webhooks))
         if self.b.listener is not None and not tokens:
             log(_log, logging.WARNING, "api.tokens is empty: only /healthz and webhooks will answer",
                 fix="add api.tokens with secret_refs into the vault")
