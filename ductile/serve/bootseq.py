@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ductile.config import LoadedConfig, load_config
 from ductile.errors import BootRefused
 from ductile.runtime.boot import Runtime, boot, discover
-from ductile.serve.instance import InstanceLock
+from ductile.state.instance import InstanceLock
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
 from ductile.state import StateDB, open_state

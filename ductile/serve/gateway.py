@@ -7,7 +7,8 @@ Drain (SPEC §8 "SIGTERM drains"):
      (a second signal skips the wait).
   3. Jobs still running are killed through the executor's kill path and re-queued without
      charging an attempt — nothing is lost, nothing is blamed on the plugin.
-  4. The listener closes, the database and the instance lock are released, exit 0.
+  4. The listener and the control socket close, the database and the instance lock are
+     released, exit 0.
 
 uvicorn runs in its own thread on a socket bound during boot; the main thread owns the
 signal handlers, so uvicorn's own handlers never decide when the gateway stops.
@@ -21,9 +22,11 @@ import threading
 import time
 from types import FrameType
 
+from ductile.control import ControlServer
 from ductile.runtime.wiring import make_executor
 from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
+from ductile.serve.control import StatusSource, start_control
 from ductile.serve.dispatcher import Dispatcher
 from ductile.serve.logs import Redactor, log
 from ductile.serve.notify import notify
@@ -45,6 +48,7 @@ class Gateway:
         self._stop = threading.Event()
         self._server: object | None = None
         self._server_thread: threading.Thread | None = None
+        self.control: ControlServer | None = None
         if redactor is not None:
             redactor.add(booted.secrets.values())
 
@@ -70,11 +74,13 @@ class Gateway:
             time.sleep(0.02)
 
     def start(self) -> None:
+        cfg = self.b.runtime.config
+        listen = cfg.api.listen if self.b.listener is not None else "off"
+        self.control = start_control(StatusSource(self.b.db, self.b.runtime, self.dispatcher.running,
+                                                  self.ctx.draining.is_set, listen, len(self.b.schedules)))
         self.dispatcher.start()
         self.scheduler.start()
         self._start_http()
-        cfg = self.b.runtime.config
-        listen = cfg.api.listen if self.b.listener is not None else "off"
         tokens = len(self.b.secrets.tokens)
         log(_log, logging.INFO, f"serving: api {listen}, {cfg.service.max_workers} worker(s), "
             f"{len(self.b.schedules)} schedule(s), {len(self.b.runtime.plugins)} plugin(s)",
@@ -133,6 +139,8 @@ class Gateway:
         log(_log, logging.INFO, f"stopped: {self.dispatcher.finished} job(s) finished, "
             f"{self.dispatcher.requeued} re-queued", finished=self.dispatcher.finished,
             requeued=self.dispatcher.requeued)
+        if self.control is not None:
+            self.control.stop()
         self.b.close()
 
 
