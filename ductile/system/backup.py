@@ -52,12 +52,13 @@ def to_prune(names: Sequence[str], keep: int, service: str, scope: str) -> list[
     return [name for _, _, name in ours[max(keep, 0):]]
 
 
-def gateway_owner(paths: Paths) -> int | None:
-    """The gateway user is whoever owns the state database (or, before it exists, the
-    config directory): the secret surface belongs to it."""
+def gateway_owner(paths: Paths) -> tuple[int, int] | None:
+    """(uid, gid) of the gateway user: whoever owns the state database (or, before it
+    exists, the config directory), since the secret surface belongs to it."""
     for path in (paths.state_path, paths.config_dir):
         try:
-            return os.stat(path).st_uid
+            st = os.stat(path)
+            return st.st_uid, st.st_gid
         except OSError:
             continue
     return None

@@ -148,6 +148,10 @@ def _single(src: Source) -> list[Entry]:
         os.close(fd)
 
 
+def _stat_entry(rel: str, kind: str, st: os.stat_result) -> Entry:
+    return Entry(rel, kind, st.st_size, st.st_mode, (st.st_dev, st.st_ino), st.st_mtime)
+
+
 def _walk_dir(dfd: int, rel: str, depth: int, out: list[Entry], where: str) -> None:
     with os.scandir(dfd) as it:
         children = sorted(it, key=lambda e: e.name)
@@ -166,10 +170,9 @@ def _walk_dir(dfd: int, rel: str, depth: int, out: list[Entry], where: str) -> N
             out.append(Entry(r, "unreadable", error=err.strerror or str(err)))
             continue
         kind, ident = kind_of(st.st_mode), (st.st_dev, st.st_ino)
-        facts = {"size": st.st_size, "mode": st.st_mode, "identity": ident, "mtime": st.st_mtime}
         if kind == "dir":
             if junk_reason(name, True) or secret_place(r):
-                out.append(Entry(r, "pruned" if junk_reason(name, True) else "dir", **facts))  # not descended
+                out.append(_stat_entry(r, "pruned" if junk_reason(name, True) else "dir", st))  # not descended
                 continue
             if depth >= MAX_DEPTH:
                 out.append(Entry(r, "unreadable", error=f"nested deeper than {MAX_DEPTH} directories"))
@@ -180,13 +183,13 @@ def _walk_dir(dfd: int, rel: str, depth: int, out: list[Entry], where: str) -> N
                 out.append(Entry(r, "unreadable", error=err.strerror or str(err)))
                 continue
             try:
-                out.append(Entry(r, "dir", **facts))
+                out.append(_stat_entry(r, "dir", st))
                 _walk_dir(sub, r, depth + 1, out, where)
             finally:
                 os.close(sub)
         elif kind == "file":
             if junk_reason(name, False):
-                out.append(Entry(r, "file", **facts))  # excluded by the plan; not worth reading
+                out.append(_stat_entry(r, "file", st))  # excluded by the plan; not worth reading
                 continue
             try:
                 fd = os.open(name, _OPEN_FILE, dir_fd=dfd)

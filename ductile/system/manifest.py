@@ -170,14 +170,23 @@ def arcname_problem(name: object) -> str | None:
     return None
 
 
+def path_problem(path: object) -> str | None:
+    """Why ``path`` is not an absolute, normalised path, or None."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "not an absolute path"
+    if "\x00" in path or "\n" in path or "\r" in path:
+        return "the path holds a NUL or newline"
+    if posixpath.normpath(path) != path or path.startswith("//") or "/../" in path + "/":
+        return "not a normalised path"
+    return None
+
+
 def destination_problem(path: object) -> str | None:
     """Why ``path`` is not a destination restore may write, or None."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        return "the destination is not an absolute path"
-    if "\x00" in path or "\n" in path or "\r" in path:
-        return "the destination holds a NUL or newline"
-    if posixpath.normpath(path) != path or path.startswith("//") or "/../" in path + "/":
-        return "the destination is not a normalised path"
+    problem = path_problem(path)
+    if problem:
+        return f"the destination is {problem}" if problem.startswith("not") else problem
+    assert isinstance(path, str)
     if path == "/":
         return "the destination is /"
     if secret_place(path):
@@ -195,7 +204,7 @@ def _text(doc: Mapping[str, Any], key: str, *, absolute: bool = False) -> str:
     if not isinstance(value, str) or not value:
         raise _refuse(f"{key} is missing or not text")
     if absolute:
-        problem = destination_problem(value)
+        problem = path_problem(value)
         if problem:
             raise _refuse(f"{key}: {problem} ({value!r})")
     return value
@@ -222,13 +231,15 @@ def _member(row: object, i: int, limits: Limits) -> ManifestMember:
     mode_text = row.get("mode")
     if not isinstance(mode_text, str) or not MODE.match(mode_text):
         raise _refuse(f"members[{i}] {path!r}: mode {mode_text!r} is not octal")
-    size, digest = 0, None
+    size: int = 0
+    digest: str | None = None
     if kind == "file":
-        size, digest = row.get("size"), row.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > limits.max_bytes:
-            raise _refuse(f"members[{i}] {path!r}: size {size!r} is not a byte count within {limits.max_bytes}")
-        if not isinstance(digest, str) or not SHA256.match(digest):
+        raw_size, raw_digest = row.get("size"), row.get("sha256")
+        if not isinstance(raw_size, int) or isinstance(raw_size, bool) or not 0 <= raw_size <= limits.max_bytes:
+            raise _refuse(f"members[{i}] {path!r}: size {raw_size!r} is not a byte count within {limits.max_bytes}")
+        if not isinstance(raw_digest, str) or not SHA256.match(raw_digest):
             raise _refuse(f"members[{i}] {path!r}: sha256 is missing or malformed")
+        size, digest = raw_size, raw_digest
     return ManifestMember(path, source, role, kind, size, int(mode_text, 8) & 0o7777, digest)
 
 
@@ -246,16 +257,19 @@ def _roots(doc: Mapping[str, Any]) -> tuple[TreeRoot, ...]:
             if problem or not isinstance(arc, str) or not arc.startswith(ROLES[role]) or arc.count("/") != 1:
                 raise _refuse(f"{key}[{j}]: {problem or 'archive_path does not name one tree'}")
             assert isinstance(src, str)
-            uid = gid = None
-            name = ""
-            if role == "account":
-                uid, gid, name = row.get("uid"), row.get("gid"), row.get("name")
-                for what, n in (("uid", uid), ("gid", gid)):
-                    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= UID_MAX:
-                        raise _refuse(f"{key}[{j}].{what} {n!r} is not an account id (1..{UID_MAX}, never root)")
-                if not isinstance(name, str) or arc != f"accounts/{name}":
-                    raise _refuse(f"{key}[{j}].name {name!r} does not match {arc}")
-            out.append(TreeRoot(role, arc, src, name, uid, gid))
+            if role != "account":
+                out.append(TreeRoot(role, arc, src))
+                continue
+            ids: list[int] = []
+            for what in ("uid", "gid"):
+                n = row.get(what)
+                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= UID_MAX:
+                    raise _refuse(f"{key}[{j}].{what} {n!r} is not an account id (1..{UID_MAX}, never root)")
+                ids.append(n)
+            name = row.get("name")
+            if not isinstance(name, str) or arc != f"accounts/{name}":
+                raise _refuse(f"{key}[{j}].name {name!r} does not match {arc}")
+            out.append(TreeRoot(role, arc, src, name, ids[0], ids[1]))
     arcs = [r.archive_path for r in out]
     if len(set(arcs)) != len(arcs):
         raise _refuse("two trees share one archive path")
