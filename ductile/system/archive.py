@@ -102,7 +102,7 @@ def snapshot_db(state_path: str, workdir: str) -> Snapshot:
 
 # -- interrupts ---------------------------------------------------------------------------
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """SIGTERM during a backup: unwinds like Ctrl-C so the partial archive is removed."""
 
 
@@ -168,15 +168,20 @@ def _add_member(tar: tarfile.TarFile, member: Member, sources: tuple[Source, ...
         fd_cm = open_member(member, sources)
     with fd_cm as fd:
         reader = _CheckedReader(fd)
-        tar.addfile(_info(member.arcname, size=member.size, mode=member.mode, mtime=member.mtime),
-                    io.BufferedReader(reader, CHUNK))
+        try:
+            tar.addfile(_info(member.arcname, size=member.size, mode=member.mode, mtime=member.mtime),
+                        io.BufferedReader(reader, CHUNK))
+        except OSError:
+            if reader.count >= member.size:
+                raise
+            # tarfile: "unexpected end of data" -- the file shrank after it was planned
         more = os.read(fd, 1)
-    if more or reader.count != member.size or reader.digest.hexdigest() != member.sha256:
-        raise BackupError("changed while the backup was being written", where=member.source,
-                          fix="retry the backup when nothing is changing it; no archive was left behind")
     if reader.scan.found:
         raise BackupError("now holds age key material, which is never archived", where=member.source,
                           fix="remove the key material from that file, then retry; no archive was left behind")
+    if more or reader.count != member.size or reader.digest.hexdigest() != member.sha256:
+        raise BackupError("changed while the backup was being written", where=member.source,
+                          fix="retry the backup when nothing is changing it; no archive was left behind")
 
 
 @contextlib.contextmanager

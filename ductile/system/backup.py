@@ -18,7 +18,7 @@ from typing import Any
 
 from ductile import __version__
 from ductile.config import LoadedConfig
-from ductile.system.archive import Progress, snapshot_db, terminate_unwinds, workdir_beside, write_archive
+from ductile.system.archive import Interrupted, Progress, snapshot_db, terminate_unwinds, workdir_beside, write_archive
 from ductile.system.gather import BackupError, gather, paths_of, secret_zero
 from ductile.system.manifest import build_manifest, render_manifest, uid_text
 from ductile.system.plan import BackupPlan, Paths, plan_backup
@@ -145,22 +145,31 @@ def run_backup(loaded: LoadedConfig, scope: str, to: str, *, keep: int | None = 
         raise BackupError("a file already exists here; backup never writes over one", where=target,
                           fix="choose a new file name, or pass a directory to --to")
     with terminate_unwinds():
-        paths, plan = prepare(loaded, scope)
-        now = datetime.now(timezone.utc)
-        dest = destination(to, loaded.config.service.name, scope, plan.pairing_code, now)
-        if keep is not None and dest.directory is None:
-            raise BackupError("--keep needs --to to be a directory", where="--keep",
-                              fix="pass a directory to --to, e.g. /var/backups/ductile")
-        if on_plan is not None:
-            on_plan(plan, dest.path)
-        make_directory(os.path.dirname(dest.path))
-        with workdir_beside(dest.path) as work:
-            snap = snapshot_db(paths.state_path, work)
-            plan = plan.with_db(snap.sha256, snap.size)
-            doc = build_manifest(plan, paths, version=__version__, hostname=socket.gethostname(),
-                                 created_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"), uid=os.geteuid(),
-                                 user=user_name(os.geteuid()))
-            write_archive(dest.path, plan, render_manifest(doc), uid_text(plan.pairing_code), snap, progress)
+        try:
+            return _run(loaded, scope, target, to, keep, on_plan, progress)
+        except Interrupted:
+            raise BackupError("stopped by SIGTERM", where=target,
+                              fix="nothing to clean up: no archive was left behind; run the backup again") from None
+
+
+def _run(loaded: LoadedConfig, scope: str, target: str, to: str, keep: int | None,
+         on_plan: Callable[[BackupPlan, str], None] | None, progress: Progress | None) -> BackupResult:
+    paths, plan = prepare(loaded, scope)
+    now = datetime.now(timezone.utc)
+    dest = destination(to, loaded.config.service.name, scope, plan.pairing_code, now)
+    if keep is not None and dest.directory is None:
+        raise BackupError("--keep needs --to to be a directory", where="--keep",
+                          fix="pass a directory to --to, e.g. /var/backups/ductile")
+    if on_plan is not None:
+        on_plan(plan, dest.path)
+    make_directory(os.path.dirname(dest.path))
+    with workdir_beside(dest.path) as work:
+        snap = snapshot_db(paths.state_path, work)
+        plan = plan.with_db(snap.sha256, snap.size)
+        doc = build_manifest(plan, paths, version=__version__, hostname=socket.gethostname(),
+                             created_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"), uid=os.geteuid(),
+                             user=user_name(os.geteuid()))
+        write_archive(dest.path, plan, render_manifest(doc), uid_text(plan.pairing_code), snap, progress)
     pruned: tuple[str, ...] = ()
     if keep is not None and dest.directory is not None:
         pruned = prune(dest.directory, keep, loaded.config.service.name, scope)

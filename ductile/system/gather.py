@@ -277,12 +277,12 @@ def open_member(member: Member, sources: tuple[Source, ...]) -> Iterator[int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (member.identity is not None and (st.st_dev, st.st_ino) != member.identity):
             raise BackupError("was replaced by another file during the backup", where=member.source,
-                              fix="retry the backup when nothing is changing it")
+                              fix="retry the backup when nothing is changing it; no archive was left behind")
         yield fd
     except OSError as err:
         raise BackupError(f"cannot read it: {err.strerror or err}", where=member.source,
                           fix="run the backup as the gateway user (or root), or fix its owner and mode; "
-                              "no archive was written") from None
+                              "no archive was left behind") from None
     finally:
         for fd in reversed(opened):
             os.close(fd)
