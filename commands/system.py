@@ -145,7 +145,7 @@ def backup(to: str, scope: str, keep: int | None, config_path: str | None, as_js
 
 
 @system.command("restore")
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive", type=click.Path(dir_okay=False, readable=False))
 @click.option("--to", "to_dir", metavar="DIR", default=None,
               help="Restore below DIR (DIR + each original path) instead of to the original paths.")
 @click.option("--dry-run", is_flag=True, help="Verify the archive and print what would be written; write nothing.")

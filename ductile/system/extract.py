@@ -35,6 +35,9 @@ from ductile.system.restore import DestFact, RestorePlan, Step, destination
 from ductile.system.tarread import StrictTarReader
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Walking needs only search permission (a 0711 state directory is not readable by the
+# gateway's accounts, nor an operator's 0711 /tmp/x by the gateway): O_PATH descriptors.
+_WALK_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_UID_TXT = 4096
 
 
@@ -186,25 +189,45 @@ def _chown(fd: int, uid: int, gid: int) -> None:
         os.fchown(fd, uid, gid)
 
 
+def _set_owner_mode(dfd: int, name: str, mode: int, uid: int, gid: int) -> None:
+    """Exact mode (mkdir's is filtered by the umask), then the owner, on a directory just made."""
+    fd = os.open(name, _OPEN_DIR, dir_fd=dfd)
+    try:
+        os.fchmod(fd, mode)
+        _chown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(dfd: int) -> None:
+    try:
+        fd = os.open(".", _OPEN_DIR, dir_fd=dfd)
+    except PermissionError:
+        return  # a directory we may write but not read: the rename is done, only its flush is skipped
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _open_dir(path: str, create: tuple[int, int, int] | None, created: list[str]) -> int:
     """Descriptor of directory ``path``, walked from / with O_NOFOLLOW; missing components
     are created with ``create`` = (mode, uid, gid) and remembered in ``created``."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     here = "/"
     try:
         for part in [p for p in path.split("/") if p]:
             here = posixpath.join(here, part)
             try:
-                nxt = os.open(part, _OPEN_DIR, dir_fd=fd)
+                nxt = os.open(part, _WALK_DIR, dir_fd=fd)
             except FileNotFoundError:
                 if create is None:
                     raise
                 mode, uid, gid = create
                 os.mkdir(part, mode, dir_fd=fd)
                 created.append(here)
-                nxt = os.open(part, _OPEN_DIR, dir_fd=fd)
-                os.fchmod(nxt, mode)
-                _chown(nxt, uid, gid)
+                _set_owner_mode(fd, part, mode, uid, gid)
+                nxt = os.open(part, _WALK_DIR, dir_fd=fd)
             except OSError as err:
                 if err.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise _refuse(here, "is a symlink or not a directory; restore never follows links on the way "
@@ -249,12 +272,7 @@ def _make_dir(step: Step, created: list[str]) -> None:
         base = posixpath.basename(step.dest)
         os.mkdir(base, step.mode, dir_fd=dfd)
         created.append(step.dest)
-        fd = os.open(base, _OPEN_DIR, dir_fd=dfd)
-        try:
-            os.fchmod(fd, step.mode)
-            _chown(fd, step.uid, step.gid)
-        finally:
-            os.close(fd)
+        _set_owner_mode(dfd, base, step.mode, step.uid, step.gid)
     finally:
         os.close(dfd)
 
@@ -306,7 +324,7 @@ def _commit(step: Step, temp: str, kept: list[tuple[str, str]]) -> None:
                     os.rename(base + side, bak, src_dir_fd=dfd, dst_dir_fd=dfd)
                     kept.append((step.dest + side, posixpath.join(posixpath.dirname(step.dest), bak)))
         os.rename(temp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
-        os.fsync(dfd)
+        _fsync_dir(dfd)
     finally:
         os.close(dfd)
 

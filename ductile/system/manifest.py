@@ -30,6 +30,7 @@ FORMAT = 1
 ROLES = {"db": "db/", "config": "config/", "lock": "config/", "vault": "vault/", "plugin": "plugins/",
          "account": "accounts/"}
 FILE_ONLY = ("db", "config", "lock", "vault")
+OUTSIDE = "config/_outside/"   # includes that live outside the config directory (their paths are shown first)
 TREE_ROLES = {"plugin": "plugin_roots", "account": "accounts"}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MODE = re.compile(r"^[0-7]{3,4}$")
@@ -334,6 +335,7 @@ def parse_manifest(data: bytes, limits: Limits = Limits()) -> Manifest:
     db_path = _text(doc, "source_db_path", absolute=True)
     vault = _text(doc, "source_vault_file", absolute=True)
     config_file = _text(doc, "source_config", absolute=True)
+    config_dir = _text(doc, "source_config_dir", absolute=True)
     roots = _roots(doc)
     for m in members:
         if m.source in (key, key + ".old", key + ".new"):
@@ -345,6 +347,10 @@ def parse_manifest(data: bytes, limits: Limits = Limits()) -> Manifest:
             raise _refuse(f"member {m.path!r}: a database member must restore to source_db_path")
         elif m.role == "vault" and m.source != vault:
             raise _refuse(f"member {m.path!r}: a vault member must restore to source_vault_file")
+        elif m.role in ("config", "lock") and not m.path.startswith(OUTSIDE) \
+                and m.source != posixpath.join(config_dir, m.path[len("config/"):]):
+            raise _refuse(f"member {m.path!r}: its destination {m.source!r} is not that name inside "
+                          "source_config_dir")
     for role in ("db", "vault", "lock"):
         if sum(1 for m in members if m.role == role) > 1:
             raise _refuse(f"more than one {role} member")

@@ -185,7 +185,7 @@ def sources_for(scope: str, paths: Paths) -> tuple[Source, ...]:
             rel = posixpath.relpath(path, paths.config_dir)
             if rel.startswith("../"):
                 outside += 1
-                arc = f"config/_outside/{outside}/{posixpath.basename(path)}"
+                arc = f"config/_outside/{outside}/{posixpath.basename(path)}"  # manifest.OUTSIDE
             else:
                 arc = f"config/{rel}"
             out.append(Source("config", path, arc, False, "config" if path == paths.config_file else "include"))

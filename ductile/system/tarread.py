@@ -39,9 +39,9 @@ class TarMember:
     mtime: float
 
 
-def _refuse(where: str, message: str) -> RestoreRefused:
-    return RestoreRefused(message, where=where,
-                          fix="use an archive made by `ductile system backup`; this one is damaged or was altered")
+def _refuse(where: str, message: str, fix: str = "use an archive made by `ductile system backup`; this one is "
+                                                 "damaged or was altered") -> RestoreRefused:
+    return RestoreRefused(message, where=where, fix=fix)
 
 
 def _octal(field: bytes, what: str, where: str) -> int:
@@ -175,7 +175,8 @@ class StrictTarReader:
             if kind == "dir":
                 size = 0
             if size < 0 or size > self.limits.max_bytes - self.bytes:
-                raise _refuse(name, f"member of {size} bytes: over the limit of {self.limits.max_bytes} bytes in all")
+                raise _refuse(name, f"member of {size} bytes: over the limit of {self.limits.max_bytes} bytes in all",
+                              "if you made this archive and expect it to be this large, raise --max-size")
             self.bytes += size
             mode = _octal(block[100:108], "mode", name) & 0o7777
             try:
