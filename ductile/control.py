@@ -182,16 +182,21 @@ class ControlServer:
             uid = peer_uid(conn)
         except OSError:
             return
+        try:
+            raw = _read_line(conn, MAX_REQUEST)  # read before answering, so the reply is not lost to a reset
+        except (ValueError, OSError) as err:
+            _reply(conn, {"ok": False, "error": f"bad request: {err}", "fix": "send one JSON object per line"})
+            return
         if uid not in self.allowed_uids:
             _log.warning("control channel: refused a connection from uid %d", uid)
             _reply(conn, {"ok": False, "error": f"uid {uid} may not use this gateway's control channel",
                           "fix": "run the command as the gateway user or root"})
             return
         try:
-            request = json.loads(_read_line(conn, MAX_REQUEST))
+            request = json.loads(raw)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise ValueError("a request is a JSON object with a string 'op'")
-        except (ValueError, OSError) as err:
+        except ValueError as err:
             _reply(conn, {"ok": False, "error": f"bad request: {err}", "fix": "send one JSON object per line"})
             return
         op = request["op"]
