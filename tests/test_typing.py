@@ -1,5 +1,6 @@
 """The wall's logic and the one spawn path stay `mypy --strict` clean: privsep (pure
-decisions), runtime (spawn, executor, boot), the lock, and serve."""
+decisions), runtime (spawn, executor, boot), the lock, serve, and system (backup, restore,
+status) with the control channel between them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.parametrize("target", ["ductile/privsep", "ductile/runtime", "ductile/lock.py", "ductile/serve"])
+@pytest.mark.parametrize("target", ["ductile/privsep", "ductile/runtime", "ductile/lock.py", "ductile/serve",
+                                    "ductile/system", "ductile/control.py"])
 def test_is_mypy_strict_clean(target: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
                            target], cwd=REPO, capture_output=True, text=True)
