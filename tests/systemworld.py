@@ -34,6 +34,7 @@ class SysWorld:
     gw: int                          # the gateway user's uid (and gid)
     key_place: str                   # secret | config | plugin
     accounts: dict[str, int] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)   # stdout of the vault commands that made it
 
     @property
     def etc(self) -> Path:
@@ -123,6 +124,7 @@ def make_sys_world(key_place: str = "secret", accounts: tuple[str, ...] = ()) ->
     for args in (("vault", "init"), ("vault", "rotate-key")):  # rotate: the .old key is a hazard too
         proc = w.run(*args, "--config", str(w.etc))
         assert proc.returncode == 0, proc.stderr
+        w.said[args[1]] = proc.stdout
     assert w.db.exists() and Path(str(w.key) + ".old").exists()
     return w
 

@@ -91,6 +91,15 @@ def test_the_gateway_user_backs_up_everything_it_can_read_and_says_what_it_canno
         manifest["backup_uid"].encode())
 
 
+def test_vault_commands_print_the_pairing_code_the_archives_carry(world: tuple[SysWorld, dict[str, str]]) -> None:
+    w, _ = world
+    _, manifest = _backup(w, "db", "pairing.tar.gz")
+    code = manifest["backup_uid"]
+    assert f"pairing code {code}:" in w.said["rotate-key"]      # the key in use now
+    assert f"pairing code {code}:" not in w.said["init"]        # the key before the rotation had another
+    assert "pairing code " in w.said["init"]
+
+
 def test_the_plan_is_printed_before_the_archive_is_written(world: tuple[SysWorld, dict[str, str]]) -> None:
     w, _ = world
     dest = w.base / "out" / "plan.tar.gz"
@@ -244,7 +253,7 @@ def test_sigterm_during_the_write_leaves_nothing() -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and "Traceback" not in err, err
-        assert list(out.iterdir()) == []
+        assert list(out.iterdir()) == [], (proc.returncode, err)
     finally:
         destroy(w)
 
@@ -268,3 +277,33 @@ def test_a_full_disk_leaves_no_partial_archive(where: str) -> None:
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
         destroy(w)
+
+
+def test_what_a_hostile_account_leaves_in_its_directory_cannot_fail_the_backup() -> None:
+    """A plugin controls its state_dir: a tree too deep, a FIFO, a link to the key. Root's
+    `all` backup leaves each out with the reason and archives the rest."""
+    w = _library_world_with_account()
+    try:
+        home = w.account_dir("default")
+        uid = w.accounts["default"]
+        deep = home / "/".join(["d"] * 70)
+        subprocess.run(["mkdir", "-p", str(deep)], check=True, user=uid, group=uid, extra_groups=[], cwd="/")
+        subprocess.run(["mkfifo", str(home / "pipe")], check=True, user=uid, group=uid, extra_groups=[], cwd="/")
+        subprocess.run(["ln", "-s", str(w.key), str(home / "key")], check=True, user=uid, group=uid, extra_groups=[],
+                       cwd="/")
+        dest = w.base / "all.tgz"
+        proc = w.run("system", "backup", "--config", str(w.etc), "--scope", "all", "--to", str(dest), "--json",
+                     root=True)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads(proc.stdout)
+        reasons = {item: g["reason"] for g in manifest["excluded"] for item in g["items"]}
+        assert "FIFO" in reasons[str(home / "pipe")] and "symlink" in reasons[str(home / "key")]
+        assert any("deeper than 64" in r for p, r in reasons.items() if p.startswith(str(home / "d")))
+        assert "accounts/default/cache.txt" in {m["path"] for m in manifest["members"]}
+    finally:
+        destroy(w)
+
+
+def _library_world_with_account() -> SysWorld:
+    require_root()
+    return make_sys_world("secret", accounts=("default",))

@@ -173,6 +173,16 @@ def test_unreadable_account_dirs_are_excluded_for_the_gateway_and_a_problem_for_
     assert plan.ok is excluded
 
 
+def test_nothing_an_account_puts_in_its_directory_can_fail_the_backup() -> None:
+    facts = {"db/d.db": [Entry("", "file", 1)],
+             "accounts/default": [Entry("", "dir"), Entry("deep/x", "unreadable", error="nested deeper than 64"),
+                                  Entry("ok.txt", "file", 1, 0o100600, (3, 3), sha256="e" * 64)]}
+    plan = _plan("all", facts, 0)
+    assert plan.ok and "accounts/default/ok.txt" in [m.arcname for m in plan.members]
+    assert "the account's own file, left out" in dict(plan.excluded)["/var/lib/d/accounts/default/deep/x"]
+    assert any("left out" in w for w in plan.warnings)
+
+
 def test_warnings_name_the_vault_and_its_pairing_code() -> None:
     facts = {"db/d.db": [Entry("", "file", 1)], "vault/vault.age": [Entry("", "file", 9, 0o100600, (2, 2), sha256="c" * 64)]}
     plan = _plan("config", facts)

@@ -187,6 +187,10 @@ def test_backup_wipe_restore_and_serve_carries_on(world: ServeWorld, tmp_path: P
         "database": "ok", "schema": "ok", "jobs": "ok", "vault": "ok", "locks": "ok"}
     listed = json.loads(cli(world, "plugin", "list", "--json").stdout)
     assert {p["name"]: p["lock"] for p in listed["plugins"]} == {"counter": "locked", "slow": "locked"}
+    again = json.loads(run_ductile("system", "restore", str(archive), "--json", cwd="/").stdout)  # key in place now
+    assert again["ok"] and all(s["action"] in ("same", "exists") for s in again["steps"])
+    assert {c["check"]: c["status"] for c in again["checks"]["selfcheck"]["checks"]}["locks"] == "ok"
+    assert any(f"has pairing code {code}: it is the key" in s for s in again["next_steps"])
 
     world.start()
     status, listing = world.request("GET", "/jobs?limit=1000", token=OPS)  # the API token came back with the vault

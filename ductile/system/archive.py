@@ -27,7 +27,6 @@ import secrets
 import signal
 import sqlite3
 import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,44 +200,62 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+class _NotOurs(Exception):
+    """The temporary name was taken: that file is someone else's and must not be removed."""
+
+
 def write_archive(dest: str, plan: BackupPlan, manifest: bytes, uid_txt: bytes, snapshot: Snapshot | None,
                   progress: Progress | None = None) -> None:
-    """Write ``plan`` to ``dest`` (which must not exist); on any failure nothing remains."""
+    """Write ``plan`` to ``dest`` (which must not exist); on any failure nothing remains.
+
+    The cleanup covers the creation itself: a SIGTERM that lands between ``open`` returning
+    and the next line would otherwise leave the new file behind."""
     directory = os.path.dirname(os.path.abspath(dest))
     temp = os.path.join(directory, f".{os.path.basename(dest)}.{secrets.token_hex(6)}.partial")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise _fs_error(err, directory, "creating the archive") from None
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=6) as tar:
-                tar.addfile(_info(MANIFEST_NAME, size=len(manifest)), io.BytesIO(manifest))
-                tar.addfile(_info(UID_NAME, size=len(uid_txt)), io.BytesIO(uid_txt))
-                done = 0
-                for member in plan.members:
-                    _add_member(tar, member, plan.sources, snapshot)
-                    done += member.size
-                    if progress is not None:
-                        progress(done, member.arcname)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(temp, dest)
-        except FileExistsError:
-            raise BackupError("a file appeared at the destination while the backup ran; it was left alone",
-                              where=dest, fix="choose another --to") from None
-        except OSError as err:
-            raise _fs_error(err, dest, "placing the archive") from None
-        os.unlink(temp)
-        _fsync_dir(directory)
+        _write(temp, dest, plan, manifest, uid_txt, snapshot, progress)
+    except _NotOurs:
+        raise BackupError("a file with the archive's temporary name exists", where=temp,
+                          fix="remove it if it is a leftover, then retry") from None
     except OSError as err:
         _remove(temp)
         raise _fs_error(err, dest, "writing the archive") from None
     except BaseException:
         _remove(temp)
         raise
+
+
+def _write(temp: str, dest: str, plan: BackupPlan, manifest: bytes, uid_txt: bytes, snapshot: Snapshot | None,
+           progress: Progress | None) -> None:
+    directory = os.path.dirname(temp)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise _NotOurs() from None
+    except OSError as err:
+        raise _fs_error(err, directory, "creating the archive") from None
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=6) as tar:
+            tar.addfile(_info(MANIFEST_NAME, size=len(manifest)), io.BytesIO(manifest))
+            tar.addfile(_info(UID_NAME, size=len(uid_txt)), io.BytesIO(uid_txt))
+            done = 0
+            for member in plan.members:
+                _add_member(tar, member, plan.sources, snapshot)
+                done += member.size
+                if progress is not None:
+                    progress(done, member.arcname)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(temp, dest)
+    except FileExistsError:
+        raise BackupError("a file appeared at the destination while the backup ran; it was left alone",
+                          where=dest, fix="choose another --to") from None
+    except OSError as err:
+        raise _fs_error(err, dest, "placing the archive") from None
+    os.unlink(temp)
+    _fsync_dir(directory)
 
 
 def _remove(path: str) -> None:
@@ -248,16 +265,25 @@ def _remove(path: str) -> None:
 
 @contextlib.contextmanager
 def workdir_beside(dest: str) -> Iterator[str]:
-    """A private (0700) scratch directory next to ``dest``, removed with everything in it."""
+    """A private (0700) scratch directory next to ``dest``, removed with everything in it
+    (also when an interrupt lands right after it was made)."""
     directory = os.path.dirname(os.path.abspath(dest))
+    work = os.path.join(directory, f".{os.path.basename(dest)}.{secrets.token_hex(6)}.work")
+    ours = True
     try:
-        work = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", suffix=".work", dir=directory)
-    except OSError as err:
-        raise _fs_error(err, directory, "creating a work directory") from None
-    try:
+        try:
+            os.mkdir(work, 0o700)
+        except FileExistsError:
+            ours = False
+            raise BackupError("a directory with the backup's work name exists", where=work,
+                              fix="remove it if it is a leftover, then retry") from None
+        except OSError as err:
+            ours = False
+            raise _fs_error(err, directory, "creating a work directory") from None
         yield work
     finally:
-        for name in os.listdir(work):
-            _remove(os.path.join(work, name))
-        with contextlib.suppress(OSError):
-            os.rmdir(work)
+        if ours:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(work):
+                    _remove(os.path.join(work, name))
+                os.rmdir(work)

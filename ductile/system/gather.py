@@ -231,6 +231,10 @@ def _tree(src: Source) -> list[Entry]:
             _walk_dir(dfd, "", 1, out, src.path)
         except OSError as err:
             return [Entry("", "unreadable", error=err.strerror or str(err))]
+        except BackupError as err:
+            if src.role != "account":
+                raise
+            return [Entry("", "unreadable", error=err.message)]  # too many entries: the plan leaves it out
         return out
     finally:
         os.close(dfd)

@@ -13,7 +13,10 @@ by identity, by content or by key material (``secretzero``), anything under a ``
 directory, symlinks, sockets, FIFOs and devices (an archive holds regular files and
 directories only, so restore can refuse everything else), version control, virtualenvs,
 ``node_modules`` and bytecode caches, and names that are not UTF-8. A file the plan needs
-but cannot read is a problem, not an exclusion: the backup refuses rather than leave a hole.
+but cannot read is a problem, not an exclusion: the backup refuses rather than leave a hole
+— except inside an account's state_dir, whose contents the account's plugins control: what
+cannot be read there (or an account tree too large or too deep) is excluded and warned
+about, so no plugin can make the backup of everything else fail.
 """
 
 from __future__ import annotations
@@ -273,6 +276,12 @@ def plan_backup(scope: str, paths: Paths, facts: Mapping[str, Sequence[Entry]], 
                 why = junk_reason(posixpath.basename(path), False)
             if why is not None:
                 excluded.append((path, why))
+                continue
+            if entry.kind == "unreadable" and src.role == "account":
+                # an account's directory holds whatever its plugins put there: what cannot be
+                # read is left out and said, never a reason for the whole backup to fail
+                excluded.append((path, f"cannot read it ({entry.error}); the account's own file, left out"))
+                warnings.append(f"{path} was left out: {entry.error}")
                 continue
             if entry.kind == "unreadable":
                 problems.append(Problem(path, f"cannot read it: {entry.error}",

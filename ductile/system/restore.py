@@ -183,7 +183,15 @@ def run_restore(archive: str, *, to_dir: str | None, dry_run: bool, force: bool,
         raise RestoreRefused(plan.refusals[0] + more, where=archive,
                              fix="nothing was written; use --force to keep what is there as .bak and replace it, "
                                  "or --to DIR to restore elsewhere")
-    applied = apply(plan, archive, limits)
+    from ductile.system.archive import Interrupted, terminate_unwinds
+
+    try:
+        with terminate_unwinds():
+            applied = apply(plan, archive, limits)
+    except Interrupted:
+        raise RestoreRefused("stopped by SIGTERM; the files staged so far were removed", where=archive,
+                             fix="run the restore again: files already in place with the same contents are left "
+                                 "alone") from None
     checks = None if to_dir else post_checks(manifest, gateway)
     return RestoreResult(archive, manifest, plan, owner_from, False, applied.kept, applied.created_dirs, checks)
 
