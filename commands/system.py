@@ -67,13 +67,16 @@ def _print_plan(plan: BackupPlan, dest: str, config: str) -> None:
         else:
             extra = " (consistent snapshot)" if src.role == "db" else ""
             click.echo(f"  {src.arcroot}  <- {src.path}{extra}")
-    click.echo("EXCLUDED")
-    for path, reason in plan.excluded:
-        click.echo(f"  {path}: {reason}")
-    if plan.warnings:
-        click.echo("WARNINGS")
-        for warning in plan.warnings:
-            click.echo(f"  {warning}")
+    _section("EXCLUDED", [f"{path}: {reason}" for path, reason in plan.excluded], always=True)
+    _section("WARNINGS", plan.warnings)
+
+
+def _section(title: str, lines: Any, *, always: bool = False) -> None:
+    """A capitalised heading and its indented lines; nothing at all for no lines (unless ``always``)."""
+    if lines or always:
+        click.echo(title)
+    for line in lines:
+        click.echo(f"  {line}")
 
 
 @system.command("backup")
@@ -256,10 +259,7 @@ def _print_restore(result: Any) -> None:
         click.echo(f"  ({same} already in place with the same contents, left alone)")
     for path, bak in result.kept:
         click.echo(f"  kept     {path} as {bak}")
-    if plan.refusals:
-        click.echo("REFUSED (nothing will be written while any remain)")
-        for line in plan.refusals:
-            click.echo(f"  {line}")
+    _section("REFUSED (nothing will be written while any remain)", plan.refusals)
     if result.checks:
         _print_checks(result.checks)
     if not result.dry_run:

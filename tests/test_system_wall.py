@@ -44,11 +44,7 @@ def test_a_plugin_cannot_reach_the_control_channel_and_status_answers_the_operat
     w = make_world(0 if gateway == "root" else None, ["default", "untrusted"], {"knock": "{run_as: default}"},
                    {"knock": KNOCK})
     os.chmod(w.base / "state", 0o711)  # as /var/lib/ductile: accounts pass through it
-    cmd = [PYTHON, "-m", "ductile", "serve", "--config", str(w.etc)]
-    if w.gateway_uid:
-        gw = w.gateway_uid
-        cmd = ["setpriv", f"--reuid={gw}", f"--regid={gw}", "--clear-groups", "--inh-caps=-all,+setuid,+setgid",
-               "--ambient-caps=+setuid,+setgid", "--", *cmd]
+    cmd = w.command("serve", "--config", str(w.etc))
     log = w.base / "serve.log"
     sock = socket_path(str(w.db))
     with open(log, "wb") as fh:

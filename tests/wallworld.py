@@ -218,18 +218,24 @@ class World:
         (self.etc / "config.yaml").write_text(self.config_text())
         os.chown(self.etc / "config.yaml", self.gateway_uid, self.gateway_uid)
 
+    def command(self, *args: str, caps: str = "+setuid,+setgid") -> list[str]:
+        """argv of the real CLI as this world's gateway: root, or a non-root uid holding only
+        ``caps`` (ambient, as systemd's AmbientCapabilities= sets a service up)."""
+        cmd = [PYTHON, "-m", "ductile", *args]
+        if self.gateway_uid == 0:
+            return cmd
+        uid = self.gateway_uid
+        prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        if caps:
+            prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
+        return prefix + ["--"] + cmd
+
     def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """The real CLI, as this world's gateway: root, or a non-root uid holding only ``caps``."""
-        cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
+        """The real CLI, as this world's gateway (see ``command``)."""
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC"}
-        if self.gateway_uid != 0:
-            uid = self.gateway_uid
-            prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-            if caps:
-                prefix += [f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}"]
-            cmd = prefix + ["--"] + cmd
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", input=input)
+        return subprocess.run(self.command(*args, "--config", str(self.etc), caps=caps), capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd="/", input=input)
 
     def plugin_run(self, plugin: str, payload: dict[str, Any] | None = None, command: str = "poll",
                    **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ installed files explain themselves.
 from __future__ import annotations
 
 from ductile.deploy.layout import BACKUP_KEEP, BACKUP_SCOPE, Layout
+from ductile.deploy.unit import KERNEL_PROTECTIONS
 
 SERVICE = """\
 # {unit}: one backup of the {user} gateway (systemd.service(5)).
@@ -54,12 +55,7 @@ PrivateDevices=yes
 # --- No network, no kernel knobs: a backup reads and writes files, nothing else.
 PrivateNetwork=yes
 RestrictAddressFamilies=AF_UNIX
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
+""" + KERNEL_PROTECTIONS + """\
 RestrictNamespaces=yes
 RestrictRealtime=yes
 LockPersonality=yes

@@ -13,6 +13,16 @@ import textwrap
 
 from ductile.deploy.layout import Layout
 
+# The kernel knobs no ductile process touches; shared by every unit ductile renders.
+KERNEL_PROTECTIONS = """\
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+"""
+
 COMMON_HEAD = """\
 [Unit]
 Description={description}
@@ -78,12 +88,7 @@ ProtectHome=yes
 # /tmp is private to this unit (still shared by its plugins: sticky, 1777).
 PrivateTmp=yes
 PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
+""" + KERNEL_PROTECTIONS + """\
 PrivateMounts=yes
 # Deliberately NOT set, each because it breaks the design:
 # - StateDirectory=: systemd would chown the state directory to the gateway user, and in

@@ -36,6 +36,7 @@ from urllib.parse import quote
 from ductile.system.gather import BackupError, open_member
 from ductile.system.plan import MANIFEST_NAME, UID_NAME, BackupPlan, Member, Source
 from ductile.system.secretzero import MaterialScanner
+from ductile.vault.keyfile import fsync_dir
 
 BUSY_TIMEOUT_MS = 30_000
 CHUNK = 1 << 20
@@ -192,14 +193,6 @@ def _open_plain(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _NotOurs(Exception):
     """The temporary name was taken: that file is someone else's and must not be removed."""
 
@@ -255,7 +248,7 @@ def _write(temp: str, dest: str, plan: BackupPlan, manifest: bytes, uid_txt: byt
     except OSError as err:
         raise _fs_error(err, dest, "placing the archive") from None
     os.unlink(temp)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _remove(path: str) -> None:

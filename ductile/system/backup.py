@@ -96,23 +96,17 @@ def destination(to: str, service: str, scope: str, code: str | None, now: dateti
 
 def make_directory(path: str) -> None:
     """Create ``path`` and missing parents 0700 (existing ones are left as they are)."""
-    missing = []
-    probe = path
-    while not os.path.isdir(probe):
-        missing.append(probe)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-            os.chmod(d, 0o700)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise BackupError(f"cannot create the directory: {err.strerror}", where=d,
-                              fix="create it (install -d -m 0700) or choose another --to") from None
+    from ductile.errors import VaultError
+    from ductile.vault.keyfile import make_dirs_private
+
+    fix = "create it (install -d -m 0700) or choose another --to"
+    try:
+        make_dirs_private(path)
+    except VaultError as err:
+        raise BackupError(err.message, where=err.where, fix=fix) from None
+    except OSError as err:
+        raise BackupError(f"cannot create the directory: {err.strerror}", where=str(err.filename or path),
+                          fix=fix) from None
 
 
 def prepare(loaded: LoadedConfig, scope: str) -> tuple[Paths, BackupPlan]:
