@@ -36,6 +36,10 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _as_gateway_user(loaded: LoadedConfig, command: str) -> None:
     """Refuse anyone but the gateway user and root, naming who the gateway user is."""
     import os
@@ -63,7 +67,8 @@ def _print_plan(plan: BackupPlan, dest: str, config: str) -> None:
             continue
         if src.tree:
             files = [m for m in members if m.kind == "file"]
-            click.echo(f"  {src.arcroot}/  <- {src.path} ({len(files)} files, {_size(sum(m.size for m in files))})")
+            click.echo(f"  {src.arcroot}/  <- {src.path} ({_count(len(files), 'file')}, "
+                       f"{_size(sum(m.size for m in files))})")
         else:
             extra = " (consistent snapshot)" if src.role == "db" else ""
             click.echo(f"  {src.arcroot}  <- {src.path}{extra}")
@@ -135,7 +140,7 @@ def backup(to: str, scope: str, keep: int | None, config_path: str | None, as_js
         emit_json({**result.manifest, "archive": result.archive, "pruned": list(result.pruned)})
         return
     files = result.plan.files
-    click.echo(f"wrote {result.archive} ({len(files)} files, {_size(sum(m.size for m in files))} before "
+    click.echo(f"wrote {result.archive} ({_count(len(files), 'file')}, {_size(sum(m.size for m in files))} before "
                f"compression, mode 0600)")
     for path in result.pruned:
         click.echo(f"removed {path} (--keep {keep})")
@@ -299,7 +304,7 @@ def status(config_path: str | None, as_json: bool) -> None:
     answer (or is not yours to use), 3 when no gateway runs for this config.
     """
     from ductile.config import load_config
-    from ductile.render import emit_json, table
+    from ductile.render import emit_json
     from ductile.system.status import gateway_status
 
     loaded = load_config(config_path)
@@ -320,7 +325,8 @@ def status(config_path: str | None, as_json: bool) -> None:
             ("uptime", f"{report['uptime_seconds']:.0f}s"),
             ("config", report["config"]),
         ]
-        table(["", ""], rows)
+        for key, value in rows:
+            click.echo(f"{key:<12} {value}")
     elif report.get("running"):
         click.echo(f"gateway running (pid {report['pid']}) but it did not answer: {report['error']} "
                    f"(fix: {report['fix']})")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_in_pty
 from systemworld import KEY_MATERIAL, PYTHON, SysWorld, archive_members, destroy, make_sys_world, manifest_of, \
     plant_hazards
 from wallworld import require_root
@@ -307,3 +307,18 @@ def test_what_a_hostile_account_leaves_in_its_directory_cannot_fail_the_backup()
 def _library_world_with_account() -> SysWorld:
     require_root()
     return make_sys_world("secret", accounts=("default",))
+
+
+def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe() -> None:
+    w = _library_world()
+    try:
+        (w.plugins / "echo" / "weights.bin").write_bytes(os.urandom(12 << 20))
+        args = ["system", "backup", "--config", str(w.etc), "--scope", "plugins"]
+        code, out = run_in_pty([PYTHON, "-m", "ductile", *args, "--to", str(w.base / "tty.tgz")],
+                               env={"NO_COLOR": "1", "TERM": "xterm"})
+        assert code == 0, out
+        assert b"archiving" in out and b"MB" in out
+        piped = w.run(*args, "--to", str(w.base / "pipe.tgz"), root=True)
+        assert piped.returncode == 0 and "archiving" not in piped.stdout + piped.stderr
+    finally:
+        destroy(w)

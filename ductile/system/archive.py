@@ -128,11 +128,12 @@ def terminate_unwinds() -> Iterator[None]:
 class _CheckedReader(io.RawIOBase):
     """Reads a member's descriptor for tarfile, hashing and scanning what passes through."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_read: Callable[[int], None] | None = None) -> None:
         self.fd = fd
         self.digest = hashlib.sha256()
         self.scan = MaterialScanner()
         self.count = 0
+        self.on_read = on_read
 
     def readable(self) -> bool:
         return True
@@ -143,6 +144,8 @@ class _CheckedReader(io.RawIOBase):
         self.digest.update(data)
         self.scan.feed(data)
         self.count += len(data)
+        if self.on_read is not None:
+            self.on_read(self.count)
         return len(data)
 
 
@@ -157,7 +160,8 @@ def _info(name: str, *, size: int = 0, mode: int = 0o600, mtime: float = 0.0, di
     return info
 
 
-def _add_member(tar: tarfile.TarFile, member: Member, sources: tuple[Source, ...], snapshot: Snapshot | None) -> None:
+def _add_member(tar: tarfile.TarFile, member: Member, sources: tuple[Source, ...], snapshot: Snapshot | None,
+                on_read: Callable[[int], None] | None = None) -> None:
     if member.kind == "dir":
         tar.addfile(_info(member.arcname, mode=member.mode, mtime=member.mtime, directory=True))
         return
@@ -167,7 +171,7 @@ def _add_member(tar: tarfile.TarFile, member: Member, sources: tuple[Source, ...
     else:
         fd_cm = open_member(member, sources)
     with fd_cm as fd:
-        reader = _CheckedReader(fd)
+        reader = _CheckedReader(fd, on_read)
         try:
             tar.addfile(_info(member.arcname, size=member.size, mode=member.mode, mtime=member.mtime),
                         io.BufferedReader(reader, CHUNK))
@@ -191,6 +195,11 @@ def _open_plain(path: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _ticker(progress: Progress, base: int, name: str) -> Callable[[int], None]:
+    """Progress within one member: bytes of it read so far, on top of the members before."""
+    return lambda n: progress(base + n, name)
 
 
 class _NotOurs(Exception):
@@ -234,7 +243,8 @@ def _write(temp: str, dest: str, plan: BackupPlan, manifest: bytes, uid_txt: byt
             tar.addfile(_info(UID_NAME, size=len(uid_txt)), io.BytesIO(uid_txt))
             done = 0
             for member in plan.members:
-                _add_member(tar, member, plan.sources, snapshot)
+                tick = None if progress is None else _ticker(progress, done, member.arcname)
+                _add_member(tar, member, plan.sources, snapshot, tick)
                 done += member.size
                 if progress is not None:
                     progress(done, member.arcname)
