@@ -217,6 +217,52 @@ def test_a_file_that_changes_after_the_plan_aborts_and_leaves_nothing(tmp_path: 
         destroy(w)
 
 
+def test_a_file_that_turns_unreadable_mid_backup_leaves_nothing() -> None:
+    """The gateway user (a forked child that dropped to its uid) plans a file it can read;
+    before the write it loses the permission. The write fails with EACCES, nothing remains."""
+    from ductile.system.backup import run_backup
+    from ductile.system.gather import BackupError
+
+    w = _library_world()
+    try:
+        victim = w.plugins / "echo" / "helper.py"
+        victim.write_text("X = 1\n")
+        w.own(victim)
+        os.chmod(victim, 0o600)
+        out = w.base / "out"
+        out.mkdir(mode=0o700)
+        w.own(out)
+        loaded = _load(w)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the gateway user, no capabilities
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(w.gw)
+                os.setuid(w.gw)
+
+                def on_plan(plan, dest) -> None:  # type: ignore[no-untyped-def]
+                    os.chmod(victim, 0)
+
+                try:
+                    run_backup(loaded, "plugins", str(out / "a.tgz"), on_plan=on_plan)
+                    result = "no error"
+                except BackupError as err:
+                    result = err.one_line()
+                os.write(write_end, result.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as fh:
+            result = fh.read()
+        os.waitpid(pid, 0)
+        assert str(victim) in result and "Permission denied" in result and "no archive was left behind" in result
+        assert list(out.iterdir()) == []
+    finally:
+        destroy(w)
+
+
 def test_ctrl_c_during_the_write_leaves_nothing(tmp_path: Path) -> None:
     from ductile.system.backup import run_backup
 

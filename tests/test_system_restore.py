@@ -9,8 +9,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
-from systemworld import SysWorld, archive_members, destroy, make_sys_world
+from systemworld import PYTHON, SysWorld, archive_members, destroy, make_sys_world
 from wallworld import require_root
 
 from ductile.system.plan import MANIFEST_NAME, UID_NAME
@@ -271,3 +274,23 @@ def test_every_member_of_a_real_archive_is_a_file_or_directory(made: tuple[SysWo
     _, all_tgz, _ = made
     members = archive_members(all_tgz)  # asserts the kinds
     assert MANIFEST_NAME in members and UID_NAME in members
+
+
+def test_someone_who_may_not_write_there_gets_one_line_and_nothing_changes(made: tuple[SysWorld, Path, Path]) -> None:
+    w, _, plugins_tgz = made
+    stranger = next(iter(w.accounts.values()))
+    place = Path(tempfile.mkdtemp(prefix="ductile-restore-", dir="/tmp"))
+    try:
+        os.chmod(place, 0o755)
+        readable = place / "copy.tgz"
+        readable.write_bytes(plugins_tgz.read_bytes())
+        os.chmod(readable, 0o644)
+        target = place / "root-only"
+        target.mkdir(mode=0o755)
+        proc = subprocess.run(["setpriv", f"--reuid={stranger}", f"--regid={stranger}", "--clear-groups", "--",
+                               PYTHON, "-m", "ductile", "system", "restore", str(readable), "--to", str(target)],
+                              capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+        assert_one_line_error(proc, "Permission denied", "nothing was replaced", "root or as the gateway user")
+        assert list(target.iterdir()) == []
+    finally:
+        shutil.rmtree(place)

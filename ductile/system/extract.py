@@ -362,6 +362,7 @@ def apply(plan: RestorePlan, archive: str, limits: Limits = Limits()) -> Applied
     created: list[str] = []
     staged: list[tuple[Step, str]] = []
     kept: list[tuple[str, str]] = []
+    committed: list[str] = []
     by_path = {s.member.path: s for s in plan.steps}
     try:
         with _instance_lock(plan, created):
@@ -378,14 +379,22 @@ def apply(plan: RestorePlan, archive: str, limits: Limits = Limits()) -> Applied
                         staged.append((step, _stage(reader, step, member.mtime, created)))
             for step, temp in staged:
                 _commit(step, temp, kept)
+                committed.append(step.dest)
             staged.clear()
-    except BaseException:
+    except BaseException as exc:
         for step, temp in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(posixpath.join(posixpath.dirname(step.dest), temp))
+            if step.dest not in committed:
+                with contextlib.suppress(OSError):
+                    os.unlink(posixpath.join(posixpath.dirname(step.dest), temp))
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 os.rmdir(d)
+        if isinstance(exc, OSError):
+            done = (f"{len(committed)} file(s) were already in place (kept copies: .bak)" if committed
+                    else "nothing was replaced")
+            raise RestoreRefused(f"cannot write: {exc.strerror or exc}; {done}", where=str(exc.filename or archive),
+                                 fix="run the restore as root or as the gateway user, with room on the "
+                                     "destination's filesystem") from None
         raise
     written = tuple(s.dest for s in plan.writes)
     return Applied(written, tuple(kept), tuple(created))
