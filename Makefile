@@ -62,6 +62,10 @@ deploy-files: $(STAMP)
 	$(VENV)/bin/ductile deploy render sysusers --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.sysusers.conf
 	$(VENV)/bin/ductile deploy render tmpfiles --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.tmpfiles.conf
 	$(VENV)/bin/ductile deploy render unit     --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin.service
+	$(VENV)/bin/ductile deploy render backup-service --config deploy/config/ductile.yaml --config-dir /etc/ductile > deploy/systemd/ductile-backup.service
+	$(VENV)/bin/ductile deploy render backup-timer   --config deploy/config/ductile.yaml --config-dir /etc/ductile > deploy/systemd/ductile-backup.timer
+	$(VENV)/bin/ductile deploy render backup-service --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin-backup.service
+	$(VENV)/bin/ductile deploy render backup-timer   --config deploy/config/ductile-admin.yaml --config-dir /etc/ductile-admin --gateway-user ductile-admin > deploy/systemd/ductile-admin-backup.timer
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo

@@ -1,4 +1,4 @@
-"""Render the systemd files (sysusers, tmpfiles, unit) from the config's accounts.
+"""Render the systemd files (sysusers, tmpfiles, unit, backup service and timer) from the config.
 
 One source of truth: each account's uid, gid and state_dir live in ``accounts:`` and are
 written into the artefacts from there, never copied by hand.
@@ -10,12 +10,13 @@ import click
 
 from ductile.cliopts import config_option, json_option
 
-ARTEFACT_CHOICES = ("sysusers", "tmpfiles", "unit")  # ductile.deploy.ARTEFACTS, without importing it for --help
+# ductile.deploy.ARTEFACTS, without importing it for --help
+ARTEFACT_CHOICES = ("sysusers", "tmpfiles", "unit", "backup-service", "backup-timer")
 
 
 @click.group()
 def deploy() -> None:
-    """Render the systemd files (sysusers, tmpfiles, unit) from the config's accounts."""
+    """Render the systemd files (sysusers, tmpfiles, unit, backup service and timer) from the config."""
 
 
 @deploy.command("render")
@@ -29,13 +30,15 @@ def deploy() -> None:
 @json_option
 def render(artefact: str, config_path: str | None, gateway_user: str, config_dir: str | None,
            as_json: bool) -> None:
-    """Print ARTEFACT (sysusers, tmpfiles or unit) for this config on stdout.
+    """Print ARTEFACT (sysusers, tmpfiles, unit, backup-service or backup-timer) for this config on stdout.
 
     \b
     Install the output where it belongs, for example:
       ductile deploy render sysusers > /etc/sysusers.d/ductile.conf
       ductile deploy render tmpfiles > /etc/tmpfiles.d/ductile.conf
       ductile deploy render unit     > /etc/systemd/system/ductile.service
+      ductile deploy render backup-service > /etc/systemd/system/ductile-backup.service
+      ductile deploy render backup-timer   > /etc/systemd/system/ductile-backup.timer
     """
     import sys
 

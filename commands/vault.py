@@ -50,6 +50,14 @@ def init(config_path: str | None) -> None:
     else:
         click.echo(f"using existing age key {outcome.key_file}")
     click.echo(f"created vault {outcome.vault_file} (public key {outcome.public_key})")
+    _pairing(outcome.public_key)
+
+
+def _pairing(public_key: str) -> None:
+    from ductile.system.secretzero import pairing_code
+
+    click.echo(f"pairing code {pairing_code(public_key)}: every `ductile system backup` made while this key is in "
+               "use carries it; write it next to the key's offline copy")
 
 
 @vault.command("set")
@@ -186,6 +194,7 @@ def rotate_key(config_path: str | None) -> None:
     click.echo(f"the old key is at {outcome.old_key_file} (a copy, not a link): it no longer opens the vault or its "
                f"backup; once you no longer need it, shred it: shred -u {outcome.old_key_file}")
     click.echo("if the old key may have leaked, also roll every secret value (ductile vault set NAME)")
+    _pairing(outcome.public_key)
 
 
 @vault.command("recover")

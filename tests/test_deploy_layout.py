@@ -85,6 +85,7 @@ def test_tmpfiles_spec_layout() -> None:
         "/var/lib/ductile/accounts": ("0711", "ductile", "ductile"),
         "/var/lib/ductile/accounts/default": ("0700", "1001", "1001"),
         "/var/lib/ductile/accounts/untrusted": ("0700", "1002", "1002"),
+        "/var/backups/ductile": ("0700", "ductile", "ductile"),
         "/opt/ductile/plugins": ("0755", "root", "root"),
     }
 

@@ -19,7 +19,8 @@ INSTANCES = {
     "ductile": (REPO / "deploy" / "config" / "ductile.yaml", "/etc/ductile", "ductile"),
     "ductile-admin": (REPO / "deploy" / "config" / "ductile-admin.yaml", "/etc/ductile-admin", "ductile-admin"),
 }
-STATIC_NAME = {"sysusers": "{}.sysusers.conf", "tmpfiles": "{}.tmpfiles.conf", "unit": "{}.service"}
+STATIC_NAME = {"sysusers": "{}.sysusers.conf", "tmpfiles": "{}.tmpfiles.conf", "unit": "{}.service",
+               "backup-service": "{}-backup.service", "backup-timer": "{}-backup.timer"}
 REGENERATE = "regenerate with `make deploy-files` after changing deploy/config/ or ductile/deploy/"
 
 

@@ -82,6 +82,7 @@ def test_static_files_build_the_spec_layout(tmp_path: Path) -> None:
         "var/lib/ductile/accounts/default": ("0700", 1001, 1001),
         "var/lib/ductile/accounts/untrusted": ("0700", 1002, 1002),
         "opt/ductile/plugins": ("0755", 0, 0),
+        "var/backups/ductile": ("0700", gw, gw),
     }
     for rel, want in expect.items():
         assert mode_owner(root / rel) == want, rel
@@ -182,10 +183,21 @@ def unit_copy(tmp_path: Path, name: str, extra: str = "", replace: tuple[str, st
 
 
 @pytest.mark.needs_tool("systemd-analyze")
-@pytest.mark.parametrize("name", ["ductile.service", "ductile-admin.service"])
+@pytest.mark.parametrize("name", ["ductile.service", "ductile-admin.service", "ductile-backup.service",
+                                  "ductile-admin-backup.service"])
 def test_unit_verifies_without_a_single_warning(tmp_path: Path, name: str) -> None:
     proc = run(need("systemd-analyze"), "verify", "--man=no", str(unit_copy(tmp_path, name)))
     # warnings (unknown keys, bad values) come with rc 0, so stderr must be empty too
+    assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "")
+
+
+@pytest.mark.needs_tool("systemd-analyze")
+@pytest.mark.parametrize("instance", ["ductile", "ductile-admin"])
+def test_backup_timer_verifies_with_its_service(tmp_path: Path, instance: str) -> None:
+    unit_copy(tmp_path, f"{instance}-backup.service")
+    timer = tmp_path / "units" / f"{instance}-backup.timer"
+    timer.write_text((SYSTEMD / timer.name).read_text())
+    proc = run(need("systemd-analyze"), "verify", "--man=no", str(timer))
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "")
 
 

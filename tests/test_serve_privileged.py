@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from servehelp import wait_for
-from wallworld import PROBE_PLUGIN, PYTHON, destroy, make_world, require_root
+from wallworld import PROBE_PLUGIN, destroy, make_world, require_root
 
 pytestmark = pytest.mark.privileged
 
@@ -22,11 +22,7 @@ def test_serve_drops_scheduled_jobs_to_the_account_and_the_ledger_shows_its_uid(
     w = make_world(0 if gateway == "root" else None, ["default", "untrusted"],
                    {"probe": "{run_as: default, schedules: [{every: 1s}]}"}, {"probe": PROBE_PLUGIN})
     uid = w.accounts["default"]
-    cmd = [PYTHON, "-m", "ductile", "serve", "--config", str(w.etc)]
-    if w.gateway_uid:
-        gw = w.gateway_uid
-        cmd = ["setpriv", f"--reuid={gw}", f"--regid={gw}", "--clear-groups", "--inh-caps=-all,+setuid,+setgid",
-               "--ambient-caps=+setuid,+setgid", "--", *cmd]
+    cmd = w.command("serve")
     log = w.base / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd="/",

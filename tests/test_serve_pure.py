@@ -31,7 +31,7 @@ from ductile.errors import (
 from ductile.plugins.protocol import Response
 from ductile.runtime.outcome import Outcome
 from ductile.serve import logs, notify
-from ductile.serve.instance import InstanceLock
+from ductile.state.instance import InstanceLock
 from ductile.serve.pipelines import matches, route, starts
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.serve.settle import settle

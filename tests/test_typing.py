@@ -1,5 +1,6 @@
 """The wall's logic and the one spawn path stay `mypy --strict` clean: privsep (pure
-decisions), runtime (spawn, executor, boot), the lock, serve, the state database and the vault."""
+decisions), runtime (spawn, executor, boot), the lock, serve, the state database, the vault,
+and system (backup, restore, status) with the control channel between them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import REPO
 
 
 @pytest.mark.parametrize("target", ["ductile/privsep", "ductile/runtime", "ductile/lock.py", "ductile/serve",
-                                    "ductile/state", "ductile/vault"])
+                                    "ductile/state", "ductile/vault", "ductile/system", "ductile/control.py"])
 def test_is_mypy_strict_clean(target: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
                            target], cwd=REPO, capture_output=True, text=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ductile.config.load import LoadedConfig
+from ductile.deploy.backup import render_backup_service, render_backup_timer
 from ductile.deploy.layout import (
     DEFAULT_GATEWAY_USER,
     DEFAULT_VENV,
@@ -28,12 +29,15 @@ RENDERERS: dict[str, Callable[[Layout], str]] = {
     "sysusers": render_sysusers,
     "tmpfiles": render_tmpfiles,
     "unit": render_unit,
+    "backup-service": render_backup_service,
+    "backup-timer": render_backup_timer,
 }
 ARTEFACTS = tuple(RENDERERS)
 
 __all__ = [
     "ARTEFACTS", "DEFAULT_GATEWAY_USER", "DEFAULT_VENV", "Account", "Directory", "Layout",
-    "install_path", "layout_for", "plan_layout", "render", "render_sysusers", "render_tmpfiles", "render_unit",
+    "install_path", "layout_for", "plan_layout", "render", "render_backup_service", "render_backup_timer",
+    "render_sysusers", "render_tmpfiles", "render_unit",
 ]
 
 
@@ -48,6 +52,8 @@ def install_path(artefact: str, layout: Layout) -> str:
         "sysusers": f"/etc/sysusers.d/{layout.conf_name}",
         "tmpfiles": f"/etc/tmpfiles.d/{layout.conf_name}",
         "unit": f"/etc/systemd/system/{layout.unit_name}",
+        "backup-service": f"/etc/systemd/system/{layout.backup_unit_name}",
+        "backup-timer": f"/etc/systemd/system/{layout.backup_timer_name}",
     }[artefact]
 
 

@@ -40,6 +40,9 @@ SHARED_DIRS = frozenset({
 # PrivateTmp=yes, PrivateDevices=yes, the /proc and /sys views).
 HIDDEN_BY_UNIT = ("/home", "/root", "/run/user", "/tmp", "/var/tmp", "/dev", "/proc", "/sys")
 
+BACKUP_PARENT = "/var/backups"
+BACKUP_KEEP = 14      # archives the backup timer keeps (per scope)
+BACKUP_SCOPE = "plugins"
 ACCOUNT_DIR_MODE = 0o700
 TRAVERSE_MODE = 0o711   # o+x without o+r: accounts reach their own directory, list nothing
 PRIVATE_MODE = 0o700
@@ -85,10 +88,19 @@ class Layout:
     venv: str
     stop_timeout: int                  # TimeoutStopSec= in seconds
     drain: str                         # how stop_timeout was reached, for the unit's comment
+    backup_dir: str = ""               # where the backup timer writes archives (/var/backups/<user>)
 
     @property
     def unit_name(self) -> str:
         return f"{self.gateway_user}.service"
+
+    @property
+    def backup_unit_name(self) -> str:
+        return f"{self.gateway_user}-backup.service"
+
+    @property
+    def backup_timer_name(self) -> str:
+        return f"{self.gateway_user}-backup.timer"
 
     @property
     def conf_name(self) -> str:
@@ -223,6 +235,10 @@ def plan_layout(config: Config, *, config_dir: str, gateway_user: str = DEFAULT_
     for a in accounts:
         dirs.append(Directory(a.state_dir, ACCOUNT_DIR_MODE, str(a.uid), str(a.gid), f"accounts.{a.name}.state_dir",
                               f"accounts.{a.name}: {a.user} (uid {a.uid}, gid {a.gid}), private to the account."))
+    backup_dir = f"{BACKUP_PARENT}/{gw}"
+    dirs.append(Directory(backup_dir, PRIVATE_MODE, gw, gw, "--gateway-user",
+                          f"Archives of `ductile system backup` ({gw}-backup.timer): the gateway's alone. They hold "
+                          "the vault and the database, never the age key."))
     for i, root in enumerate(roots):
         dirs.append(Directory(root, PLUGIN_ROOT_MODE, "root", "root", f"plugin_roots[{i}]",
                               "Plugin code: root-owned so neither the gateway nor an account can change it, "
@@ -237,7 +253,7 @@ def plan_layout(config: Config, *, config_dir: str, gateway_user: str = DEFAULT_
     return Layout(
         gateway_user=gw, config_dir=config_dir, state_dir=state_dir, confined=confined, accounts=accounts,
         directories=directories, writable=tuple(sorted(set(writable))), venv=venv,
-        stop_timeout=math.ceil(drain) + STOP_MARGIN,
+        stop_timeout=math.ceil(drain) + STOP_MARGIN, backup_dir=backup_dir,
         drain=f"service.shutdown_timeout ({_secs(config.service.shutdown_timeout)}) + service.kill_grace "
               f"({_secs(config.service.kill_grace)}) + {STOP_MARGIN}s to re-queue and close the database",
     )

@@ -13,6 +13,17 @@ import textwrap
 
 from ductile.deploy.layout import Layout
 
+# The kernel knobs no ductile process touches; shared by every unit ductile renders.
+# shared with the backup unit, which adds ProtectControlGroups=yes (the gateway cannot: it
+# needs its delegated cgroup subtree writable, see below)
+KERNEL_PROTECTIONS = """\
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectClock=yes
+ProtectHostname=yes
+"""
+
 COMMON_HEAD = """\
 [Unit]
 Description={description}
@@ -87,11 +98,7 @@ ProtectHome=yes
 # /tmp is private to this unit (still shared by its plugins: sticky, 1777).
 PrivateTmp=yes
 PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectClock=yes
-ProtectHostname=yes
+""" + KERNEL_PROTECTIONS + """\
 PrivateMounts=yes
 # Deliberately NOT set, each because it breaks the design:
 # - StateDirectory=: systemd would chown the state directory to the gateway user, and in

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ductile.config import LoadedConfig, load_config
 from ductile.errors import BootRefused
 from ductile.runtime.boot import Runtime, boot, discover
-from ductile.serve.instance import InstanceLock
+from ductile.state.instance import InstanceLock
 from ductile.serve.limits import NofilePlan, raise_nofile
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of

@@ -7,7 +7,8 @@ Drain (SPEC §8 "SIGTERM drains"):
      (a second signal skips the wait).
   3. Jobs still running are killed through the executor's kill path and re-queued without
      charging an attempt — nothing is lost, nothing is blamed on the plugin.
-  4. The listener closes, the database and the instance lock are released, exit 0.
+  4. The listener and the control socket close, the database and the instance lock are
+     released, exit 0.
 
 uvicorn runs in its own thread on a socket bound during boot; the main thread owns the
 signal handlers, so uvicorn's own handlers never decide when the gateway stops.
@@ -21,10 +22,12 @@ import threading
 import time
 from types import FrameType
 
+from ductile.control import ControlServer
 from ductile.runtime.wiring import make_executor
 from ductile.serve.api import ApiContext, build_app
 from ductile.serve.bootseq import Booted
 from ductile.serve.bounded import Guard, GuardMiddleware, Limits, guarded_protocol
+from ductile.serve.control import StatusSource, start_control
 from ductile.serve.dispatcher import Dispatcher
 from ductile.serve.health import Health
 from ductile.serve.intake import Intake
@@ -54,6 +57,7 @@ class Gateway:
         self._stop = threading.Event()
         self._server: object | None = None
         self._server_thread: threading.Thread | None = None
+        self.control: ControlServer | None = None
         if redactor is not None:
             redactor.add(booted.secrets.values())
 
@@ -88,6 +92,10 @@ class Gateway:
 
     def start(self) -> None:
         self.intake.start()
+        cfg = self.b.runtime.config
+        listen = cfg.api.listen if self.b.listener is not None else "off"
+        self.control = start_control(StatusSource(self.b.db, self.b.runtime, self.dispatcher.running,
+                                                  self.ctx.draining.is_set, listen, len(self.b.schedules)))
         self.dispatcher.start()
         self.scheduler.start()
         self.maintenance.start()
@@ -100,8 +108,6 @@ class Gateway:
             if nofile.note:
                 log(_log, logging.WARNING, nofile.note)
         self._start_http()
-        cfg = self.b.runtime.config
-        listen = cfg.api.listen if self.b.listener is not None else "off"
         tokens = len(self.b.secrets.tokens)
         log(_log, logging.INFO, f"serving: api {listen}, {cfg.service.max_workers} worker(s), "
             f"{len(self.b.schedules)} schedule(s), {len(self.b.runtime.plugins)} plugin(s)",
@@ -168,6 +174,8 @@ class Gateway:
         log(_log, logging.INFO, f"stopped: {self.dispatcher.finished} job(s) finished, "
             f"{self.dispatcher.requeued} re-queued", finished=self.dispatcher.finished,
             requeued=self.dispatcher.requeued)
+        if self.control is not None:
+            self.control.stop()
         self.b.close()
 
 

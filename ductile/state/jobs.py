@@ -568,6 +568,13 @@ class JobQueue:
             return int(conn.execute("SELECT count(*) FROM jobs INDEXED BY jobs_due WHERE status = 'queued'")
                        .fetchone()[0])
 
+    def last_finished(self) -> Job | None:
+        """The job that reached a final status most recently (``system status``)."""
+        with self.db.read() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE finished_at IS NOT NULL"
+                               " ORDER BY finished_at DESC, rowid DESC LIMIT 1").fetchone()
+        return Job.from_row(row) if row is not None else None
+
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.read() as conn:
             rows = conn.execute("SELECT job_id, attempt, started_at, finished_at, outcome, exit_code, error,"
