@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ductile.cliopts import config_option, json_option
+from ductile.cliopts import as_unit_option, config_option, json_option, run_as_unit_if_asked
 
 
 @click.group()
@@ -63,13 +63,18 @@ def _yes(flag: bool) -> str:
 @click.option("--payload", default="{}", metavar="JSON", help="Payload object: inline JSON, @FILE, or - for stdin.")
 @config_option
 @json_option
+@as_unit_option
 @click.pass_context
-def run(ctx: click.Context, name: str, command: str, payload: str, config_path: str | None, as_json: bool) -> None:
+def run(ctx: click.Context, name: str, command: str, payload: str, config_path: str | None, as_json: bool,
+        as_unit: bool) -> None:
     """Run one job now, through the same gate, reconcile, resolve and spawn path as serve.
 
+    This process is the gateway for that job: from a root shell, --as-unit runs it with
+    the unit's user and capabilities, as serve would.
     Prints the plugin's response on stdout; on stderr, the account and uid it ran as.
     Exit 0 when the job succeeded, 1 otherwise (a refused gate runs nothing).
     """
+    run_as_unit_if_asked(as_unit, config_path)
     from ductile.config import load_config
     from ductile.render import emit_json, say
     from ductile.runtime.oneshot import parse_payload, run_once

@@ -219,10 +219,10 @@ class World:
         os.chown(self.etc / "config.yaml", self.gateway_uid, self.gateway_uid)
 
     def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """The real CLI, as this world's gateway: root, or a non-root uid holding only ``caps``."""
         cmd = [PYTHON, "-m", "ductile", *args, "--config", str(self.etc)]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC"}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1", "TZ": "UTC", **(env or {})}
         if self.gateway_uid != 0:
             uid = self.gateway_uid
             prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
@@ -277,3 +277,28 @@ def destroy(world: World) -> None:
     for uid in list(world.accounts.values()) + ([world.gateway_uid] if world.gateway_uid else []):
         kill_uid(uid)
     shutil.rmtree(world.base, ignore_errors=True)
+
+
+class NamedUser:
+    """A real passwd/group entry ``dtst-<8 hex>`` with a uid (= gid) from the private range,
+    for the tests that need a name (runuser, --init-groups). Always deleted: its processes
+    are killed first, then ``userdel`` (``-f`` as a fallback) removes user and group."""
+
+    def __init__(self) -> None:
+        import secrets
+
+        self.uid = free_ids(1)[0]
+        self.name = f"dtst-{secrets.token_hex(4)}"
+        subprocess.run(["groupadd", "--system", "--gid", str(self.uid), self.name], check=True, capture_output=True)
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                               "/usr/sbin/nologin", "--uid", str(self.uid), "--gid", str(self.uid), self.name],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            subprocess.run(["groupdel", self.name], capture_output=True)
+            raise RuntimeError(f"useradd {self.name}: {made.stderr}")
+
+    def delete(self) -> None:
+        kill_uid(self.uid)
+        if subprocess.run(["userdel", self.name], capture_output=True).returncode != 0:
+            subprocess.run(["userdel", "-f", self.name], capture_output=True)
+        subprocess.run(["groupdel", self.name], capture_output=True)  # if USERGROUPS_ENAB left it

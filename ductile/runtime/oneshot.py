@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 from ductile.config import LoadedConfig
-from ductile.errors import UsageError
+from ductile.errors import BootRefused, UsageError
+from ductile.hints import as_unit, this_command
 from ductile.runtime.boot import Runtime, boot
 from ductile.runtime.executor import Job, JobResult
 from ductile.runtime.wiring import make_executor
@@ -39,7 +40,15 @@ def parse_payload(text: str) -> dict[str, Any]:
 
 
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
-    runtime = boot(loaded)  # refuses before anything runs or is opened
+    try:
+        runtime = boot(loaded)  # refuses before anything runs or is opened
+    except BootRefused as err:
+        if "no-capability+accounts" not in err.where:
+            raise
+        # The usual case is a shell, not the unit: say how to run it as the unit does.
+        raise BootRefused(err.message, where=err.where,
+                          fix=f"this process is the gateway for the job, so it needs the unit's capabilities: from a "
+                              f"root shell run `{as_unit(this_command())}`; or {err.fix}") from None
     state = open_state(loaded.config.state.path)
     executor = make_executor(runtime, state)
     job = Job(plugin=plugin, command=command, payload=payload, state=state.plugin_state.get_state(plugin))

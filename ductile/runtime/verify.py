@@ -15,6 +15,7 @@ from typing import Any
 
 from ductile.config import LoadedConfig
 from ductile.errors import DuctileError
+from ductile.hints import as_unit, this_command
 from ductile.interpreter import account_reachable_python
 from ductile.privsep import kernel
 from ductile.privsep.accounts import ResolvedAccount, account, resolve_account
@@ -101,7 +102,8 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None) -> Ver
     python = account_reachable_python()
     why = ""
     if not assessment.capability:
-        why = "this process cannot drop privileges (run as root or with CAP_SETUID+CAP_SETGID)"
+        why = ("this process lacks CAP_SETUID+CAP_SETGID, so it cannot spawn the probes as the accounts; from a root "
+               f"shell, `{as_unit(this_command())}` runs it with the unit's user and capabilities")
     elif python is None:
         why = "no Python interpreter is reachable by accounts (see deploy/find-python.sh)"
     if not why:
