@@ -96,15 +96,17 @@ def run(ctx: click.Context, name: str, command: str, payload: str, config_path: 
 @plugin.command("lock")
 @click.argument("name", required=False)
 @click.option("--all", "all_code", is_flag=False, flag_value="", default=None, metavar="[CODE]",
-              help="Preview locking every configured plugin; with the printed CODE, commit it.")
+              help="List what locking every configured plugin would change, with a confirmation code; "
+                   "with that CODE, write it.")
 @config_option
 @json_option
 def lock(name: str | None, all_code: str | None, config_path: str | None, as_json: bool) -> None:
     """Record keyed fingerprints of a plugin's manifest and entrypoint in <config dir>/.checksums.
 
-    `plugin lock NAME` records one plugin. `plugin lock --all` previews + new / ~ changed /
-    - removed and prints a 5-character code; `plugin lock --all CODE` commits only if the
-    plugins still match what was previewed.
+    `plugin lock NAME` records one plugin. `plugin lock --all` lists what it would change
+    (+ new / ~ changed / - removed, with each entrypoint) and prints a 5-character code;
+    `plugin lock --all CODE` writes the lock only if the plugins still match that list.
+    With nothing to change there is no code to ask for.
     """
     from ductile.config import load_config
     from ductile.errors import UsageError
@@ -128,17 +130,24 @@ def lock(name: str | None, all_code: str | None, config_path: str | None, as_jso
         return
     preview = commit_all(loaded, discovery, key, all_code) if all_code else preview_all(loaded, discovery, key)
     d = preview.diff
+    changes = bool(d.added or d.changed or d.removed)
     if as_json:
-        emit_json({"lock_file": preview.lock_file, "code": preview.code, "committed": bool(all_code),
+        emit_json({"lock_file": preview.lock_file, "code": preview.code if changes or all_code else None,
+                   "committed": bool(all_code), "changes": changes,
                    "added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
                    "unchanged": list(d.unchanged)})
         return
     for sign, label, names in (("+", "new", d.added), ("~", "changed", d.changed), ("-", "removed", d.removed)):
         for n in names:
-            say(f"{sign} {label:<8} {n}", err=False)
-    if not (d.added or d.changed or d.removed):
-        say(f"no changes: {len(d.unchanged)} plugin(s) already locked", err=False)
+            where = f"  ({preview.entries[n].entrypoint_path})" if n in preview.entries else ""
+            say(f"{sign} {label:<8} {n}{where}", err=False)
     if all_code:
         say(f"wrote {preview.lock_file} ({len(preview.entries)} plugin(s))", err=False)
+    elif changes:
+        say(f"confirmation code: {preview.code}  (write it with: ductile plugin lock --all {preview.code})", err=False)
+    elif not preview.entries:
+        say(f"nothing to lock: no configured plugin was discovered under "
+            f"{', '.join(loaded.config.plugin_roots) or 'plugin_roots'} (`ductile plugin list` shows what was found)",
+            err=False)
     else:
-        say(f"confirmation code: {preview.code}  (commit with: ductile plugin lock --all {preview.code})", err=False)
+        say(f"no changes: {len(d.unchanged)} plugin(s) already locked; nothing to write", err=False)
