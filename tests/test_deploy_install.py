@@ -223,6 +223,10 @@ def test_recovery_from_a_failed_run_works_as_printed(tmp_path: Path) -> None:
     proc = install("--root", str(root), "--no-venv")
     assert proc.returncode == 1
     assert "user ductile-default exists as" in proc.stderr and "user ductile-default needs uid 1001" in proc.stderr
+    # the guide shows this very output (the checkout in /root/ductile, no --root)
+    doc = (REPO / "docs/deployment.md").read_text().split("<!-- install.sh output: taken id after a failed run -->\n```\n")[1]
+    shown = proc.stderr.replace(f"--prefix {root} ", "").replace(f" --root {root}", "").replace(str(REPO), "/root/ductile")
+    assert shown == doc.split("```")[0]
     removals = [ln.strip() for ln in proc.stderr.splitlines() if ln.startswith("    groupdel") or ln.startswith("    userdel")]
     assert removals and all(f"--prefix {root} " in ln for ln in removals)
     # the operator follows the text: remove the leftovers, copy the config, pick free ids, install from it
