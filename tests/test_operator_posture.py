@@ -153,6 +153,14 @@ def test_verify_without_the_caps_names_a_command_that_holds_the_wall(world: Worl
     assert setuid_gw == {"REFUSED"}
 
 
+def test_verify_without_the_caps_and_without_a_unit_does_not_offer_as_unit(world: World, no_units: str) -> None:
+    proc = world.run("account", "verify", "--json", caps="", env={"DUCTILE_UNIT_PATH": no_units})
+    assert proc.returncode == 2
+    reasons = {a["not_run"] for a in json.loads(proc.stdout)["accounts"]}
+    assert reasons == {"this process lacks CAP_SETUID+CAP_SETGID, so it cannot spawn the probes as the accounts; run it "
+                       "from a root shell (no installed unit starts this config, so --as-unit has none to copy)"}
+
+
 def test_as_unit_runs_a_job_exactly_as_the_units_gateway(world: World, units: str) -> None:
     payload = {"deny": {"key": str(world.key)}, "setuid": [0, world.gateway_uid]}
     proc = as_root(world, "plugin", "run", "probe", "--as-unit", "--json", "--payload", json.dumps(payload),
