@@ -180,16 +180,22 @@ def host_with_alice(root: Path) -> None:
     (root / "etc/group").write_text(ALICE_GROUP)
 
 
+@pytest.fixture
+def alice_host(tmp_path: Path) -> Path:
+    requires_root()
+    root = tmp_path / "stage"
+    host_with_alice(root)
+    return root
+
+
 def entries(root: Path, db: str) -> dict[str, list[str]]:
     return {ln.split(":")[0]: ln.split(":") for ln in (root / "etc" / db).read_text().splitlines()}
 
 
 @pytest.mark.privileged
 @pytest.mark.needs_tool("systemd-sysusers")
-def test_a_taken_id_stops_the_install_before_anything_is_written(tmp_path: Path) -> None:
-    requires_root()
-    root = tmp_path / "stage"
-    host_with_alice(root)
+def test_a_taken_id_stops_the_install_before_anything_is_written(alice_host: Path) -> None:
+    root = alice_host
     before = snapshot(root)
     for dry in ([], ["--dry-run"]):  # a dry run checks the ids too, and fails the same way
         proc = install("--root", str(root), "--no-venv", *dry)
@@ -215,10 +221,8 @@ def failed_run_leftovers(root: Path) -> None:
 
 @pytest.mark.privileged
 @pytest.mark.needs_tool("systemd-sysusers")
-def test_recovery_from_a_failed_run_works_as_printed(tmp_path: Path) -> None:
-    requires_root()
-    root = tmp_path / "stage"
-    host_with_alice(root)
+def test_recovery_from_a_failed_run_works_as_printed(alice_host: Path, tmp_path: Path) -> None:
+    root = alice_host
     failed_run_leftovers(root)
     proc = install("--root", str(root), "--no-venv")
     assert proc.returncode == 1
@@ -240,9 +244,9 @@ def test_recovery_from_a_failed_run_works_as_printed(tmp_path: Path) -> None:
     assert subprocess.run(argv).returncode == 0
     draft.write_text(draft.read_text().replace("uid: 1001, gid: 1001", "uid: 2001, gid: 2001")
                      .replace("uid: 1002, gid: 1002", "uid: 2002, gid: 2002"))
-    proc = subprocess.run(["bash", *shlex.split(install_line.replace("/root/ductile.yaml", str(draft)))[0:1],
-                           *shlex.split(install_line.replace("/root/ductile.yaml", str(draft)))[1:], "--no-venv"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    argv = shlex.split(install_line.replace("/root/ductile.yaml", str(draft)))
+    proc = subprocess.run(["bash", *argv, "--no-venv"], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rendered from /tmp" in proc.stdout or f"rendered from {draft}" in proc.stdout
     users, groups = entries(root, "passwd"), entries(root, "group")
@@ -341,19 +345,27 @@ def test_replace_overwrites_what_you_changed(tmp_path: Path) -> None:
     assert not (root / "etc/tmpfiles.d/ductile.conf.ductile-new").exists()
 
 
-@pytest.mark.privileged
-@pytest.mark.needs_tool("systemd-sysusers")
-def test_a_rerun_prints_upgrade_steps_never_the_first_install_ones(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def first_and_rerun(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A first install, then a re-run once the operator's config is in place: (root, outputs)."""
     requires_root()
-    root = tmp_path / "stage"
+    root = tmp_path_factory.mktemp("rerun") / "stage"
     first = install("--root", str(root), "--no-venv")
-    assert first.returncode == 0 and "install -m 0600" in first.stdout and "vault init" in first.stdout
+    assert first.returncode == 0, first.stderr
     (root / "etc/ductile/config.yaml").write_text((REPO / "deploy/config/ductile.yaml").read_text())
     rerun = install("--root", str(root), "--no-venv")
     assert rerun.returncode == 0, rerun.stderr
-    assert "rendered from /etc/ductile/config.yaml" in rerun.stdout
-    assert "Upgrade: your /etc/ductile/config.yaml" in rerun.stdout
-    assert "install -m" not in rerun.stdout.split("Upgrade:")[1] and "vault init" not in rerun.stdout
+    return root, first.stdout, rerun.stdout
+
+
+@pytest.mark.privileged
+@pytest.mark.needs_tool("systemd-sysusers")
+def test_a_rerun_prints_upgrade_steps_never_the_first_install_ones(first_and_rerun: tuple[Path, str, str]) -> None:
+    root, first, rerun = first_and_rerun
+    assert "install -m 0600" in first and "vault init" in first
+    assert "rendered from /etc/ductile/config.yaml" in rerun
+    assert "Upgrade: your /etc/ductile/config.yaml" in rerun
+    assert "install -m" not in rerun.split("Upgrade:")[1] and "vault init" not in rerun
     assert (root / "etc/ductile/config.yaml").read_text() == (REPO / "deploy/config/ductile.yaml").read_text()
 
 
@@ -395,17 +407,13 @@ def printed_commands(text: str) -> list[list[str]]:
 
 @pytest.mark.privileged
 @pytest.mark.needs_tool("systemd-sysusers")
-def test_every_command_install_sh_prints_exists_and_parses(tmp_path: Path) -> None:
+def test_every_command_install_sh_prints_exists_and_parses(first_and_rerun: tuple[Path, str, str]) -> None:
     """A next step that names a command must name one that exists, with options it accepts."""
     from conftest import run_ductile
 
-    requires_root()
-    root = tmp_path / "stage"
-    first = install("--root", str(root), "--no-venv")
-    (root / "etc/ductile/config.yaml").write_text((REPO / "deploy/config/ductile.yaml").read_text())
-    rerun = install("--root", str(root), "--no-venv")
-    commands = printed_commands(first.stdout) + printed_commands(rerun.stdout)
-    assert len(commands) >= 8, first.stdout + rerun.stdout
+    _, first, rerun = first_and_rerun
+    commands = printed_commands(first) + printed_commands(rerun)
+    assert len(commands) >= 8, first + rerun
     ductile_lines = 0
     for argv in commands:
         if argv[:3] == ["runuser", "-u", "ductile"]:
