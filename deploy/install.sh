@@ -142,15 +142,16 @@ make_build_copy() {
 # renderer needs only PyYAML: the interpreter's own, the venv's on a re-run, or a scratch one.
 RENDERER=""
 render_from() {
-    local inst=$1 cfg=$2 artefact py
+    local inst=$1 cfg=$2 artefact py base
     need_work
     if [ -z "$RENDERER" ]; then
         make_build_copy
-        for py in "$(python_for_venv)" "$ROOT$VENV/bin/python"; do
+        base=$(python_for_venv) || exit 1
+        for py in "$base" "$ROOT$VENV/bin/python"; do
             if [ -x "$py" ] && "$py" -c 'import yaml' 2>/dev/null; then RENDERER=$py; break; fi
         done
         if [ -z "$RENDERER" ]; then
-            RENDERER=$(python_for_venv)
+            RENDERER=$base
             say "fetching PyYAML into a scratch directory, to render $cfg"
             "$RENDERER" -m pip install --quiet --disable-pip-version-check --target "$WORK/lib" pyyaml >"$WORK/pip.log" 2>&1 \
                 || { tail -n 20 "$WORK/pip.log" >&2; die "could not fetch PyYAML to render $cfg (fix: apt-get install python3-yaml)"; }

@@ -426,3 +426,25 @@ def test_every_command_install_sh_prints_exists_and_parses(first_and_rerun: tupl
         else:
             assert shutil.which(argv[0]), f"{argv[0]} is not a command here"
     assert ductile_lines >= 5
+
+
+@pytest.mark.needs_tool("systemd-sysusers")
+def test_rendering_works_with_a_python_that_lacks_pyyaml(tmp_path: Path) -> None:
+    """The renderer needs PyYAML; with an interpreter that has none (and no venv yet), install.sh
+    fetches it into its scratch directory. A dry run renders and checks ids all the same."""
+    bare = Path(tempfile.mkdtemp(prefix="ductile-bare-py-", dir="/tmp"))
+    try:
+        os.chmod(bare, 0o755)
+        subprocess.run(["/usr/bin/python3.11", "-m", "venv", str(bare / "venv")], check=True)
+        py = str(bare / "venv/bin/python")
+        assert subprocess.run([py, "-c", "import yaml"], capture_output=True).returncode != 0
+        draft = tmp_path / "ductile.yaml"
+        draft.write_text((REPO / "deploy/config/ductile.yaml").read_text().replace("1001", "61001"))
+        proc = install("--root", str(tmp_path / "stage"), "--dry-run", "--no-venv", "--config", str(draft),
+                       env={"PYTHON": py})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "fetching PyYAML into a scratch directory" in proc.stdout
+        assert "sysusers, tmpfiles and unit rendered from" in proc.stdout and "ids checked: no conflict" in proc.stdout
+        assert not (tmp_path / "stage").exists()
+    finally:
+        shutil.rmtree(bare)
