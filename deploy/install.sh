@@ -338,6 +338,13 @@ removals() {
     for name in $(printf '%s\n' "${!rm_user[@]}" | sort); do
         echo "    userdel $(prefix_opt)$name"
     done
+    # an account whose ids changed on purpose already owns files: they keep the old ids
+    for name in $(printf '%s\n' "${!rm_user[@]}" | sort); do
+        home=$(passwd_field passwd "$name" 6)
+        if [ -n "$home" ] && [ -e "$ROOT$home" ]; then
+            echo "    # after the rerun, $home and its files still belong to the old ids: chown -R ${WANT_USER[$name]} $ROOT$home"
+        fi
+    done
 }
 
 for inst in "${INSTANCES[@]}"; do
@@ -360,7 +367,7 @@ if [ "${#PROBLEMS[@]}" -gt 0 ]; then
     {
         echo "install.sh: nothing was written: the users and groups above must be fixed first."
         if [ -n "$REMOVE" ]; then
-            echo "install.sh: 1. remove what an earlier run left behind (no account directory exists for it, so nothing owns a file):"
+            echo "install.sh: 1. remove these users and groups (left by an earlier run, or with ids the config no longer has):"
             echo "$REMOVE"
         fi
         if [ "$COLLISION" -eq 1 ]; then

@@ -448,3 +448,32 @@ def test_rendering_works_with_a_python_that_lacks_pyyaml(tmp_path: Path) -> None
         assert not (tmp_path / "stage").exists()
     finally:
         shutil.rmtree(bare)
+
+
+@pytest.mark.privileged
+@pytest.mark.needs_tool("systemd-sysusers")
+def test_changing_an_accounts_ids_on_purpose_is_walked_through(tmp_path: Path) -> None:
+    """After a good install, the operator moves `default` to other ids in the config: the rerun
+    names the old user to remove and the chown its files need, and the steps work as printed."""
+    requires_root()
+    root = tmp_path / "stage"
+    assert install("--root", str(root), "--no-venv").returncode == 0
+    home = root / "var/lib/ductile/accounts/default"
+    (home / "cache").write_text("the account's own data")
+    os.chown(home / "cache", 1001, 1001)
+    cfg = (REPO / "deploy/config/ductile.yaml").read_text().replace("uid: 1001, gid: 1001", "uid: 61001, gid: 61001")
+    (root / "etc/ductile/config.yaml").write_text(cfg)
+    proc = install("--root", str(root), "--no-venv")
+    assert proc.returncode == 1
+    assert "user ductile-default exists as 1001:1001, not 61001:61001 as written" in proc.stderr
+    steps = [ln.strip() for ln in proc.stderr.splitlines() if ln.startswith("    ")]
+    assert steps[:2] == [f"groupdel --prefix {root} -f ductile-default", f"userdel --prefix {root} ductile-default"]
+    assert steps[2] == (f"# after the rerun, /var/lib/ductile/accounts/default and its files still belong to the old "
+                        f"ids: chown -R 61001:61001 {home}")
+    for line in steps[:2]:
+        assert subprocess.run(shlex.split(line), capture_output=True).returncode == 0, line
+    again = install("--root", str(root), "--no-venv")
+    assert again.returncode == 0, again.stderr
+    assert subprocess.run(shlex.split(steps[2].split(": ", 1)[1])).returncode == 0
+    assert (os.stat(home).st_uid, os.stat(home / "cache").st_uid) == (61001, 61001)
+    assert entries(root, "passwd")["ductile-default"][2:4] == ["61001", "61001"]
