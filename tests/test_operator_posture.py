@@ -174,6 +174,12 @@ def test_as_unit_runs_a_job_exactly_as_the_units_gateway(world: World, units: st
     assert child["deny"] == {"key": "EACCES"} and set(child["setuid"].values()) == {"EPERM"}
 
 
+def test_plugin_run_in_a_shell_without_the_caps_names_the_as_unit_command(world: World, units: str) -> None:
+    proc = world.run("plugin", "run", "probe", caps="", env={"DUCTILE_UNIT_PATH": units})
+    line = assert_one_line_error(proc, "boot gate (no-capability+accounts)", "accounts are configured")
+    assert f"from a root shell run `ductile plugin run probe --config {world.etc} --as-unit`" in line
+
+
 def test_as_unit_refuses_without_root_or_without_a_unit(world: World, units: str, no_units: str) -> None:
     proc = world.run("doctor", "--as-unit", caps="", env={"DUCTILE_UNIT_PATH": units})
     assert_one_line_error(proc, "--as-unit", "only root", "fix: run it from a root shell")
