@@ -13,7 +13,7 @@ from conftest import REPO
 from ductile.deploy.installed import Identity, read_unit, unit_dirs, units_running
 from ductile.deploy.unitfile import ALL_CAPS, SYSTEMD_PATH, parse_unit, runs_config
 from ductile.hints import as_unit, as_user
-from ductile.runtime.asunit import setpriv_argv, strip_flag, unit_env
+from ductile.runtime.asunit import absolute_args, setpriv_argv, strip_flag, unit_env
 
 SYSTEMD = REPO / "deploy" / "systemd"
 
@@ -155,3 +155,15 @@ def test_search_follows_systemd_precedence_and_dropins(tmp_path: Path) -> None:
     assert unit_dirs(env) == dirs and unit_dirs({})[0] == "/etc/systemd/system"
     assert [u.name for u in units_running("/etc/ductile", "/etc/ductile/config.yaml", env)] == ["ductile.service"]
     assert units_running("/etc/nowhere", "/etc/nowhere/config.yaml", env) == []
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    (["doctor", "--config", "etc"], ["doctor", "--config", "/home/op/etc"]),
+    (["doctor", "-c", "/etc/ductile"], ["doctor", "-c", "/etc/ductile"]),
+    (["doctor", "--config=etc/config.yaml"], ["doctor", "--config=/home/op/etc/config.yaml"]),
+    (["plugin", "run", "echo", "--payload", "@job.json"], ["plugin", "run", "echo", "--payload", "@/home/op/job.json"]),
+    (["plugin", "run", "echo", "--payload", '{"x": 1}'], ["plugin", "run", "echo", "--payload", '{"x": 1}']),
+    (["plugin", "run", "echo", "--payload=-"], ["plugin", "run", "echo", "--payload=-"]),
+])
+def test_relative_paths_survive_the_move_to_working_directory(args: list[str], want: list[str]) -> None:
+    assert absolute_args(args, "/home/op") == want

@@ -72,6 +72,32 @@ def strip_flag(args: Sequence[str]) -> list[str]:
     return [a for a in args if a != AS_UNIT_FLAG]
 
 
+def absolute_args(args: Sequence[str], cwd: str) -> list[str]:
+    """The re-run starts in the unit's WorkingDirectory=, so paths given relative to this
+    shell (``--config etc``, ``--payload @job.json``) are made absolute first. Inline JSON
+    and ``-`` (stdin) are left alone."""
+    def fix(option: str, value: str) -> str:
+        if option == "--payload":
+            return "@" + os.path.join(cwd, value[1:]) if value.startswith("@") and len(value) > 1 else value
+        return os.path.join(cwd, value)
+
+    out: list[str] = []
+    option = ""
+    for a in args:
+        if option:
+            out.append(fix(option, a))
+            option = ""
+        elif a in ("--config", "-c", "--payload"):
+            out.append(a)
+            option = "--config" if a == "-c" else a
+        elif a.startswith(("--config=", "--payload=")):
+            key, _, value = a.partition("=")
+            out.append(f"{key}={fix(key, value)}")
+        else:
+            out.append(a)
+    return out
+
+
 def find_unit(config_dir: str, config_file: str, env: Mapping[str, str]) -> UnitFacts:
     units = units_running(config_dir, config_file, env)
     if not units:
@@ -125,7 +151,8 @@ def reexec_as_unit(config_dir: str, config_file: str, args: Sequence[str] | None
             except KeyError:
                 raise DuctileError(f"{facts.name}: SupplementaryGroups={g} does not exist", where=facts.path,
                                    fix="create the group or remove it from the unit") from None
-    argv = setpriv_argv(facts, ident, groups, [*facts.program, *strip_flag(args)], setpriv=setpriv)
+    argv = setpriv_argv(facts, ident, groups, [*facts.program, *absolute_args(strip_flag(args), os.getcwd())],
+                        setpriv=setpriv)
     try:
         os.chdir(facts.working_directory)
     except OSError as err:
