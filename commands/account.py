@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ductile.cliopts import config_option, json_option
+from ductile.cliopts import as_unit_option, config_option, json_option, run_as_unit_if_asked
 
 
 @click.group()
@@ -15,22 +15,26 @@ def account() -> None:
 @account.command("list")
 @config_option
 @json_option
-def list_(config_path: str | None, as_json: bool) -> None:
+@as_unit_option
+def list_(config_path: str | None, as_json: bool, as_unit: bool) -> None:
     """Accounts, their tiers, and which plugins resolve to each."""
+    run_as_unit_if_asked(as_unit, config_path)
     from ductile.config import load_config
     from ductile.explain import account_table
     from ductile.render import emit_json, table
-    from ductile.runtime.boot import assess, discover
+    from ductile.runtime.boot import discover
+    from ductile.runtime.posture import assess_posture
 
     loaded = load_config(config_path)
-    assessment = assess(loaded)
+    view = assess_posture(loaded)
+    assessment = view.effective
     rows = account_table(loaded, discover(loaded), assessment.enforcing)
     if as_json:
         emit_json({"posture": assessment.verdict.posture, "accounts": rows})
         return
     table(["account", "uid", "gid", "tier", "state_dir", "plugins"],
           [(r["name"], r["uid"], r["gid"], r["tier"], r["state_dir"], ", ".join(r["plugins"]) or "-") for r in rows])
-    click.echo(f"posture: {assessment.verdict.posture} ({assessment.verdict.cell})", err=True)
+    click.echo(f"posture {view.where}: {assessment.verdict.posture} ({assessment.verdict.cell})", err=True)
 
 
 @account.command("verify")
@@ -38,13 +42,18 @@ def list_(config_path: str | None, as_json: bool) -> None:
 @click.option("--strict", is_flag=True, help="Side-door warnings (a login uid, a sudo rule, ...) count as breaches.")
 @config_option
 @json_option
+@as_unit_option
 @click.pass_context
-def verify(ctx: click.Context, names: tuple[str, ...], strict: bool, config_path: str | None, as_json: bool) -> None:
+def verify(ctx: click.Context, names: tuple[str, ...], strict: bool, config_path: str | None, as_json: bool,
+           as_unit: bool) -> None:
     """Spawn a probe as each account (or NAMES) and report what it could reach, and
     audit what the host grants each uid outside the drop (side doors).
 
+    The probes are spawned by this process, so it needs what the gateway has: run it from
+    a root shell with --as-unit to get exactly the unit's user and capabilities.
     Exit 0 when every check held, 1 on any breach, 2 when a check could not run.
     """
+    run_as_unit_if_asked(as_unit, config_path)
     from ductile.config import load_config
     from ductile.render import emit_json, table
     from ductile.runtime.verify import verify_accounts
@@ -72,7 +81,7 @@ def verify(ctx: click.Context, names: tuple[str, ...], strict: bool, config_path
         c = report.containment
         click.echo(f"containment: {c.get('mode')} ({c.get('reason')})")
         click.echo(f"wall {verdict}: {breaches} breach(es), {skipped} check(s) not run, {warned} side-door warning(s) "
-                   f"(posture {report.assessment.verdict.posture}, gateway uid {report.assessment.gateway_uid})")
+                   f"(this process: posture {report.assessment.verdict.posture}, uid {report.assessment.gateway_uid})")
     ctx.exit(report.exit_code())
 
 
@@ -80,8 +89,15 @@ def verify(ctx: click.Context, names: tuple[str, ...], strict: bool, config_path
 @click.argument("plugin")
 @config_option
 @json_option
-def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
-    """Why PLUGIN runs as what: gate cell, grant source, uid/gid, env, cwd, downgrade."""
+@as_unit_option
+@click.pass_context
+def explain(ctx: click.Context, plugin: str, config_path: str | None, as_json: bool, as_unit: bool) -> None:
+    """Why PLUGIN runs as what: gate cell, grant source, uid/gid, env, cwd, downgrade.
+
+    The gate is judged for the gateway under its systemd unit when one starts this config,
+    whatever this shell holds. Exit 1 when the boot gate would refuse (nothing runs).
+    """
+    run_as_unit_if_asked(as_unit, config_path)
     import os
 
     from ductile.config import load_config
@@ -89,15 +105,16 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
     from ductile.privsep import landlock_linux
     from ductile.privsep.accounts import resolve_account
     from ductile.render import emit_json
-    from ductile.runtime.boot import assess, discover
+    from ductile.runtime.boot import discover
     from ductile.runtime.confine import Containment, assess_containment, hard_limits, plugin_facts
+    from ductile.runtime.posture import assess_posture
 
     loaded = load_config(config_path)
     view = assess_containment(loaded.config)
-    assessment, discovery = assess(loaded), discover(loaded)
+    posture, discovery = assess_posture(loaded), discover(loaded)
     contained = containment_info(loaded, plugin, view, hard_limits())
     abi = landlock_linux.abi()
-    resolved = resolve_account(loaded.config, plugin, assessment.enforcing)
+    resolved = resolve_account(loaded.config, plugin, posture.effective.enforcing)
     found = discovery.plugins.get(plugin)
     ruleset = None
     if found is not None and resolved.confined:
@@ -106,16 +123,26 @@ def explain(plugin: str, config_path: str | None, as_json: bool) -> None:
             plugin_facts(found.directory, found.entrypoint, ":".join(loaded.config.service.plugin_path)))
         ruleset = conf.landlock
     sandbox = landlock_info(loaded, plugin, abi, ruleset, resolved.confined)
-    info = explain_plugin(loaded, assessment, discovery, plugin, dict(os.environ), contained, sandbox)
+    info = explain_plugin(loaded, posture, discovery, plugin, dict(os.environ), contained, sandbox)
     if as_json:
         emit_json(info)
-        return
-    acct = info["account"]
-    who = f"{acct['name']} (uid {acct['uid']}, gid {acct['gid']})" if acct["name"] else "the gateway uid (unconfined)"
+        ctx.exit(0 if info["runs"] else 1)
+    gate = info["gate"]
     lines = [
         f"plugin {plugin}: " + ("configured" if info["configured"] else "NOT configured") + (", enabled" if info["enabled"] else ", disabled")
         + (f", entrypoint {info['entrypoint']}" if info["discovered"] else ", NOT discovered in plugin_roots"),
-        f"gate: {info['gate']['posture']} [{info['gate']['cell']}] {info['gate']['message']}",
+        f"gate {gate['judged']}: {gate['posture']} [{gate['cell']}] {gate['message']}",
+    ]
+    if info["shell"]:
+        lines.append(f"this shell: {info['shell']['label']}, so run here the gate would say {info['shell']['posture']} "
+                     f"[{info['shell']['cell']}]; the gateway runs under {gate['unit']}")
+    if not info["runs"]:
+        lines.append(f"runs as: nothing: the gateway would refuse to start, so no plugin runs (fix: {gate['fix']})")
+        click.echo("\n".join(lines))
+        ctx.exit(1)
+    acct = info["account"]
+    who = f"{acct['name']} (uid {acct['uid']}, gid {acct['gid']})" if acct["name"] else "the gateway uid (unconfined)"
+    lines += [
         f"runs as: {who}, source {acct['source']}: {acct['why']}",
         f"cwd/HOME: {info['cwd']}",
         f"env: {', '.join(info['env_keys'])}",

@@ -42,15 +42,10 @@ def render(artefact: str, config_path: str | None, gateway_user: str, config_dir
     """
     import sys
 
-    from ductile.config.load import load_config
-    from ductile.deploy import install_path, layout_for
-    from ductile.deploy import render as render_artefact
-    from ductile.deploy.host import gateway_uid_for
+    from ductile.deploy import install_path, render_config
     from ductile.render import emit_json
 
-    loaded = load_config(config_path, gateway_uid=gateway_uid_for(gateway_user))
-    layout = layout_for(loaded, config_dir=config_dir, gateway_user=gateway_user)
-    text = render_artefact(artefact, layout)
+    text, loaded, layout = render_config(artefact, config_path, gateway_user=gateway_user, config_dir=config_dir)
     if as_json:
         emit_json({"artefact": artefact, "config": loaded.path, "install_path": install_path(artefact, layout),
                    "text": text})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ductile.cliopts import config_option, json_option
+from ductile.cliopts import as_unit_option, config_option, json_option, run_as_unit_if_asked
 
 if TYPE_CHECKING:
     from ductile.runtime.executor import JobResult
@@ -69,13 +69,18 @@ def _yes(flag: bool) -> str:
 @click.option("--payload", default="{}", metavar="JSON", help="Payload object: inline JSON, @FILE, or - for stdin.")
 @config_option
 @json_option
+@as_unit_option
 @click.pass_context
-def run(ctx: click.Context, name: str, command: str, payload: str, config_path: str | None, as_json: bool) -> None:
+def run(ctx: click.Context, name: str, command: str, payload: str, config_path: str | None, as_json: bool,
+        as_unit: bool) -> None:
     """Run one job now, through the same gate, reconcile, resolve and spawn path as serve.
 
+    This process is the gateway for that job: from a root shell, --as-unit runs it with
+    the unit's user and capabilities, as serve would.
     Prints the plugin's response on stdout; on stderr, the account and uid it ran as.
     Exit 0 when the job succeeded, 1 otherwise (a refused gate runs nothing).
     """
+    run_as_unit_if_asked(as_unit, config_path)
     from ductile.config import load_config
     from ductile.render import emit_json, say
     from ductile.runtime.oneshot import parse_payload, run_once
@@ -204,7 +209,8 @@ def test(ctx: click.Context, name: str, command: str | None, payload: str | None
 @plugin.command("lock")
 @click.argument("name", required=False)
 @click.option("--all", "all_code", is_flag=False, flag_value="", default=None, metavar="[CODE]",
-              help="Preview locking every configured plugin; with the printed CODE, commit it.")
+              help="List what locking every configured plugin would change, with a confirmation code; "
+                   "with that CODE, write it.")
 @click.option("--verbose", "-v", is_flag=True, help="List the changed files of each plugin, not only the plugin.")
 @config_option
 @json_option
@@ -212,9 +218,10 @@ def lock(name: str | None, all_code: str | None, verbose: bool, config_path: str
     """Record keyed fingerprints of everything a plugin executes in <config dir>/.checksums.
 
     Every file of the plugin's directory (bytecode caches aside) and every program of its
-    #! chain. `plugin lock NAME` records one plugin. `plugin lock --all` previews + new /
-    ~ changed / - removed per plugin (per file with --verbose) and prints a 5-character
-    code; `plugin lock --all CODE` commits only if the plugins still match the preview.
+    #! chain. `plugin lock NAME` records one plugin. `plugin lock --all` lists what it would
+    change (+ new / ~ changed / - removed per plugin, with each entrypoint; per file with
+    --verbose) and prints a 5-character code; `plugin lock --all CODE` writes the lock only
+    if the plugins still match that list. With nothing to change there is no code to ask for.
     """
     from ductile.config import load_config
     from ductile.errors import UsageError
@@ -240,6 +247,7 @@ def lock(name: str | None, all_code: str | None, verbose: bool, config_path: str
         return
     preview = commit_all(loaded, discovery, key, all_code) if all_code else preview_all(loaded, discovery, key)
     d = preview.diff
+    changes = bool(d.added or d.changed or d.removed)
 
     def details(plugin: str) -> list[tuple[str, str]]:
         now, then = preview.entries.get(plugin), preview.previous.get(plugin)
@@ -250,22 +258,28 @@ def lock(name: str | None, all_code: str | None, verbose: bool, config_path: str
         return file_changes(now, then)
 
     if as_json:
-        emit_json({"lock_file": preview.lock_file, "code": preview.code, "committed": bool(all_code),
-                   "outdated_format": preview.outdated, "added": list(d.added), "changed": list(d.changed),
-                   "removed": list(d.removed), "unchanged": list(d.unchanged),
+        emit_json({"lock_file": preview.lock_file, "code": preview.code if changes or all_code else None,
+                   "committed": bool(all_code), "changes": changes, "outdated_format": preview.outdated,
+                   "added": list(d.added), "changed": list(d.changed), "removed": list(d.removed),
+                   "unchanged": list(d.unchanged),
                    "files": {n: [f"{sign} {what}" for sign, what in details(n)] for n in (*d.added, *d.changed)}})
         return
     if preview.outdated:
         say("the lock file has format 1 (manifest and entrypoint only): every plugin is relocked in format 2", err=False)
     for sign, label, names in (("+", "new", d.added), ("~", "changed", d.changed), ("-", "removed", d.removed)):
         for n in names:
-            say(f"{sign} {label:<8} {n}", err=False)
+            where = f"  ({preview.entries[n].entrypoint})" if n in preview.entries else ""
+            say(f"{sign} {label:<8} {n}{where}", err=False)
             if verbose:
                 for fsign, what in details(n):
                     say(f"    {fsign} {what}", err=False)
-    if not (d.added or d.changed or d.removed):
-        say(f"no changes: {len(d.unchanged)} plugin(s) already locked", err=False)
     if all_code:
         say(f"wrote {preview.lock_file} ({len(preview.entries)} plugin(s))", err=False)
+    elif changes:
+        say(f"confirmation code: {preview.code}  (write it with: ductile plugin lock --all {preview.code})", err=False)
+    elif not preview.entries:
+        say(f"nothing to lock: no configured plugin was discovered under "
+            f"{', '.join(loaded.config.plugin_roots) or 'plugin_roots'} (`ductile plugin list` shows what was found)",
+            err=False)
     else:
-        say(f"confirmation code: {preview.code}  (commit with: ductile plugin lock --all {preview.code})", err=False)
+        say(f"no changes: {len(d.unchanged)} plugin(s) already locked; nothing to write", err=False)

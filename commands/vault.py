@@ -224,11 +224,12 @@ def audit(principal: str | None, limit: int, config_path: str | None, as_json: b
     """Show the vault audit trail (operations, principals, actors, outcomes; never values)."""
     from ductile.render import emit_json, table
     from ductile.state.ledger import open_ledger
+    from ductile.vault.audit import describe_detail
 
     rows = open_ledger(config_path).audit.list_audit(limit=limit, principal=principal)
     if as_json:
         emit_json(rows)
         return
     table(["at", "op", "principal", "actor", "outcome", "detail"],
-          [(r["at"], r["op"], r["principal"] or "-", r["actor"], r["outcome"],
-            (r["detail"] or {}).get("detail", "") if isinstance(r["detail"], dict) else r["detail"] or "") for r in rows])
+          [(r["at"], r["op"], r["principal"] or "-", r["actor"], r["outcome"], describe_detail(r["detail"]))
+           for r in rows])

@@ -1,5 +1,10 @@
 """``account explain`` and ``account list``: the pure privsep decisions, shown instead of
-applied. Nothing here touches the OS; callers pass in the assessment and discovery."""
+applied. Nothing here touches the OS; callers pass in the posture view and discovery.
+
+The story told is the gateway's under its unit when one runs this config (see
+``runtime.posture``); when the boot gate would refuse, the story ends there: no account,
+no working directory, nothing reachable, because no plugin would run at all.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import UNTRUSTED_TIER, resolve_account
 from ductile.privsep.env import build_env
 from ductile.privsep.landlock import WRITE_FILE, Ruleset, enforcement, hint_findings
-from ductile.runtime.boot import Assessment
 from ductile.runtime.confine import ContainmentView
+from ductile.runtime.posture import PostureView
 
 
 def _why(loaded: LoadedConfig, plugin: str, enforcing: bool, source: str) -> str:
@@ -54,13 +59,43 @@ def landlock_info(loaded: LoadedConfig, plugin: str, abi: int, ruleset: Ruleset 
     return info
 
 
-def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Discovery, plugin: str,
+def _gate(view: PostureView) -> dict[str, Any]:
+    a = view.effective
+    v = a.verdict
+    return {"posture": v.posture, "cell": v.cell, "message": v.message, "fix": v.fix, "capability": a.capability,
+            "gateway_uid": a.gateway_uid, "judged": view.where,
+            "unit": view.unit.facts.name if view.under_unit and view.unit else None}
+
+
+def _shell(view: PostureView) -> dict[str, Any] | None:
+    if not view.shell_differs():
+        return None
+    s = view.shell
+    return {"posture": s.verdict.posture, "cell": s.verdict.cell, "capability": s.capability,
+            "gateway_uid": s.gateway_uid, "label": view.shell_label()}
+
+
+def explain_plugin(loaded: LoadedConfig, view: PostureView, discovery: Discovery, plugin: str,
                    gateway_env: dict[str, str], containment: dict[str, Any] | None = None,
                    landlock: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = loaded.config
-    v = assessment.verdict
+    assessment = view.effective
     pc = cfg.plugins.get(plugin)
     found = discovery.plugins.get(plugin)
+    head = {
+        "plugin": plugin,
+        "configured": pc is not None,
+        "enabled": bool(pc and pc.enabled),
+        "discovered": found is not None,
+        "entrypoint": found.entrypoint if found else None,
+        "gate": _gate(view),
+        "shell": _shell(view),
+    }
+    if assessment.verdict.refused:
+        return {**head, "runs": False, "account": None, "cwd": None, "env_keys": [], "groups": None,
+                "lock_state": lock_states(loaded, discovery).get(plugin, "-") if found else "-",
+                "on_fingerprint_mismatch": "", "cannot_reach": [], "can_write": [], "containment": containment,
+                "landlock": landlock}
     enforcing = assessment.enforcing
     resolved = resolve_account(cfg, plugin, enforcing)
     lock = lock_states(loaded, discovery).get(plugin, "-") if found else "-"
@@ -68,12 +103,8 @@ def explain_plugin(loaded: LoadedConfig, assessment: Assessment, discovery: Disc
     env = build_env(gateway_env, cfg.service.plugin_env_passthrough, home)
     others = sorted(n for n, a in cfg.accounts.items() if n != resolved.name)
     return {
-        "plugin": plugin,
-        "configured": pc is not None,
-        "enabled": bool(pc and pc.enabled),
-        "discovered": found is not None,
-        "entrypoint": found.entrypoint if found else None,
-        "gate": {"posture": v.posture, "cell": v.cell, "message": v.message, "capability": assessment.capability},
+        **head,
+        "runs": True,
         "account": {"name": resolved.name, "uid": resolved.uid, "gid": resolved.gid, "source": resolved.source,
                     "why": _why(loaded, plugin, enforcing, resolved.source)},
         "cwd": resolved.state_dir if resolved.confined else f"{cfg.state.path.rsplit('/', 1)[0]}/unconfined/{plugin}",

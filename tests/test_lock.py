@@ -397,3 +397,29 @@ def test_the_plugin_directory_must_still_be_the_one_discovery_judged(tmp_path) -
         same_directory(plugin)
     with pytest.raises(LockError, match="replaced after discovery"):
         current(KEY, plugin)
+
+
+@privileged
+def test_lock_all_with_nothing_to_lock_asks_for_no_code() -> None:
+    require_root()
+    w = make_world(None, ["default"], {}, {})
+    try:
+        proc = lock(w, "--all")
+        assert proc.returncode == 0, proc.stderr
+        assert "confirmation code" not in proc.stdout and "nothing to lock: no configured plugin" in proc.stdout
+        assert json.loads(lock(w, "--all", "--json").stdout)["code"] is None
+        assert not (w.etc / ".checksums").exists()
+    finally:
+        destroy(w)
+
+
+@privileged
+def test_lock_all_lists_what_it_would_lock_and_stops_asking_once_locked(world: World) -> None:
+    (world.etc / ".checksums").unlink(missing_ok=True)
+    preview = lock(world, "--all")
+    assert f"+ new      probe  ({world.base / 'plugins' / 'probe' / 'run.py'})" in preview.stdout
+    code = preview.stdout.split("confirmation code: ")[1].split()[0]
+    assert lock(world, "--all", code).returncode == 0
+    again = lock(world, "--all")
+    assert "no changes: 2 plugin(s) already locked; nothing to write" in again.stdout
+    assert "confirmation code" not in again.stdout

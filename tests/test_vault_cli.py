@@ -197,3 +197,21 @@ def test_rotate_key_says_where_the_old_key_is(cfg: Path) -> None:
     assert f"shred -u {store.old_key_file}" in out and os.path.exists(store.old_key_file)
     assert_one_line_error(vault(cfg, "rotate-key"), store.old_key_file, "shred -u")
     assert store.read().secrets["tok"].value == "v"
+
+
+def test_audit_shows_a_detail_for_every_kind_of_row(cfg: Path) -> None:
+    """The gateway's secret_ref reads (gateway_ref rows) carry {ref, why}, not {detail}: the
+    table must still say which secret and why, never an empty DETAIL."""
+    from ductile.state.db import open_state
+    from ductile.vault.audit import describe_detail
+
+    ok(vault(cfg, "init"))
+    audit = open_state(str(cfg / "state" / "ductile.db")).audit
+    audit.record_audit("gateway_ref", None, "gateway", "ok", {"ref": "api-ops"})
+    audit.record_audit("gateway_ref", None, "gateway", "refused", {"ref": "gone", "why": "no such secret"})
+    rows = ok(vault(cfg, "audit")).splitlines()
+    refs = [r for r in rows if " gateway_ref " in r]
+    assert len(refs) == 2
+    assert any(r.rstrip().endswith("ref=api-ops") for r in refs)
+    assert any(r.rstrip().endswith("ref=gone why=no such secret") for r in refs)
+    assert describe_detail({"detail": "created"}) == "created" and describe_detail(None) == ""

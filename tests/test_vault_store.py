@@ -79,6 +79,9 @@ def test_key_owner_and_type_rules() -> None:
     assert key_file_problem("/k", KeyStat(stat.S_IFREG | 0o400, 1000), 1000) is None
     foreign = key_file_problem("/k", KeyStat(stat.S_IFREG | 0o600, 61234), 1000)
     assert foreign is not None and "61234" in foreign.one_line() and "chown 1000 /k" in foreign.one_line()
+    as_root = key_file_problem("/k", KeyStat(stat.S_IFREG | 0o600, 995), 0, "runuser -u ductile -- ductile vault list")
+    assert as_root is not None and "chown" not in as_root.fix
+    assert as_root.fix == "run it as the key's owner: runuser -u ductile -- ductile vault list"
     assert key_file_problem("/k", KeyStat(stat.S_IFDIR | 0o700, 1000), 1000) is not None
 
 
@@ -107,7 +110,9 @@ def test_key_owned_by_another_uid_is_refused(store: VaultStore) -> None:
     with pytest.raises(VaultError) as info:
         store.read()
     line = info.value.one_line()
-    assert store.key_file in line and f"uid {uid}" in line and f"chown {os.geteuid()} {store.key_file}" in line
+    assert store.key_file in line and f"uid {uid}" in line
+    # root is told to run the command as the key's owner, never to take the key (the gateway would lose it)
+    assert "chown" not in line and f"--reuid={uid}" in line
 
 
 def test_key_parsing_takes_the_one_secret_key_line() -> None:

@@ -279,9 +279,9 @@ class World:
         return in_cgroup(self.cgroup, cmd)
 
     def run(self, *args: str, caps: str = "+setuid,+setgid", input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(*args, caps=caps), capture_output=True, text=True, timeout=timeout,
-                              env=WORLD_ENV, cwd="/", input=input)
+                              env={**WORLD_ENV, **(env or {})}, cwd="/", input=input)
 
     def plugin_run(self, plugin: str, payload: dict[str, Any] | None = None, command: str = "poll",
                    **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -337,3 +337,28 @@ def destroy(world: World) -> None:
     if world.cgroup is not None:
         remove_cgroup(world.cgroup)
     shutil.rmtree(world.base, ignore_errors=True)
+
+
+class NamedUser:
+    """A real passwd/group entry ``dtst-<8 hex>`` with a uid (= gid) from the private range,
+    for the tests that need a name (runuser, --init-groups). Always deleted: its processes
+    are killed first, then ``userdel`` (``-f`` as a fallback) removes user and group."""
+
+    def __init__(self) -> None:
+        import secrets
+
+        self.uid = free_ids(1)[0]
+        self.name = f"dtst-{secrets.token_hex(4)}"
+        subprocess.run(["groupadd", "--system", "--gid", str(self.uid), self.name], check=True, capture_output=True)
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                               "/usr/sbin/nologin", "--uid", str(self.uid), "--gid", str(self.uid), self.name],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            subprocess.run(["groupdel", self.name], capture_output=True)
+            raise RuntimeError(f"useradd {self.name}: {made.stderr}")
+
+    def delete(self) -> None:
+        kill_uid(self.uid)
+        if subprocess.run(["userdel", self.name], capture_output=True).returncode != 0:
+            subprocess.run(["userdel", "-f", self.name], capture_output=True)
+        subprocess.run(["groupdel", self.name], capture_output=True)  # if USERGROUPS_ENAB left it

@@ -37,7 +37,7 @@ ARTEFACTS = tuple(RENDERERS)
 __all__ = [
     "ARTEFACTS", "DEFAULT_GATEWAY_USER", "DEFAULT_VENV", "Account", "Directory", "Layout",
     "install_path", "layout_for", "plan_layout", "render", "render_backup_service", "render_backup_timer",
-    "render_sysusers", "render_tmpfiles", "render_unit",
+    "render_config", "render_sysusers", "render_tmpfiles", "render_unit",
 ]
 
 
@@ -55,6 +55,18 @@ def install_path(artefact: str, layout: Layout) -> str:
         "backup-service": f"/etc/systemd/system/{layout.backup_unit_name}",
         "backup-timer": f"/etc/systemd/system/{layout.backup_timer_name}",
     }[artefact]
+
+
+def render_config(artefact: str, config_path: str | None, *, gateway_user: str = DEFAULT_GATEWAY_USER,
+                  config_dir: str | None = None) -> tuple[str, LoadedConfig, Layout]:
+    """Load the config at ``config_path`` and render ``artefact`` for it: what
+    ``ductile deploy render`` prints, and what deploy/install.sh installs."""
+    from ductile.config.load import load_config
+    from ductile.deploy.host import gateway_uid_for
+
+    loaded = load_config(config_path, gateway_uid=gateway_uid_for(gateway_user))
+    layout = layout_for(loaded, config_dir=config_dir, gateway_user=gateway_user)
+    return render(artefact, layout), loaded, layout
 
 
 def layout_for(loaded: LoadedConfig, *, config_dir: str | None = None,

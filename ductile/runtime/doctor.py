@@ -1,7 +1,12 @@
-"""doctor's privilege-posture section: the gate cell this host lands in, the reconcile plan
+"""doctor's privilege-posture section: the gate cell the gateway lands in, the reconcile plan
 (exactly what the boot will do: the same planner), the side doors, accounts shared by
 plugins with different vault principals, and plugins their account could not execute or
-whose lock does not vouch for them. Runs the pure steps only; changes nothing."""
+whose lock does not vouch for them. Runs the pure steps only; changes nothing.
+
+"The gateway" is the one its systemd unit starts, when a unit runs this config
+(``runtime.posture``): a shell without the unit's capabilities is reported as such, in an
+INFO line, and never turned into a refusal the real gateway would not make.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,15 @@ import os
 
 from ductile.config import LoadedConfig
 from ductile.findings import Finding, Severity
+from ductile.hints import as_unit, this_command
 from ductile.interpreter import world_executable
 from ductile.lock import lock_states, relock_command
 from ductile.plugins.discovery import Discovery
 from ductile.privsep.accounts import resolve_account
+from ductile.privsep.gate import GateVerdict
 from ductile.privsep.probe import interpreter_of
-from ductile.runtime.boot import Assessment, assess, discover
+from ductile.runtime.boot import Assessment, discover
+from ductile.runtime.posture import PostureView, assess_posture
 from ductile.privsep import landlock, landlock_linux
 from ductile.runtime.confine import (ContainmentView, account_path, assess_containment, hard_limits, landlock_findings,
                                      plugin_facts)
@@ -36,17 +44,59 @@ def _interpreter_warning(plugin: str, entrypoint: str, account: str) -> Finding 
     return None
 
 
-def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None) -> list[Finding]:
-    cfg = loaded.config
-    a = assessment or assess(loaded)
-    v = a.verdict
+def unit_fix(view: PostureView, loaded: LoadedConfig, v: GateVerdict) -> str:
+    """How to mend a unit whose gateway the boot gate would refuse."""
+    assert view.unit is not None
+    if v.cell.startswith("no-capability"):
+        return (f"give {view.unit.facts.name} AmbientCapabilities=CAP_SETUID CAP_SETGID and the same CapabilityBoundingSet=: "
+                f"ductile deploy render unit --config {loaded.directory} > {view.unit.facts.path}, then systemctl daemon-reload")
+    return v.fix
+
+
+def gate_findings(loaded: LoadedConfig, view: PostureView) -> list[Finding]:
+    """The gate verdict for the gateway that will run, and this shell beside it if it differs."""
     out: list[Finding] = []
+    if view.others:
+        assert view.unit is not None
+        names = ", ".join(u.name for u in (view.unit.facts, *view.others))
+        out.append(Finding("warning", "privsep", "service", f"{len(view.others) + 1} units start this config ({names}): "
+                           "two gateways would share one state database and one vault", "disable all but one"))
+    if view.unit is not None and view.unit.assessment is None:
+        out.append(Finding("error", "privsep", "service", f"{view.unit.facts.name} ({view.unit.facts.path}) cannot start "
+                           f"the gateway: {view.unit.problem}", "run deploy/install.sh (systemd-sysusers creates the user)"))
+    a = view.effective
+    v = a.verdict
+    who = "root" if a.gateway_uid == 0 else f"uid {a.gateway_uid}"
     if v.refused:
+        fix = unit_fix(view, loaded, v) if view.under_unit else v.fix
+        if not view.under_unit and not view.as_unit and v.cell == "no-capability+accounts":
+            fix += (f"; no installed unit starts this config (searched {', '.join(view.searched)}), so this shell is all "
+                    f"there is to judge: once the unit is installed, `{as_unit(this_command())}` runs this check as it would")
         out.append(Finding("error", "privsep", "accounts" if "accounts are configured" in v.message else "service",
-                           f"boot gate [{v.cell}] would refuse to start: {v.message}", v.fix))
+                           f"boot gate {view.where} [{v.cell}] would refuse to start: {v.message}", fix))
     else:
-        out.append(Finding("info", "privsep", "posture", f"boot gate [{v.cell}] -> {v.posture} (as uid {a.gateway_uid}): {v.message}",
+        out.append(Finding("info", "privsep", "posture",
+                           f"boot gate {view.where} [{v.cell}] -> {v.posture} (as {who}): {v.message}",
                            v.fix if v.posture == "unconfined" else ""))
+    if view.shell_differs():
+        assert view.unit is not None
+        s = view.shell.verdict
+        shell_who = "root" if view.shell.gateway_uid == 0 else f"uid {view.shell.gateway_uid}"
+        out.append(Finding("info", "privsep", "shell",
+                           f"{view.shell_label()}: run here, the boot gate would say {s.posture} [{s.cell}] as {shell_who}; "
+                           f"that is this shell, not the gateway, which runs under {view.unit.facts.describe()} and "
+                           f"will {'refuse' if v.refused else v.posture}",
+                           f"to run a command as the unit would, from a root shell: {as_unit(this_command())}"))
+    return out
+
+
+def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None,
+                     view: PostureView | None = None) -> list[Finding]:
+    cfg = loaded.config
+    view = view or assess_posture(loaded, shell=assessment)
+    a = view.effective
+    v = a.verdict
+    out = gate_findings(loaded, view)
     if v.posture == "unconfined":
         refs = [f"api.tokens ({len(cfg.api.tokens)})"] if cfg.api.tokens else []
         refs += ["webhooks"] if cfg.webhooks else []
@@ -59,7 +109,7 @@ def posture_findings(loaded: LoadedConfig, assessment: Assessment | None = None)
     if a.plan is not None:
         for r in a.plan.refusals:
             if r.scope is None:
-                out.append(Finding("error", "privsep", r.path, f"filesystem reconcile would refuse to start: {r.message}", r.fix))
+                out.append(Finding("error", "privsep", r.path, f"filesystem reconcile {view.where} would refuse to start: {r.message}", r.fix))
             else:
                 out.append(Finding("error", "privsep", r.path, f"account {r.scope} would be refused (its jobs fail, "
                                    f"other accounts run): {r.message}", r.fix))

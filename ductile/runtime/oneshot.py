@@ -16,7 +16,8 @@ from typing import Any
 
 from ductile import strictjson
 from ductile.config import LoadedConfig
-from ductile.errors import UsageError
+from ductile.errors import BootRefused, UsageError
+from ductile.hints import as_unit, this_command
 from ductile.runtime.boot import Runtime, boot
 from ductile.runtime.concurrency import concurrency_limit
 from ductile.runtime.executor import Job, JobResult
@@ -66,7 +67,15 @@ def ledger_outcome(outcome: Outcome) -> QueueOutcome:
 
 
 def run_once(loaded: LoadedConfig, plugin: str, command: str, payload: dict[str, Any]) -> tuple[JobResult, Runtime]:
-    runtime = boot(loaded)  # refuses before anything runs or is opened
+    try:
+        runtime = boot(loaded)  # refuses before anything runs or is opened
+    except BootRefused as err:
+        if "no-capability+accounts" not in err.where:
+            raise
+        # The usual case is a shell, not the unit: say how to run it as the unit does.
+        raise BootRefused(err.message, where=err.where,
+                          fix=f"this process is the gateway for the job, so it needs the unit's capabilities: from a "
+                              f"root shell run `{as_unit(this_command())}`; or {err.fix}") from None
     try:
         state = open_state(loaded.config.state.path)
         record_boot(runtime, state)

@@ -27,7 +27,9 @@ import psutil
 
 from ductile.config import LoadedConfig
 from ductile.config.model import FilesystemConfig, NetworkConfig
+from ductile.deploy.installed import units_running
 from ductile.errors import DuctileError
+from ductile.hints import as_unit, this_command
 from ductile.interpreter import account_reachable_python
 from ductile.plugins.discovery import Discovery
 from ductile.privsep import kernel
@@ -236,7 +238,11 @@ def verify_accounts(loaded: LoadedConfig, names: list[str] | None = None, *, str
     python = account_reachable_python()
     why = ""
     if not assessment.capability:
-        why = "this process cannot drop privileges (run as root or with CAP_SETUID+CAP_SETGID)"
+        why = "this process lacks CAP_SETUID+CAP_SETGID, so it cannot spawn the probes as the accounts; "
+        if units_running(loaded.directory, loaded.path):
+            why += f"from a root shell, `{as_unit(this_command())}` runs it with the unit's user and capabilities"
+        else:
+            why += "run it from a root shell (no installed unit starts this config, so --as-unit has none to copy)"
     elif python is None:
         why = "no Python interpreter is reachable by accounts (see deploy/find-python.sh)"
     containment: Containment | None = None

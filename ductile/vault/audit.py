@@ -80,6 +80,18 @@ class StateAuditSink:
         self.audit.record_audit(op, principal, actor, outcome, {"detail": detail} if detail else None)
 
 
+def describe_detail(detail: object) -> str:
+    """One line for the DETAIL column, whatever shape a row's detail has: the vault's own
+    rows carry ``{"detail": text}``; the gateway's secret_ref reads carry ``{"ref", "why"}``."""
+    if detail is None or detail == {}:
+        return ""
+    if not isinstance(detail, dict):
+        return str(detail)
+    if set(detail) == {"detail"}:
+        return str(detail["detail"])
+    return " ".join(f"{k}={v}" for k, v in detail.items())
+
+
 def default_sink(config: Config) -> AuditSink:
     """The state database's audit table. Opening it first means a vault operation that
     cannot be audited is refused before it happens, not silently unrecorded."""

@@ -28,8 +28,13 @@ class KeyStat:
     uid: int
 
 
-def key_file_problem(path: str, facts: KeyStat, euid: int) -> VaultError | None:
-    """Refuse a key other accounts could read or that belongs to someone else."""
+def key_file_problem(path: str, facts: KeyStat, euid: int, as_owner: str = "") -> VaultError | None:
+    """Refuse a key other accounts could read or that belongs to someone else.
+
+    ``as_owner``: this same command run as the key's owner (``runuser -u ductile -- ductile
+    …``). Root must never be told to chown the key to itself: the gateway could no longer
+    read it. Root runs the command as the owner instead.
+    """
     if not stat.S_ISREG(facts.mode):
         return VaultError("the age key is not a regular file", where=path,
                           fix=f"point secrets.age_key_file at the key file itself, not {path}")
@@ -43,7 +48,9 @@ def key_file_problem(path: str, facts: KeyStat, euid: int) -> VaultError | None:
         return VaultError(
             f"the age key is owned by uid {facts.uid}, not by uid {euid} that is running ductile; "
             "secret zero must belong to the gateway account", where=path,
-            fix=f"chown {euid} {path}, or run ductile as uid {facts.uid}")
+            fix=(f"run it as the key's owner: {as_owner or f'uid {facts.uid}'}" if euid == 0 else
+                 f"run it as the key's owner ({as_owner or f'uid {facts.uid}'}); or, only if uid {euid} is the "
+                 f"gateway, give it the key as root: chown {euid} {path}"))
     return None
 
 
@@ -68,6 +75,19 @@ def _identity(line: str, path: str) -> x25519.Identity:
                      fix="restore the key from your offline copy; without it the vault cannot be opened")
 
 
+def _as_owner(uid: int) -> str:
+    """This command, run as ``uid`` from a root shell (runuser by name, setpriv by number)."""
+    import pwd
+    import shlex
+
+    from ductile.hints import as_user, this_command
+
+    try:
+        return as_user(pwd.getpwuid(uid).pw_name, this_command())
+    except KeyError:
+        return shlex.join(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *this_command()])
+
+
 def read_identity(path: str) -> x25519.Identity:
     """Open, check (mode 0600, owned by euid, regular file) and parse the key at ``path``."""
     try:
@@ -80,7 +100,9 @@ def read_identity(path: str) -> x25519.Identity:
                          fix="run ductile as the account that owns the key") from None
     try:
         st = os.fstat(fd)
-        problem = key_file_problem(path, KeyStat(st.st_mode, st.st_uid), os.geteuid())
+        euid = os.geteuid()
+        problem = key_file_problem(path, KeyStat(st.st_mode, st.st_uid), euid,
+                                   _as_owner(st.st_uid) if st.st_uid != euid else "")
         if problem is not None:
             raise problem
         data = b""
