@@ -1,7 +1,7 @@
 """The lazy click host.
 
 Built-in nouns are a table here (module, attribute, one-line summary), so ``ductile --help``
-and ``ductile <noun>`` cost neither an import of a command module (or of
+and invoking one noun cost neither an import of a command module (or of
 rich/yaml/pyrage/psutil) nor ``importlib.metadata``'s scan of every installed distribution
 (about 20 ms, more than click itself). A test keeps the table equal to the entry points in
 setup.cfg and each summary equal to its module's docstring.

@@ -317,7 +317,7 @@ def test_a_helper_changed_after_lock_downgrades_and_delivers_no_secrets(world: W
             (world.etc / "config.yaml").write_text(text)
         preview = lock(world, "--all", "--verbose")
         assert "~ changed  probe" in preview.stdout and "    ~ _stopwatch.py" in preview.stdout
-        assert "run.py" not in preview.stdout  # unchanged files are not listed
+        assert "    ~ run.py" not in preview.stdout  # unchanged files are not listed
         short = lock(world, "--all")
         assert "~ changed  probe" in short.stdout and "_stopwatch.py" not in short.stdout
     finally:
