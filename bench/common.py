@@ -88,6 +88,8 @@ class World:
     state_dir: Path
     plugins: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    uid: int = UID
+    source: Path | None = None   # serve from this source tree (``export_tree``), not the installed one
 
     @property
     def etc(self) -> Path:
@@ -95,6 +97,8 @@ class World:
 
     def serve(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k not in ("DUCTILE_DEBUG", "NOTIFY_SOCKET")}
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         log = open(self.base / "serve.log", "ab")
         self.proc = subprocess.Popen([PY, "-m", "ductile", "serve", "--config", str(self.etc)], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd="/")
@@ -129,9 +133,10 @@ class World:
             self.proc.wait(60)
 
 
-def make_world(plugins: dict[str, str], *, workers: int = 2, extra: str = "", confined: bool = True) -> World:
+def make_world(plugins: dict[str, str], *, workers: int = 2, extra: str = "", confined: bool = True,
+               uid: int = UID) -> World:
     """Build a world under /tmp (0711, reachable by the account). As root with ``confined``,
-    plugins run as account ``default`` (uid ``UID``); the gateway itself runs as root."""
+    plugins run as account ``default`` (uid ``uid``); the gateway itself runs as root."""
     from ductile.vault import lifecycle
     from ductile.vault.audit import NullAuditSink
     from ductile.vault.store import VaultStore
@@ -144,7 +149,7 @@ def make_world(plugins: dict[str, str], *, workers: int = 2, extra: str = "", co
     state_dir = base / "state" / "acct"
     state_dir.mkdir(mode=0o700)
     if confined:
-        os.chown(state_dir, UID, UID)
+        os.chown(state_dir, uid, uid)
     for name, source in plugins.items():
         d = base / "plugins" / name
         d.mkdir(mode=0o755)
@@ -157,7 +162,7 @@ def make_world(plugins: dict[str, str], *, workers: int = 2, extra: str = "", co
     lifecycle.init_vault(store, NullAuditSink(), "bench")
     lifecycle.set_secret(store, "api", token, [], NullAuditSink(), "bench")
     port = free_port()
-    accounts = (f"accounts:\n  default: {{uid: {UID}, gid: {UID}, state_dir: {state_dir}}}\n" if confined else
+    accounts = (f"accounts:\n  default: {{uid: {uid}, gid: {uid}, state_dir: {state_dir}}}\n" if confined else
                 "service: {unconfined: true}\n")
     grants = "".join(f"  {n}: {{run_as: default, retry: {{max_attempts: 1}}}}\n" if confined else
                      f"  {n}: {{retry: {{max_attempts: 1}}}}\n" for n in plugins)
@@ -171,14 +176,31 @@ def make_world(plugins: dict[str, str], *, workers: int = 2, extra: str = "", co
         """) + (accounts if confined else "") + textwrap.dedent(f"""\
         service: {{max_workers: {workers}, log_level: warning{'' if confined else ', unconfined: true'}}}
         """) + "plugins:\n" + grants + extra)
-    return World(base, port, token, state_dir, dict(plugins))
+    return World(base, port, token, state_dir, dict(plugins), uid=uid)
 
 
 def destroy(world: World) -> None:
     world.stop()
     if os.geteuid() == 0:  # nothing of the account may outlive the bench
-        subprocess.run(["/bin/kill", "-KILL", "-1"], user=UID, group=UID, extra_groups=[], capture_output=True)
+        subprocess.run(["/bin/kill", "-KILL", "-1"], user=world.uid, group=world.uid, extra_groups=[],
+                       capture_output=True)
     shutil.rmtree(world.base, ignore_errors=True)
+
+
+def export_tree(rev: str) -> Path:
+    """The source of git revision ``rev`` under /tmp, laid out as installed (``commands/``
+    is imported as ``ductile_commands``), for a gateway measured beside the working tree:
+    ``PYTHONPATH`` puts it before the editable install. Remove it with ``shutil.rmtree``."""
+    repo = Path(__file__).resolve().parent.parent
+    out = Path(tempfile.mkdtemp(prefix="ductile-bench-src-", dir="/tmp"))
+    os.chmod(out, 0o755)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "ductile", "commands"], capture_output=True)
+    if archive.returncode != 0:
+        shutil.rmtree(out)
+        sys.exit(f"git archive {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    (out / "commands").rename(out / "ductile_commands")
+    return out
 
 
 @contextmanager

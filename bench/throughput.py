@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput: ``serve`` against the bare spawn ceiling, side by side.
 
-    sudo .venv/bin/python bench/throughput.py [JOBS] [ROUNDS] [--profile]
+    sudo .venv/bin/python bench/throughput.py [JOBS] [ROUNDS] [--profile] [--baseline REV]
 
 serve (``max_workers: 2``, enforce posture, plugins dropped to a numeric account) gets JOBS
 jobs of a trivial plugin through its API from 8 concurrent clients; the clock runs from the
@@ -10,6 +10,8 @@ plugin done bare: 2 at a time, ``user=``/``group=``/``extra_groups=[]``, ``env -
 state_dir``, the request on stdin. Rounds alternate serve and bare; medians are printed,
 with the gateway's peak RSS. Done for a ``#!/bin/sh`` plugin and a stdlib Python plugin.
 ``--profile`` adds a py-spy sample of the gateway during one more serve burst.
+``--baseline REV`` runs a second gateway from git revision REV (say ``main``) in the same
+rounds, so a change is measured against what it changes, side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +36,7 @@ from common import (  # noqa: E402
     World,
     alternate,
     destroy,
+    export_tree,
     machine,
     make_world,
     median,
@@ -84,7 +88,7 @@ def bare(world: World, plugin: str, jobs: int) -> float:
 
     def one(_: int) -> None:
         proc = subprocess.run(["/usr/bin/env", "-C", str(world.state_dir), "--", entry], input=request,
-                              capture_output=True, env=env, user=UID, group=UID, extra_groups=[],
+                              capture_output=True, env=env, user=world.uid, group=world.uid, extra_groups=[],
                               process_group=0, umask=0o077)
         if proc.returncode != 0:
             raise SystemExit(f"bare spawn failed: {proc.stderr.decode()}")
@@ -95,25 +99,49 @@ def bare(world: World, plugin: str, jobs: int) -> float:
     return time.perf_counter() - start
 
 
+def options(argv: list[str]) -> tuple[int, int, bool, str | None]:
+    """JOBS ROUNDS [--profile] [--baseline REV]"""
+    rest, baseline = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--baseline":
+            baseline = next(it, None)
+            if baseline is None:
+                sys.exit("--baseline needs a git revision (say: main)")
+        elif not a.startswith("--"):
+            rest.append(a)
+    return (int(rest[0]) if rest else 300, int(rest[1]) if len(rest) > 1 else 3, "--profile" in argv, baseline)
+
+
 def main() -> None:
     need_root()
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    jobs = int(args[0]) if args else 300
-    rounds = int(args[1]) if len(args) > 1 else 3
-    world = make_world({"sh": TRIVIAL_SH, "py": TRIVIAL_PY})
+    jobs, rounds, want_profile, baseline = options(sys.argv[1:])
+    plugins = {"sh": TRIVIAL_SH, "py": TRIVIAL_PY}
+    worlds = {"serve": make_world(plugins)}
+    if baseline is not None:
+        worlds[baseline] = make_world(plugins, uid=UID + 1)
+        worlds[baseline].source = export_tree(baseline)
+    world = worlds["serve"]
     rows = []
     try:
-        world.serve()
+        for w in worlds.values():
+            w.serve()
+            burst(w, "sh", 20)  # warm up: first spawns, page cache, connections
         assert world.proc is not None
-        burst(world, "sh", 20)  # warm up: first spawns, page cache, connections
         for plugin, label in (("sh", "#!/bin/sh plugin"), ("py", "stdlib Python plugin")):
+            runs = {"bare": lambda: bare(world, plugin, jobs)}
+            for name, w in worlds.items():
+                runs[name] = lambda w=w: burst(w, plugin, jobs)  # type: ignore[misc]
             with peak_rss(world.proc.pid) as peak:
-                samples = alternate(rounds, {"serve": lambda: burst(world, plugin, jobs),
-                                             "bare": lambda: bare(world, plugin, jobs)})
-            s, b = median(samples["serve"]), median(samples["bare"])
-            rows.append([label, jobs, round(jobs / s, 1), round(jobs / b, 1), round(s / b, 2),
-                         f"{peak[0] / 2**20:.0f} MiB"])
-        if "--profile" in sys.argv:
+                samples = alternate(rounds, runs)
+            b = median(samples["bare"])
+            for name in worlds:
+                s = median(samples[name])
+                who = label if name == "serve" else f"  {name} (baseline)"
+                rows.append([who, jobs, round(jobs / s, 1), round(jobs / b, 1), round(s / b, 2),
+                             f"{peak[0] / 2**20:.0f} MiB" if name == "serve" else "",
+                             " ".join(f"{x / y:.2f}" for x, y in zip(samples[name], samples["bare"]))])
+        if want_profile:
             out = world.base / "profile.txt"
             spy = threading.Thread(target=profile, args=(world.proc.pid, 4, out))
             spy.start()
@@ -126,9 +154,12 @@ def main() -> None:
             else:
                 print("\n(py-spy is not installed: `make bench` installs it into the venv)")
     finally:
-        destroy(world)
+        for w in worlds.values():
+            destroy(w)
+            if w.source is not None:
+                shutil.rmtree(w.source, ignore_errors=True)
     table(f"throughput: {jobs} jobs, 8 API clients, max_workers 2, enforce (median of {rounds}, alternated)",
-          ["plugin", "jobs", "serve jobs/s", "bare spawns/s", "serve/bare", "gateway peak RSS"], rows)
+          ["plugin", "jobs", "serve jobs/s", "bare spawns/s", "serve/bare", "gateway peak RSS", "each round"], rows)
     print(f"machine: {machine()}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 
@@ -40,8 +41,14 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once per process. ``find_library`` runs ``ldconfig -p`` in a
+    child process on Linux: per job (the Landlock restriction, the subreaper check) that was
+    a fork and exec of its own, a fifth of a busy gateway's time."""
+    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    lib.syscall.restype = ctypes.c_long
+    return lib
 
 
 def read_status(pid: int | str = "self") -> str | None:
@@ -73,29 +80,29 @@ def _check(rc: int, what: str) -> None:
 
 
 def clear_inheritable() -> None:
-    libc = _libc()
+    lib = libc()
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    _check(libc.capget(ctypes.byref(header), data), "capget")
+    _check(lib.capget(ctypes.byref(header), data), "capget")
     for d in data:
         d.inheritable = 0
-    _check(libc.capset(ctypes.byref(header), data), "capset (clear inheritable)")
+    _check(lib.capset(ctypes.byref(header), data), "capset (clear inheritable)")
 
 
 def set_child_subreaper() -> None:
     """Orphans of our children (a plugin's double-fork daemon) re-parent to the gateway
     instead of PID 1: the gateway can find and reap them (see runtime/jobcontain.py)."""
-    _check(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+    _check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def is_child_subreaper() -> bool:
     flag = ctypes.c_int(0)
-    return _libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+    return libc().prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
 
 
 def set_no_new_privs() -> None:
     """no_new_privs on the calling *thread* (Landlock needs it on the thread that restricts)."""
-    _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 @dataclass(frozen=True)
@@ -107,10 +114,10 @@ class Hardening:
 def harden_gateway() -> Hardening:
     """Clear ambient and inheritable capabilities and set no_new_privs, then verify."""
     before = own_status()
-    libc = _libc()
-    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    lib = libc()
+    _check(lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
     clear_inheritable()
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     after = own_status()
     if after is None or after.cap("CapAmb") or after.cap("CapInh") or after.no_new_privs != 1:
         raise BootRefused("could not verify that ambient/inheritable capabilities are clear and no_new_privs is set",

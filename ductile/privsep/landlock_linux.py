@@ -17,7 +17,6 @@ plugin's allowlist needs here; the three syscalls are a few lines of ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import stat
 import threading
@@ -55,14 +54,9 @@ class LandlockError(OSError):
     """A ruleset could not be built or applied (names the path or step)."""
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 when absent or disabled at boot."""
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
+    libc = kernel.libc()
     v = int(libc.syscall(ctypes.c_long(SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
                          ctypes.c_uint32(CREATE_RULESET_VERSION)))
     return v if v > 0 else 0
@@ -75,8 +69,7 @@ def _fail(what: str) -> LandlockError:
 
 def restrict_this_thread(ruleset: Ruleset) -> None:
     """Build ``ruleset`` in the kernel and enforce it on the calling thread."""
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
+    libc = kernel.libc()
     attr = _RulesetAttr(ruleset.handled_fs, ruleset.handled_net, ruleset.scoped)
     fd = int(libc.syscall(ctypes.c_long(SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
                           ctypes.c_uint32(0)))
