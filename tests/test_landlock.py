@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -229,3 +230,116 @@ def test_account_explain_shows_the_allowlist_and_what_is_enforced(world: World) 
     assert str(world.state_dir("default")) in info["write"]
     assert str(world.base / "plugins" / "try") in info["read"] and "/usr" in info["read"]
     assert "/proc" not in info["read"] and str(world.base / "plugins") not in info["read"]
+
+
+# ---- the kernel ruleset kept between jobs of one gateway process ----
+
+HOLDER = '''\
+#!/usr/bin/python3
+import json, os, sys, time
+p = json.load(sys.stdin)["payload"]
+out = {}
+if p.get("signal"):
+    try:
+        os.kill(p["signal"], 0)
+        out["signal"] = "SIGNALLED"
+    except OSError as e:
+        out["signal"] = "EPERM" if e.errno == 1 else str(e.errno)
+with open("own-file", "w") as fh:
+    fh.write("mine")
+out["own_dir"] = open("own-file").read()
+if p.get("hold"):
+    open("held.pid", "w").write(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+json.dump({"status": "ok", "result": out}, sys.stdout)
+'''
+
+
+@pytest.fixture()
+def one_account():  # type: ignore[no-untyped-def]
+    """An account, its state_dir and a plugin, for spawns made in this process (so they
+    share this process's kernel rulesets, as the jobs of one gateway do)."""
+    from wallworld import free_ids, kill_uid
+
+    require_root()
+    if landlock_linux.abi() < 6:
+        pytest.skip("needs Landlock ABI 6 (this CI host has 7)")
+    uid = free_ids(1)[0]
+    base = Path(tempfile.mkdtemp(prefix="ductile-ll-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    state = base / "acct"
+    state.mkdir(mode=0o700)
+    os.chown(state, uid, uid)
+    plugin = base / "plugin"
+    plugin.mkdir(mode=0o755)
+    (plugin / "run").write_text(HOLDER)
+    os.chmod(plugin / "run", 0o755)
+    landlock_linux.forget_built()
+    yield uid, base, state, plugin
+    landlock_linux.forget_built()
+    kill_uid(uid)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _spec(uid: int, state: Path, plugin: Path):  # type: ignore[no-untyped-def]
+    from ductile.config.model import ServiceConfig
+    from ductile.privsep import landlock
+    from ductile.privsep.accounts import ResolvedAccount
+    from ductile.privsep.spawnspec import Confinement, build_spawn_spec
+
+    ruleset = landlock.build_ruleset(landlock_linux.abi(), landlock.PluginFacts(str(plugin), "/usr"), str(state),
+                                     ["/usr/bin", "/bin"], None, None, os.path.exists)
+    return build_spawn_spec(ResolvedAccount("default", uid, uid, str(state), "granted"), str(plugin / "run"),
+                            ServiceConfig(), {}, timeout=60, unconfined_workdir="/",
+                            confinement=Confinement(path="/usr/bin:/bin", landlock=ruleset))
+
+
+def _job(spec, payload: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from ductile.runtime.spawn import spawn
+
+    raw = spawn(spec, json.dumps({"protocol": 2, "payload": payload}).encode())
+    assert raw.returncode == 0, raw.stderr_tail
+    return json.loads(raw.stdout)["result"]
+
+
+def test_two_jobs_from_one_kept_ruleset_cannot_signal_each_other(one_account) -> None:  # type: ignore[no-untyped-def]
+    """The second job reuses the kernel ruleset the first was built from, and still gets a
+    domain of its own: it may not signal the first job's process, of the same account."""
+    import threading
+
+    uid, _base, state, plugin = one_account
+    spec = _spec(uid, state, plugin)
+    first: dict[str, Any] = {}
+    holder = threading.Thread(target=lambda: first.update(_job(spec, {"hold": True})))
+    holder.start()
+    try:
+        wait_for("the first job to start", (state / "held.pid").exists, deadline=60)
+        pid = int((state / "held.pid").read_text())
+        kept = dict(landlock_linux._built)
+        assert len(kept) == 1, kept
+        second = _job(spec, {"signal": pid})
+        assert dict(landlock_linux._built) == kept  # built once, used by both jobs
+        assert second["signal"] == "EPERM", second
+    finally:
+        (state / "release").write_text("go")
+        holder.join(60)
+    assert first["own_dir"] == "mine"
+
+
+def test_a_state_dir_replaced_between_jobs_gets_a_new_kernel_ruleset(one_account) -> None:  # type: ignore[no-untyped-def]
+    """A rule holds the inode its path named when it was built: a state_dir restored under
+    the same name is another directory, so the next job must not run on the old rule
+    (which would deny the new directory) — nor on a rule for a directory now elsewhere."""
+    uid, base, state, plugin = one_account
+    spec = _spec(uid, state, plugin)
+    assert _job(spec, {})["own_dir"] == "mine"
+    (old,) = landlock_linux._built.values()
+    state.rename(base / "acct.old")
+    state.mkdir(mode=0o700)
+    os.chown(state, uid, uid)
+    assert _job(spec, {})["own_dir"] == "mine"
+    (new,) = landlock_linux._built.values()
+    assert new is not old and old.retired
+    assert (state / "own-file").read_text() == "mine"
