@@ -17,6 +17,7 @@ from ductile.runtime.boot import Runtime
 from ductile.runtime.executor import EventSink, Executor
 from ductile.state.db import StateDB
 from ductile.vault.audit import ACTOR_GATEWAY, StateAuditSink
+from ductile.vault.cache import CachedVault
 from ductile.vault.compose import principal_for
 from ductile.vault.document import nonce
 from ductile.vault.lifecycle import compose_for_plugin
@@ -49,11 +50,11 @@ def gateway_fault(err: VaultError) -> GatewayFault:
 
 def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = None) -> Executor:
     """An executor that attests every spawn against the lock (downgrading drifted confined
-    plugins), composes the plugin's granted secrets fresh per spawn (a roll is seen next
-    job) and refuses them to a principal that failed attestation, auditing every refusal
+    plugins), composes the plugin's granted secrets as the vault is at each spawn (a roll is
+    seen next job; ``CachedVault`` decrypts only when the key or vault file changed) and refuses them to a principal that failed attestation, auditing every refusal
     in ``state`` and storing security events there. ``serve`` passes its own ``emit`` so
     a job's security events are stored in the same transaction as the job's outcome."""
-    store = VaultStore.from_config(runtime.config.secrets)
+    store = CachedVault(VaultStore.from_config(runtime.config.secrets))
     sink = StateAuditSink(state.audit)
 
     def key(failed: list[VaultError]) -> Callable[[], bytes]:

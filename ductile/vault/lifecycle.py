@@ -37,7 +37,7 @@ from ductile.vault.audit import (
 )
 from ductile.vault.compose import Composition, compose, principal_for
 from ductile.vault.document import VaultDocument, utc_now
-from ductile.vault.store import InitOutcome, RotateOutcome, VaultStore
+from ductile.vault.store import InitOutcome, RotateOutcome, VaultReader, VaultStore
 
 T = TypeVar("T")
 
@@ -169,9 +169,10 @@ def list_principals(doc: VaultDocument) -> list[PrincipalSummary]:
             for name, p in sorted(doc.principals.items())]
 
 
-def compose_for_plugin(store: VaultStore, plugin_name: str, plugin_config: PluginConfig | None,
+def compose_for_plugin(store: VaultReader, plugin_name: str, plugin_config: PluginConfig | None,
                        sink: AuditSink) -> Composition:
-    """The secrets for one spawn of ``plugin_name``, read fresh so a roll is seen next dispatch.
+    """The secrets for one spawn of ``plugin_name``, from the vault as it is now, so a roll is
+    seen by the next dispatch.
 
     A vault that exists but cannot be read fails every plugin closed, not only those with
     ``requires_vault``: without reading it we cannot tell whether the principal was revoked.

@@ -26,7 +26,7 @@ import secrets as _random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pyrage  # type: ignore[import-untyped]
 from pyrage import x25519
@@ -48,6 +48,13 @@ MAX_VAULT_BYTES = 64 * 1024 * 1024
 _TEMP = re.compile(r"^\.(?P<base>.+)\.[0-9a-f]{16}\.tmp$")
 Recovered = Callable[[list[str]], None]
 _RESTORE_FIX = "restore <vault>.bak (cp -p {bak} {vault}) or the backup archive; the key at {key} must match"
+
+
+class VaultReader(Protocol):
+    """What composing a job's secrets reads: a ``VaultStore``, or the gateway's
+    ``CachedVault`` over one."""
+
+    def read_if_present(self) -> VaultDocument | None: ...
 
 
 @dataclass(frozen=True)
