@@ -21,7 +21,8 @@ import pytest
 
 from conftest import run_in_pty
 from servehelp import wait_for
-from wallworld import (WORLD_ENV, World, delegated_cgroup, destroy, live_processes, make_world, require_root)
+from wallworld import (WORLD_ENV, World, delegated_cgroup, destroy, live_processes, make_world, remove_cgroup,
+                       require_root)
 
 pytestmark = pytest.mark.privileged
 
@@ -461,3 +462,26 @@ def test_path_holds_only_directories_the_account_can_traverse(world: World) -> N
         (world.etc / "config.yaml").write_text(text)
     r = out["outcome"]["result"]
     assert r == {"path": "/usr/bin:/bin", "lookup": "FileNotFoundError"}, (r, proc.stderr)
+
+
+def test_the_end_of_a_job_removes_its_cgroup_and_counts_what_it_killed() -> None:
+    """The cgroup edge at the end of a job: an empty job cgroup is removed at once (the
+    common case), a live leftover is killed and counted, and a child cgroup (which no
+    plugin can make) still ends up removed."""
+    from ductile.privsep import cgroup
+
+    require_root()
+    base = delegated_cgroup(0)
+    try:
+        empty = cgroup.new_job(str(base), ())
+        assert empty.end() == 0 and not os.path.exists(empty.path)
+        busy = cgroup.new_job(str(base), ())
+        child = subprocess.Popen(["/bin/sleep", "60"])
+        busy.place(child.pid)
+        assert busy.end() == 1 and not os.path.exists(busy.path)
+        assert child.wait(10) == -signal.SIGKILL
+        nested = cgroup.new_job(str(base), ())
+        os.mkdir(os.path.join(nested.path, "inner"))
+        assert nested.end() == 0 and not os.path.exists(nested.path)
+    finally:
+        remove_cgroup(base)

@@ -195,7 +195,19 @@ class JobCgroup:
         return False
 
     def end(self) -> int:
-        """cgroup.kill the job, wait until it is empty, remove it."""
+        """cgroup.kill the job, wait until it is empty, remove it. Returns how many
+        processes were left. A job that left nothing (``populated 0``: nothing in it or
+        below it lives, and nothing can enter an empty cgroup but by a write to its
+        cgroup.procs, which only the gateway may make) is removed at once; anything else —
+        a process, a child cgroup, an error — takes the whole way (``kill_tree``)."""
+        if not populated(self.path):
+            try:
+                os.rmdir(self.path)
+                return 0
+            except FileNotFoundError:
+                return 0
+            except OSError:
+                pass
         return kill_tree(self.path)
 
 
