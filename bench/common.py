@@ -234,7 +234,7 @@ def profile(pid: int, seconds: float, out: Path) -> Path | None:
     if not os.path.exists(spy):
         return None
     subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(max(1, seconds))), "--rate", "200",
-                    "--format", "raw", "--threads", "--nonblocking", "-o", str(out)], capture_output=True)
+                    "--format", "raw", "--threads", "--nonblocking", *(["--gil"] if os.environ.get("GIL") else []), *(["--idle"] if os.environ.get("IDLE") else []), "-o", str(out)], capture_output=True)
     return out if out.exists() else None
 
 

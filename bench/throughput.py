@@ -11,7 +11,8 @@ state_dir``, the request on stdin. Rounds alternate serve and bare; medians are 
 with the gateway's peak RSS. Done for a ``#!/bin/sh`` plugin and a stdlib Python plugin.
 ``--profile`` adds a py-spy sample of the gateway during one more serve burst.
 ``--baseline REV`` runs a second gateway from git revision REV (say ``main``) in the same
-rounds, so a change is measured against what it changes, side by side.
+rounds, so a change is measured against what it changes, side by side; ``--try NAME=DIR``
+adds a gateway run from the source tree DIR (laid out as ``export_tree`` does).
 """
 
 from __future__ import annotations
@@ -99,28 +100,37 @@ def bare(world: World, plugin: str, jobs: int) -> float:
     return time.perf_counter() - start
 
 
-def options(argv: list[str]) -> tuple[int, int, bool, str | None]:
-    """JOBS ROUNDS [--profile] [--baseline REV]"""
-    rest, baseline = [], None
+def options(argv: list[str]) -> tuple[int, int, bool, str | None, list[tuple[str, Path]]]:
+    """JOBS ROUNDS [--profile] [--baseline REV] [--try NAME=DIR ...]"""
+    rest, baseline, experiments = [], None, []
     it = iter(argv)
     for a in it:
-        if a == "--baseline":
-            baseline = next(it, None)
-            if baseline is None:
-                sys.exit("--baseline needs a git revision (say: main)")
+        if a in ("--baseline", "--try"):
+            value = next(it, None)
+            if value is None:
+                sys.exit(f"{a} needs a value")
+            if a == "--baseline":
+                baseline = value
+            else:
+                name, _, tree = value.partition("=")
+                experiments.append((name, Path(tree)))
         elif not a.startswith("--"):
             rest.append(a)
-    return (int(rest[0]) if rest else 300, int(rest[1]) if len(rest) > 1 else 3, "--profile" in argv, baseline)
+    return (int(rest[0]) if rest else 300, int(rest[1]) if len(rest) > 1 else 3, "--profile" in argv, baseline,
+            experiments)
 
 
 def main() -> None:
     need_root()
-    jobs, rounds, want_profile, baseline = options(sys.argv[1:])
+    jobs, rounds, want_profile, baseline, experiments = options(sys.argv[1:])
     plugins = {"sh": TRIVIAL_SH, "py": TRIVIAL_PY}
     worlds = {"serve": make_world(plugins)}
     if baseline is not None:
         worlds[baseline] = make_world(plugins, uid=UID + 1)
         worlds[baseline].source = export_tree(baseline)
+    for name, tree in experiments:
+        worlds[name] = make_world(plugins, uid=UID + 2 + len(worlds))
+        worlds[name].source = tree
     world = worlds["serve"]
     rows = []
     try:
@@ -137,7 +147,7 @@ def main() -> None:
             b = median(samples["bare"])
             for name in worlds:
                 s = median(samples[name])
-                who = label if name == "serve" else f"  {name} (baseline)"
+                who = label if name == "serve" else f"  {name} (baseline)" if name == baseline else f"  {name}"
                 rows.append([who, jobs, round(jobs / s, 1), round(jobs / b, 1), round(s / b, 2),
                              f"{peak[0] / 2**20:.0f} MiB" if name == "serve" else "",
                              " ".join(f"{x / y:.2f}" for x, y in zip(samples[name], samples["bare"]))])
@@ -154,9 +164,9 @@ def main() -> None:
             else:
                 print("\n(py-spy is not installed: `make bench` installs it into the venv)")
     finally:
-        for w in worlds.values():
+        for name, w in worlds.items():
             destroy(w)
-            if w.source is not None:
+            if w.source is not None and name == baseline:
                 shutil.rmtree(w.source, ignore_errors=True)
     table(f"throughput: {jobs} jobs, 8 API clients, max_workers 2, enforce (median of {rounds}, alternated)",
           ["plugin", "jobs", "serve jobs/s", "bare spawns/s", "serve/bare", "gateway peak RSS", "each round"], rows)
