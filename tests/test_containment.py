@@ -485,3 +485,26 @@ def test_the_end_of_a_job_removes_its_cgroup_and_counts_what_it_killed() -> None
         assert nested.end() == 0 and not os.path.exists(nested.path)
     finally:
         remove_cgroup(base)
+
+
+def test_the_orphan_reaper_survives_a_child_reaped_by_its_own_waiter_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child started outside ``launch`` (ctypes' find_library runs ldconfig that way) is
+    not tracked: the reaper may peek at it as a zombie and its own Popen may reap it first.
+    That race once ended a job as 'could not be recorded' (ECHILD out of the reaper)."""
+    from ductile.runtime import jobcontain
+
+    child = subprocess.Popen(["/bin/true"])
+    wait_for("the child to exit", lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, deadline=10)
+    peek = jobcontain._zombie_child
+    seen: list[int | None] = []
+
+    def peek_then_lose_the_race() -> int | None:
+        pid = peek()
+        seen.append(pid)
+        if pid == child.pid and child.returncode is None:
+            child.wait()  # its own waiter reaps it between the reaper's peek and its waitpid
+        return pid
+
+    monkeypatch.setattr(jobcontain, "_zombie_child", peek_then_lose_the_race)
+    assert jobcontain.reap_orphans() == 0
+    assert seen[0] == child.pid and child.returncode == 0

@@ -223,7 +223,10 @@ def reap_orphans() -> int:
     reaped = 0
     with lock:
         while (pid := _zombie_child()) is not None and pid not in tracked:
-            os.waitpid(pid, os.WNOHANG)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # its own waiter got there first (a Popen not made by launch)
+                continue
             reaped += 1
         if pid is None:
             return reaped
