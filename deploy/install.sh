@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install or upgrade ductile on a systemd host: its users (systemd-sysusers), its
 # directories with their modes and owners (systemd-tmpfiles), the package in its own venv
-# under /opt/ductile/venv, the units and the manual pages. Idempotent: run it again after
-# every upgrade.
+# under /opt/ductile/venv, the units (the gateway's, and the daily backup's service and
+# timer) and the manual pages. Idempotent: run it again after every upgrade.
 #
 # Order matters. Nothing is written before every fixed uid and gid has been checked
 # against /etc/passwd and /etc/group (systemd-sysusers silently picks another id when one
@@ -85,7 +85,7 @@ done
 INSTANCES=(ductile)
 [ "$WITH_ADMIN" -eq 1 ] && INSTANCES+=(ductile-admin)
 for inst in "${INSTANCES[@]}"; do
-    for f in "$inst.sysusers.conf" "$inst.tmpfiles.conf" "$inst.service"; do
+    for f in "$inst.sysusers.conf" "$inst.tmpfiles.conf" "$inst.service" "$inst-backup.service" "$inst-backup.timer"; do
         [ -f "$SHIPPED/$f" ] || die "$SHIPPED/$f is missing (fix: run from a complete ductile checkout)"
     done
 done
@@ -137,7 +137,7 @@ make_build_copy() {
         --exclude=__pycache__ --exclude=./.demo -cf - . | tar -C "$BUILD" -xf -
 }
 
-# render INST CONFIG: the three artefacts for INST from CONFIG, with this checkout's code run
+# render INST CONFIG: the artefacts for INST from CONFIG, with this checkout's code run
 # from a scratch copy (nothing on the host is written before the ids are checked). The
 # renderer needs only PyYAML: the interpreter's own, the venv's on a re-run, or a scratch one.
 RENDERER=""
@@ -158,7 +158,7 @@ render_from() {
         fi
     fi
     mkdir -p "$WORK/$inst"
-    for artefact in sysusers tmpfiles unit; do
+    for artefact in sysusers tmpfiles unit backup-service backup-timer; do
         PYTHONPATH=$BUILD${WORK:+:$WORK/lib} "$RENDERER" -m ductile.deploy "$artefact" "$cfg" "/etc/$inst" "$inst" \
             > "$WORK/$inst/$artefact" 2>"$WORK/render.err" \
             || die "cannot render $artefact from $cfg: $(head -n 1 "$WORK/render.err")"
@@ -175,14 +175,18 @@ for inst in "${INSTANCES[@]}"; do
     fi
     if [ -n "$cfg" ]; then
         render_from "$inst" "$cfg"
-        say "$inst: sysusers, tmpfiles and unit rendered from ${cfg#"$ROOT"} (your accounts and paths)"
+        say "$inst: sysusers, tmpfiles, unit and backup units rendered from ${cfg#"$ROOT"} (your accounts and paths)"
         SOURCE[$inst:sysusers]=$WORK/$inst/sysusers
         SOURCE[$inst:tmpfiles]=$WORK/$inst/tmpfiles
         SOURCE[$inst:unit]=$WORK/$inst/unit
+        SOURCE[$inst:backup-service]=$WORK/$inst/backup-service
+        SOURCE[$inst:backup-timer]=$WORK/$inst/backup-timer
     else
         SOURCE[$inst:sysusers]=$SHIPPED/$inst.sysusers.conf
         SOURCE[$inst:tmpfiles]=$SHIPPED/$inst.tmpfiles.conf
         SOURCE[$inst:unit]=$SHIPPED/$inst.service
+        SOURCE[$inst:backup-service]=$SHIPPED/$inst-backup.service
+        SOURCE[$inst:backup-timer]=$SHIPPED/$inst-backup.timer
     fi
 done
 
@@ -237,6 +241,9 @@ for inst in "${INSTANCES[@]}"; do
     plan "${SOURCE[$inst:sysusers]}" "$ROOT/etc/sysusers.d/$inst.conf" 0644 "deploy/systemd/$inst.sysusers.conf"
     plan "${SOURCE[$inst:tmpfiles]}" "$ROOT/etc/tmpfiles.d/$inst.conf" 0644 "deploy/systemd/$inst.tmpfiles.conf"
     plan "${SOURCE[$inst:unit]}" "$ROOT/etc/systemd/system/$inst.service" 0644 "deploy/systemd/$inst.service"
+    plan "${SOURCE[$inst:backup-service]}" "$ROOT/etc/systemd/system/$inst-backup.service" 0644 \
+        "deploy/systemd/$inst-backup.service"
+    plan "${SOURCE[$inst:backup-timer]}" "$ROOT/etc/systemd/system/$inst-backup.timer" 0644 "deploy/systemd/$inst-backup.timer"
 done
 for page in "$SRC"/man/*.[15]; do
     plan "$page" "$ROOT/usr/local/share/man/man${page##*.}/$(basename "$page")" 0644 "man/$(basename "$page")"
@@ -525,9 +532,12 @@ else
     say "skipped: $VENV (--no-venv); the unit's ExecStart expects $VENV/bin/ductile"
 fi
 
-# ---- 5. the units, and the manual pages their Documentation= lines point at
+# ---- 5. the units (the gateway's; the daily backup's service and timer, installed but
+#    not enabled: the summary says how), and the manual pages their Documentation= lines point at
 for inst in "${INSTANCES[@]}"; do
     place "$ROOT/etc/systemd/system/$inst.service"
+    place "$ROOT/etc/systemd/system/$inst-backup.service"
+    place "$ROOT/etc/systemd/system/$inst-backup.timer"
 done
 for page in "$SRC"/man/*.[15]; do
     place "$ROOT/usr/local/share/man/man${page##*.}/$(basename "$page")"
@@ -586,6 +596,7 @@ done
 printf '  %-44s %s\n' "$VENV" "$([ "$VENV_WANTED" -eq 1 ] && echo "0755 root:root, the package" || echo "skipped (--no-venv)")"
 for inst in "${INSTANCES[@]}"; do
     printf '  %-44s %s\n' "/etc/systemd/system/$inst.service" "the unit"
+    printf '  %-44s %s\n' "/etc/systemd/system/$inst-backup.{service,timer}" "the daily backup (enable the timer)"
 done
 
 # ---- 8. what to do next: a first install, or an upgrade (which never touches your files)
@@ -601,6 +612,7 @@ Next (as root; docs/deployment.md, "Upgrading"):
   1. check:    ductile doctor --as-unit --config /etc/ductile
   2. restart:  systemctl daemon-reload && systemctl restart ductile.service   (it drains running jobs)
   3. prove:    ductile account verify --as-unit --config /etc/ductile
+  4. backups:  systemctl enable --now ductile-backup.timer   (if not yet: a daily archive in /var/backups/ductile)
 EOF
 else
     draft=${CONFIG:-$SRC/deploy/config/ductile.yaml}
@@ -612,6 +624,7 @@ that write the gateway's files run as the ductile user):
   4. token, 5. a plugin, 6. lock: see the runbook
   7. verify:  ductile doctor --as-unit --config /etc/ductile && ductile account verify --as-unit --config /etc/ductile
   8. start:   systemctl enable --now ductile.service
+  9. backups: systemctl enable --now ductile-backup.timer   (a daily archive in /var/backups/ductile)
 EOF
 fi
 if [ "$WITH_ADMIN" -eq 1 ]; then cat <<EOF

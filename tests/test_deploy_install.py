@@ -140,8 +140,17 @@ def test_staged_install_builds_the_layout_and_is_idempotent(tmp_path: Path) -> N
     assert second.returncode == 0, second.stdout + second.stderr
     assert snapshot(root) == before
     for f in ("/etc/sysusers.d/ductile.conf", "/etc/tmpfiles.d/ductile.conf", "/etc/systemd/system/ductile.service",
-              "/etc/systemd/system/ductile-admin.service"):
+              "/etc/systemd/system/ductile-admin.service", "/etc/systemd/system/ductile-backup.service",
+              "/etc/systemd/system/ductile-backup.timer", "/etc/systemd/system/ductile-admin-backup.timer"):
         assert f"unchanged: {f}" in second.stdout
+    # the backup units are installed, tracked like the others, and the summary says to enable the timer
+    manifest = (root / "opt/ductile/install-manifest").read_text()
+    for name in ("ductile-backup.service", "ductile-backup.timer", "ductile-admin-backup.service",
+                 "ductile-admin-backup.timer"):
+        installed = root / "etc/systemd/system" / name
+        assert installed.read_text() == (SYSTEMD / name).read_text()
+        assert f"{hashlib.sha256(installed.read_bytes()).hexdigest()}  /etc/systemd/system/{name}" in manifest
+    assert "9. backups: systemctl enable --now ductile-backup.timer" in first.stdout
 
     users = {ln.split(":")[0]: ln.split(":") for ln in (root / "etc/passwd").read_text().splitlines()}
     gw, admin = int(users["ductile"][2]), int(users["ductile-admin"][2])
@@ -153,6 +162,7 @@ def test_staged_install_builds_the_layout_and_is_idempotent(tmp_path: Path) -> N
         "var/lib/ductile/accounts/untrusted": (0o700, 1002, 1002),
         "opt/ductile/plugins": (0o755, 0, 0),
         "etc/ductile-admin": (0o700, admin, admin), "var/lib/ductile-admin": (0o700, admin, admin),
+        "var/backups/ductile": (0o700, gw, gw),
     }
     for rel, (mode, uid, gid) in want.items():
         st = os.stat(root / rel)
@@ -366,6 +376,8 @@ def test_a_rerun_prints_upgrade_steps_never_the_first_install_ones(first_and_rer
     assert "rendered from /etc/ductile/config.yaml" in rerun
     assert "Upgrade: your /etc/ductile/config.yaml" in rerun
     assert "install -m" not in rerun.split("Upgrade:")[1] and "vault init" not in rerun
+    assert "unchanged: /etc/systemd/system/ductile-backup.service" in rerun  # rendered from the config: the same
+    assert "4. backups:  systemctl enable --now ductile-backup.timer" in rerun
     assert (root / "etc/ductile/config.yaml").read_text() == (REPO / "deploy/config/ductile.yaml").read_text()
 
 
@@ -377,7 +389,7 @@ def test_the_stdlib_renderer_install_sh_uses_prints_what_deploy_render_prints(tm
     from conftest import run_ductile
 
     cfg = str(REPO / "deploy/config/ductile.yaml")
-    for artefact in ("sysusers", "tmpfiles", "unit"):
+    for artefact in ("sysusers", "tmpfiles", "unit", "backup-service", "backup-timer"):
         bare = subprocess.run([sys.executable, "-m", "ductile.deploy", artefact, cfg, "/etc/ductile", "ductile"],
                               capture_output=True, text=True, cwd=REPO)
         cli = run_ductile("deploy", "render", artefact, "--config", cfg, "--config-dir", "/etc/ductile")
@@ -444,7 +456,7 @@ def test_rendering_works_with_a_python_that_lacks_pyyaml(tmp_path: Path) -> None
                        env={"PYTHON": py})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "fetching PyYAML into a scratch directory" in proc.stdout
-        assert "sysusers, tmpfiles and unit rendered from" in proc.stdout and "ids checked: no conflict" in proc.stdout
+        assert "sysusers, tmpfiles, unit and backup units rendered from" in proc.stdout and "ids checked: no conflict" in proc.stdout
         assert not (tmp_path / "stage").exists()
     finally:
         shutil.rmtree(bare)

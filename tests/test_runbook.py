@@ -173,6 +173,18 @@ def start_like_systemd(host: Host, journal: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def run_oneshot_like_systemd(host: Host, name: str) -> subprocess.CompletedProcess[str]:
+    """``systemctl start NAME`` for a Type=oneshot unit with no capabilities: its ExecStart,
+    as its User=/Group=, with its UMask= and an empty bounding set; the output is its journal."""
+    unit = unit_settings(host.path(f"/etc/systemd/system/{name}").read_text())
+    assert unit["Type"] == "oneshot" and unit["CapabilityBoundingSet"] == "", unit
+    setpriv = ["setpriv", f"--reuid={unit['User']}", f"--regid={unit['Group']}", "--init-groups",
+               "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    script = f"umask {unit['UMask']} && cd / && exec " + " ".join([*setpriv, "--", unit["ExecStart"]])
+    return subprocess.run(host.argv(["/bin/sh", "-c", script], {"HOME": "/nonexistent"}), capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
 def http(port: int, path: str, token: str | None = None, body: bytes | None = None) -> tuple[int, dict[str, object]]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body else "GET")
     if token:
@@ -198,7 +210,7 @@ def scratch() -> Iterator[Path]:
 def test_the_runbook_gives_a_verified_enforcing_gateway(scratch: Path) -> None:
     steps = runbook()
     assert list(steps) == ["install", "install-with-ids", "config", "vault", "token", "plugin", "lock", "verify",
-                           "start", "check"]
+                           "start", "check", "backups"]
     stage = scratch / "stage"
     base_system(stage)
     host = Host(stage)
@@ -300,6 +312,24 @@ def test_the_runbook_gives_a_verified_enforcing_gateway(scratch: Path) -> None:
         assert job_id in ledger and "succeeded" in ledger
         shown = json.loads(host.sh(f"runuser -u ductile -- ductile job show {job_id} --json --config /etc/ductile").stdout)
         assert str(ids[0]) in json.dumps(shown)
+
+        # 10. backups: install.sh installed the service and the timer; the timer is what gets
+        #     enabled (it starts the service daily), and one run now, while the gateway serves,
+        #     leaves a private archive without the age key
+        enable, start_backup = lines(steps["backups"])
+        assert enable == "systemctl enable --now ductile-backup.timer"
+        assert start_backup.startswith("systemctl start ductile-backup.service && journalctl -u ductile-backup")
+        timer = host.path("/etc/systemd/system/ductile-backup.timer").read_text()
+        assert "OnCalendar=daily" in timer and "WantedBy=timers.target" in timer
+        backups = host.path("/var/backups/ductile")
+        assert (os.stat(backups).st_uid, stat.S_IMODE(os.stat(backups).st_mode)) == (gw_uid, 0o700)
+        ran = run_oneshot_like_systemd(host, "ductile-backup.service")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        [archive] = list(backups.iterdir())
+        st = os.stat(archive)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (gw_uid, 0o600) and archive.name.endswith(".tar.gz")
+        members = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, text=True, check=True).stdout
+        assert "ductile.db" in members and "vault.age" in members and "age.key" not in members, members
 
         # stop: SIGTERM drains and exits cleanly
         gateway.send_signal(signal.SIGTERM)
