@@ -43,8 +43,10 @@ bench: $(STAMP)
 	$(VPY) bench/startup.py $(BENCH_ARGS)
 	$(VPY) bench/spawn.py $(BENCH_ARGS)
 	$(VPY) bench/boot.py $(BENCH_ARGS)
-	$(VPY) bench/throughput.py 300 5 --profile
+	$(VPY) bench/throughput.py 300 9 --profile
 	$(VPY) bench/queue_depth.py $(BENCH_ARGS)
+	$(VPY) bench/spawn_and_attest.py $(BENCH_ARGS)
+	$(VPY) bench/attest_tree.py $(BENCH_ARGS)
 
 # The demo lives in .demo/ (git-ignored) and is reused on the next run; as root it
 # provisions two demo accounts and enforces the wall, otherwise it runs unconfined.

@@ -13,16 +13,35 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from ductile import lock
-from ductile.config.model import ServiceConfig
-from ductile.plugins.discovery import discover_plugins
-from ductile.privsep.accounts import ResolvedAccount
-from ductile.privsep.spawnspec import build_spawn_spec
-from ductile.runtime.spawn import spawn
-from spawn_and_attest import N, UID, median_ms  # bench/ is on sys.path when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import UID, machine, need_root  # noqa: E402
+
+from ductile import lock  # noqa: E402
+from ductile.config.model import ServiceConfig  # noqa: E402
+from ductile.plugins.discovery import discover_plugins  # noqa: E402
+from ductile.privsep.accounts import ResolvedAccount  # noqa: E402
+from ductile.privsep.spawnspec import build_spawn_spec  # noqa: E402
+from ductile.runtime.spawn import spawn  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 200
+
+
+def median_ms(fn: Callable[[], object], n: int = N) -> float:
+    """In-process work (hashing, a walk): no other process to alternate with."""
+    fn()  # warm up
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
 
 def make_plugin(root: str, name: str, files: int) -> None:
     d = os.path.join(root, name)
@@ -38,9 +57,8 @@ def make_plugin(root: str, name: str, files: int) -> None:
 
 
 def main() -> None:
-    if os.geteuid() != 0:
-        sys.exit("run as root: the confined spawn drops to a numeric uid")
-    base = tempfile.mkdtemp(dir="/tmp")
+    need_root()
+    base = tempfile.mkdtemp(prefix="ductile-bench-", dir="/tmp")
     os.chmod(base, 0o711)
     try:
         state = os.path.join(base, "acct")
@@ -74,6 +92,7 @@ def main() -> None:
         print(f"{'discovery trust walk, per plugin (once per boot)':<52}{walk:>10.3f}{walk / confined:>9.3f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

@@ -228,13 +228,14 @@ def peak_rss(pid: int) -> Iterator[list[int]]:
         t.join()
 
 
-def profile(pid: int, seconds: float, out: Path) -> Path | None:
-    """A py-spy sampling profile of ``pid`` (collapsed stacks) if py-spy is installed."""
+def profile(pid: int, seconds: float, out: Path, *, gil: bool = False, idle: bool = False) -> Path | None:
+    """A py-spy sampling profile of ``pid`` (collapsed stacks) if py-spy is installed.
+    ``gil``: only the thread holding the GIL; ``idle``: waiting threads too."""
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     if not os.path.exists(spy):
         return None
     subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(max(1, seconds))), "--rate", "200",
-                    "--format", "raw", "--threads", "--nonblocking", *(["--gil"] if os.environ.get("GIL") else []), *(["--idle"] if os.environ.get("IDLE") else []), "-o", str(out)], capture_output=True)
+                    "--format", "raw", "--threads", "--nonblocking", *(["--gil"] if gil else []), *(["--idle"] if idle else []), "-o", str(out)], capture_output=True)
     return out if out.exists() else None
 
 

@@ -13,7 +13,6 @@ secret granted to the plugin, so compose really decrypts); the bare spawn is
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -49,6 +48,7 @@ from common import (  # noqa: E402
 )
 
 CLIENTS = 8
+STUCK = 300.0  # seconds: a burst that has not finished by then never will (a job left running)
 
 
 def burst(world: World, plugin: str, jobs: int) -> float:
@@ -74,6 +74,8 @@ def burst(world: World, plugin: str, jobs: int) -> float:
     while db.execute("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetchone()[0] < before + jobs:
         if db.execute("SELECT count(*) FROM jobs WHERE status IN ('failed', 'dead')").fetchone()[0]:
             raise SystemExit(f"a job failed: see {world.base / 'serve.log'}")
+        if time.perf_counter() - start > STUCK:
+            raise SystemExit(f"jobs still unfinished after {STUCK:.0f}s: see {world.base / 'serve.log'}")
         time.sleep(0.002)
     elapsed = time.perf_counter() - start
     db.close()
