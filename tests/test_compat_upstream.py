@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import textwrap
 from typing import Any
 
 import pytest
 
 from servehelp import free_port, wait_for
-from wallworld import PYTHON, World, destroy, make_world, require_root
+from wallworld import Serving, World, destroy, make_world, require_root
 
 pytestmark = pytest.mark.privileged
 
@@ -247,67 +245,15 @@ def test_dedupe_keys_come_back_from_plugin_run(world: World) -> None:
 
 # -- through serve, with upstream's client body ---------------------------------------------
 
-class Serve:
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.log = world.base / f"serve-{world.mode}.log"  # type: ignore[attr-defined]
-        cmd = [PYTHON, "-m", "ductile", "serve", "--config", str(world.etc)]
-        if world.gateway_uid:
-            gw = world.gateway_uid
-            cmd = ["setpriv", f"--reuid={gw}", f"--regid={gw}", "--clear-groups", "--inh-caps=-all,+setuid,+setgid",
-                   "--ambient-caps=+setuid,+setgid", "--", *cmd]
-        with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd="/",
-                                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "NO_COLOR": "1"})
-        wait_for("serve to answer", lambda: self.ready(), log=self.log.read_text)
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            return self.request("GET", "/healthz")[0] == 200
-        except OSError:
-            return False
-
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.world.port, timeout=30)  # type: ignore[attr-defined]
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Authorization": f"Bearer {TOKEN}"})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read() or b"null")
-        finally:
-            conn.close()
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            status, job = self.request("GET", f"/job/{job_id}")
-            assert status == 200, job
-            return job if job["status"] not in ("queued", "running") else None
-
-        return wait_for(f"job {job_id}", done, log=self.log.read_text, interval=0.2)
-
-    def jobs(self, plugin: str) -> list[dict[str, Any]]:
-        """Whole jobs: the listing holds summaries, each job's own answer the rest."""
-        listed = self.request("GET", f"/jobs?plugin={plugin}&limit=1000")[1]["jobs"]
-        return [self.request("GET", f"/job/{j['id']}")[1] for j in listed]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-
 @pytest.fixture(scope="module")
 def serve(world: World):  # type: ignore[no-untyped-def]
-    s = Serve(world)
+    s = Serving(world, TOKEN)
+    s.start(wait=True)
     yield s
-    assert s.stop() == 0, s.log.read_text()[-3000:]
+    assert s.stop() == 0, s.log()[-3000:]
 
 
-def test_an_upstream_client_body_reaches_handle_as_event_payload_through_serve(world: World, serve: Serve) -> None:
+def test_an_upstream_client_body_reaches_handle_as_event_payload_through_serve(world: World, serve: Serving) -> None:
     status, answer = serve.request("POST", "/plugin/_greet/handle", {"payload": {"name": "Grace"}})
     assert status == 202, answer
     job = serve.job(answer["job_id"])
@@ -316,19 +262,19 @@ def test_an_upstream_client_body_reaches_handle_as_event_payload_through_serve(w
     assert job["payload"] == {"name": "Grace"} and job["uid"] == world.accounts["default"]
 
 
-def test_routed_jobs_inherit_dedupe_keys_and_a_repeat_within_the_ttl_is_dropped(world: World, serve: Serve) -> None:
+def test_routed_jobs_inherit_dedupe_keys_and_a_repeat_within_the_ttl_is_dropped(world: World, serve: Serving) -> None:
     first = serve.job(serve.request("POST", "/plugin/watch/poll", {})[1]["job_id"])
     assert first["status"] == "succeeded"
 
     def greeted() -> list[dict[str, Any]] | None:
-        jobs = [j for j in serve.jobs("_greet") if j["parent_job_id"] == first["id"]]
+        jobs = [j for j in serve.api_jobs("_greet") if j["parent_job_id"] == first["id"]]
         return jobs if len(jobs) == 2 and all(j["status"] == "succeeded" for j in jobs) else None
 
-    jobs = wait_for("the two greetings", greeted, log=serve.log.read_text)
+    jobs = wait_for("the two greetings", greeted, log=serve.log)
     assert sorted(j["result"]["dedupe_key"] for j in jobs) == ["file:a.csv", "file:b.csv"]
     assert sorted(j["event"]["dedupe_key"] for j in jobs) == ["file:a.csv", "file:b.csv"]
     second = serve.job(serve.request("POST", "/plugin/watch/poll", {})[1]["job_id"])
-    assert not [j for j in serve.jobs("_greet") if j["parent_job_id"] == second["id"]]
+    assert not [j for j in serve.api_jobs("_greet") if j["parent_job_id"] == second["id"]]
     dropped = [e for e in second["events"] if e["type"] == "pipeline.deduplicated"]
     assert sorted(e["payload"]["dedupe_key"] for e in dropped) == ["file:a.csv", "file:b.csv"]
     assert {e["payload"]["first_job_id"] for e in dropped} == {j["id"] for j in jobs}
@@ -336,21 +282,21 @@ def test_routed_jobs_inherit_dedupe_keys_and_a_repeat_within_the_ttl_is_dropped(
     assert sorted(e["dedupe_key"] for e in stored) == ["file:a.csv", "file:b.csv"]
 
 
-def test_parallelism_loads_and_the_gateway_runs_the_not_concurrency_safe_plugin(world: World, serve: Serve) -> None:
+def test_parallelism_loads_and_the_gateway_runs_the_not_concurrency_safe_plugin(world: World, serve: Serving) -> None:
     ids = [serve.request("POST", "/plugin/watch/poll", {})[1]["job_id"] for _ in range(3)]
     assert [serve.job(i)["status"] for i in ids] == ["succeeded"] * 3
-    log = serve.log.read_text()
+    log = serve.log()
     assert "Traceback" not in log and "parallelism" not in log  # no unknown-key refusal, no warning
 
 
-def test_mirror_object_through_serve(world: World, serve: Serve) -> None:
+def test_mirror_object_through_serve(world: World, serve: Serving) -> None:
     serve.job(serve.request("POST", "/plugin/mirror/poll", {"snapshot": {"only": "this", "junk": 1}})[1]["job_id"])
     serve.job(serve.request("POST", "/plugin/mirror/poll", {"snapshot": {"only": "that"}})[1]["job_id"])
     last = serve.job(serve.request("POST", "/plugin/mirror/poll", {"snapshot": {}})[1]["job_id"])
     assert last["result"]["state_seen"] == {"only": "that"}
 
 
-def test_nothing_outlived_its_job(world: World, serve: Serve) -> None:
+def test_nothing_outlived_its_job(world: World, serve: Serving) -> None:
     from wallworld import live_processes
 
     for uid in world.accounts.values():

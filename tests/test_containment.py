@@ -21,8 +21,8 @@ import pytest
 
 from conftest import run_in_pty
 from servehelp import wait_for
-from wallworld import (WORLD_ENV, World, delegated_cgroup, destroy, live_processes, make_world, remove_cgroup,
-                       require_root)
+from wallworld import (WORLD_ENV, Serving, World, delegated_cgroup, destroy, live_processes, make_world,
+                       remove_cgroup, require_root)
 
 pytestmark = pytest.mark.privileged
 
@@ -345,38 +345,6 @@ time.sleep(600)
 '''
 
 
-class Serve:
-    def __init__(self, w: World) -> None:
-        self.w = w
-        self.runs = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def log(self) -> str:
-        return "\n".join((self.w.base / f"serve-{i}.log").read_text(errors="replace") for i in range(1, self.runs + 1)
-                         if (self.w.base / f"serve-{i}.log").exists())
-
-    def start(self) -> None:
-        self.runs += 1
-        with open(self.w.base / f"serve-{self.runs}.log", "wb") as fh:
-            self.proc = subprocess.Popen(self.w.command("serve"), stdout=fh, stderr=subprocess.STDOUT, cwd="/",
-                                         env=WORLD_ENV)
-
-    def jobs(self, plugin: str, status: str) -> list[dict[str, Any]]:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()[-4000:]}")
-        listed = self.w.run("job", "list", "--json", "--plugin", plugin, "--status", status)
-        if listed.returncode != 0:
-            return []
-        # the list holds summaries; `job show` has each job's result
-        return [json.loads(self.w.run("job", "show", j["id"], "--json").stdout)["job"] for j in json.loads(listed.stdout)]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        return self.proc.wait(60)
-
-
 SERVE_GRANTS = {"slow": "{run_as: default, schedules: [{every: 1h}], timeouts: {poll: 120s}}",
                 "join": "{run_as: default, timeouts: {poll: 1s}}",
                 "daemon": "{run_as: untrusted, schedules: [{every: 1h}]}",
@@ -391,7 +359,7 @@ def test_serve_contains_jobs_across_processes_and_restarts(gateway: str, contain
     of serve, the next boot sweeps the orphans before the crashed job is re-queued."""
     require_root()
     w = contained_world(gateway, containment, ["default", "untrusted", "sibling"], SERVE_GRANTS, SERVE_PLUGINS)
-    serve = Serve(w)
+    serve = Serving(w)
     try:
         serve.start()
         # (1) the scheduled daemon job succeeds and its daemon is gone

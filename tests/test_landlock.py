@@ -234,29 +234,6 @@ def test_account_explain_shows_the_allowlist_and_what_is_enforced(world: World) 
 
 # ---- the kernel ruleset kept between jobs of one gateway process ----
 
-HOLDER = '''\
-#!/usr/bin/python3
-import json, os, sys, time
-p = json.load(sys.stdin)["payload"]
-out = {}
-if p.get("signal"):
-    try:
-        os.kill(p["signal"], 0)
-        out["signal"] = "SIGNALLED"
-    except OSError as e:
-        out["signal"] = "EPERM" if e.errno == 1 else str(e.errno)
-with open("own-file", "w") as fh:
-    fh.write("mine")
-out["own_dir"] = open("own-file").read()
-if p.get("hold"):
-    open("held.pid", "w").write(str(os.getpid()))
-    deadline = time.monotonic() + 60
-    while not os.path.exists("release") and time.monotonic() < deadline:
-        time.sleep(0.02)
-json.dump({"status": "ok", "result": out}, sys.stdout)
-'''
-
-
 @pytest.fixture()
 def one_account():  # type: ignore[no-untyped-def]
     """An account, its state_dir and a plugin, for spawns made in this process (so they
@@ -274,7 +251,7 @@ def one_account():  # type: ignore[no-untyped-def]
     os.chown(state, uid, uid)
     plugin = base / "plugin"
     plugin.mkdir(mode=0o755)
-    (plugin / "run").write_text(HOLDER)
+    (plugin / "run").write_text(TRY)
     os.chmod(plugin / "run", 0o755)
     landlock_linux.forget_built()
     yield uid, base, state, plugin
@@ -319,9 +296,9 @@ def test_two_jobs_from_one_kept_ruleset_cannot_signal_each_other(one_account) ->
         pid = int((state / "held.pid").read_text())
         kept = dict(landlock_linux._built)
         assert len(kept) == 1, kept
-        second = _job(spec, {"signal": pid})
+        second = _job(spec, {"signal": [pid]})
         assert dict(landlock_linux._built) == kept  # built once, used by both jobs
-        assert second["signal"] == "EPERM", second
+        assert second["signal"] == {str(pid): "EPERM"}, second
     finally:
         (state / "release").write_text("go")
         holder.join(60)

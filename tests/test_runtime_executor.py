@@ -3,11 +3,11 @@ spawn edge refuses (the real-process paths are in test_privsep_wall.py)."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
+from servehelp import plugin
 
 from ductile.config import load_config
 from ductile.errors import AccountDropFailed
@@ -20,11 +20,8 @@ from ductile.runtime.executor import Executor, Job
 @pytest.fixture
 def runtime(tmp_path: Path) -> Runtime:
     (tmp_path / "etc").mkdir()
-    d = tmp_path / "plugins" / "echo"
-    d.mkdir(parents=True)
-    (d / "manifest.yaml").write_text("name: echo\nprotocol: 2\nentrypoint: run.py\ncommands: [{name: poll, type: read}]\n")
-    (d / "run.py").write_text("#!/usr/bin/python3\n")
-    os.chmod(d / "run.py", 0o755)
+    (tmp_path / "plugins").mkdir()
+    plugin(tmp_path / "plugins", "echo", "#!/usr/bin/python3\n", commands="[{name: poll, type: read}]")
     (tmp_path / "etc" / "config.yaml").write_text(textwrap.dedent("""\
         plugin_roots: [../plugins]
         api: {enabled: false}

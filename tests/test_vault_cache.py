@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servehelp import plugin
 from vault_helpers import store_at
 
 from ductile.config import load_config
@@ -116,11 +117,8 @@ def test_a_removed_vault_is_no_vault(store: VaultStore) -> None:
 @pytest.fixture
 def wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     (tmp_path / "etc").mkdir()
-    d = tmp_path / "plugins" / "echo"
-    d.mkdir(parents=True)
-    (d / "manifest.yaml").write_text("name: echo\nprotocol: 2\nentrypoint: run.py\ncommands: [{name: poll, type: read}]\n")
-    (d / "run.py").write_text("#!/usr/bin/python3\n")
-    os.chmod(d / "run.py", 0o755)
+    (tmp_path / "plugins").mkdir()
+    plugin(tmp_path / "plugins", "echo", "#!/usr/bin/python3\n", commands="[{name: poll, type: read}]")
     (tmp_path / "etc" / "config.yaml").write_text(textwrap.dedent("""\
         plugin_roots: [../plugins]
         state: {path: ../state/ductile.db}

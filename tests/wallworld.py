@@ -9,6 +9,7 @@ import grp
 import json
 import os
 import pwd
+import signal
 import shutil
 import subprocess
 import sys
@@ -362,3 +363,83 @@ class NamedUser:
         if subprocess.run(["userdel", self.name], capture_output=True).returncode != 0:
             subprocess.run(["userdel", "-f", self.name], capture_output=True)
         subprocess.run(["groupdel", self.name], capture_output=True)  # if USERGROUPS_ENAB left it
+
+
+class Serving:
+    """``ductile serve`` for a World — as root or cap-only, as ``World.command`` starts it —
+    with its log, its API (when the world has a ``port`` and a token is given) and its
+    ledger through the CLI: what the tests that run serve in a wall world share."""
+
+    def __init__(self, w: World, token: str | None = None) -> None:
+        self.w = w
+        self.token = token
+        self.runs = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        return "\n".join((self.w.base / f"serve-{i}.log").read_text(errors="replace") for i in range(1, self.runs + 1)
+                         if (self.w.base / f"serve-{i}.log").exists())
+
+    def start(self, *, wait: bool = False) -> None:
+        """Start serve; ``wait``: until its API answers /healthz."""
+        from servehelp import wait_for
+
+        self.runs += 1
+        with open(self.w.base / f"serve-{self.runs}.log", "wb") as fh:
+            self.proc = subprocess.Popen(self.w.command("serve"), stdout=fh, stderr=subprocess.STDOUT, cwd="/",
+                                         env=WORLD_ENV)
+        if wait:
+            wait_for("serve to answer", self.ready, log=self.log)
+
+    def alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+
+    def ready(self) -> bool:
+        self.alive()
+        try:
+            return self.request("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.w.port, timeout=30)  # type: ignore[attr-defined]
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"null")
+        finally:
+            conn.close()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job once it has settled (GET /job/ID)."""
+        from servehelp import wait_for
+
+        def done() -> dict[str, Any] | None:
+            status, job = self.request("GET", f"/job/{job_id}")
+            assert status == 200, job
+            return job if job["status"] not in ("queued", "running") else None
+
+        return wait_for(f"job {job_id}", done, log=self.log, interval=0.2)
+
+    def api_jobs(self, plugin: str) -> list[dict[str, Any]]:
+        """Whole jobs through the API: the listing holds summaries, each job's own answer the rest."""
+        listed = self.request("GET", f"/jobs?plugin={plugin}&limit=1000")[1]["jobs"]
+        return [self.request("GET", f"/job/{j['id']}")[1] for j in listed]
+
+    def jobs(self, plugin: str, status: str) -> list[dict[str, Any]]:
+        """Whole jobs through the CLI (``job list`` summaries, then ``job show`` each)."""
+        self.alive()
+        listed = self.w.run("job", "list", "--json", "--plugin", plugin, "--status", status)
+        if listed.returncode != 0:
+            return []
+        return [json.loads(self.w.run("job", "show", j["id"], "--json").stdout)["job"] for j in json.loads(listed.stdout)]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        return self.proc.wait(60)
