@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ductile.cliopts import config_option, json_option
+from ductile.config.units import format_size
 
 if TYPE_CHECKING:
     from ductile.config import LoadedConfig
@@ -25,15 +26,6 @@ TTY_PROGRESS_BYTES = 8 * 1024 * 1024
 @click.group()
 def system() -> None:
     """Back up and restore the gateway, ask the running gateway how it is, check the state."""
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _count(n: int, noun: str) -> str:
@@ -68,7 +60,7 @@ def _print_plan(plan: BackupPlan, dest: str, config: str) -> None:
         if src.tree:
             files = [m for m in members if m.kind == "file"]
             click.echo(f"  {src.arcroot}/  <- {src.path} ({_count(len(files), 'file')}, "
-                       f"{_size(sum(m.size for m in files))})")
+                       f"{format_size(sum(m.size for m in files))})")
         else:
             extra = " (consistent snapshot)" if src.role == "db" else ""
             click.echo(f"  {src.arcroot}  <- {src.path}{extra}")
@@ -140,7 +132,7 @@ def backup(to: str, scope: str, keep: int | None, config_path: str | None, as_js
         emit_json({**result.manifest, "archive": result.archive, "pruned": list(result.pruned)})
         return
     files = result.plan.files
-    click.echo(f"wrote {result.archive} ({_count(len(files), 'file')}, {_size(sum(m.size for m in files))} before "
+    click.echo(f"wrote {result.archive} ({_count(len(files), 'file')}, {format_size(sum(m.size for m in files))} before "
                f"compression, mode 0600)")
     for path in result.pruned:
         click.echo(f"removed {path} (--keep {keep})")
@@ -247,7 +239,7 @@ def _print_restore(result: Any) -> None:
     click.echo(f"archive {result.archive}: scope {m.scope}, made {m.created_at} on {m.hostname} by ductile "
                f"{m.version}, pairing code {m.backup_uid or 'none'}")
     files = m.files
-    click.echo(f"verified: {len(m.members)} members, {_size(sum(f.size for f in files))}; every sha256 matches "
+    click.echo(f"verified: {len(m.members)} members, {format_size(sum(f.size for f in files))}; every sha256 matches "
                "the manifest")
     click.echo(f"secret surface owner: uid {plan.gateway[0]} gid {plan.gateway[1]} ({result.owner_from})")
     for note in plan.notes:
@@ -321,7 +313,7 @@ def status(config_path: str | None, as_json: bool) -> None:
             ("queue", f"{report['queue_depth']} queued, {report['running_jobs']} running"),
             ("last job", f"{last['id']} {last['plugin']}.{last['command']} {last['status']} at {last['finished_at']}"
              if last else "none yet"),
-            ("memory", f"{_size(report['rss_bytes'])} RSS, {report['threads']} threads"),
+            ("memory", f"{format_size(report['rss_bytes'])} RSS, {report['threads']} threads"),
             ("uptime", f"{report['uptime_seconds']:.0f}s"),
             ("config", report["config"]),
         ]

@@ -19,7 +19,7 @@ from ductile.config.load import discover, inspect_config
 from ductile.config.model import Config
 from ductile.config.rules import config_rules
 from ductile.config.show import effective_view
-from ductile.config.units import format_duration, parse_duration, parse_size
+from ductile.config.units import format_duration, format_size, parse_duration, parse_size
 from ductile.errors import ConfigError
 
 
@@ -47,6 +47,13 @@ def test_example_config_loads_with_includes_and_relative_paths() -> None:
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+                                    (5 * 1024**2, "5.0 MiB"), (3 * 1024**3 + 1024**3 // 5, "3.2 GiB"),
+                                    (2048 * 1024**3, "2048.0 GiB")])
+def test_sizes_for_people(n: int, text: str) -> None:
+    assert format_size(n) == text
 
 
 @pytest.mark.parametrize("bad", ["", "30", "5 m", "m5", "1w", "-1s", "1h-5m", "ten seconds"])

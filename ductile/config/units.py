@@ -48,6 +48,16 @@ def parse_percent(value: str) -> int:
     return int(value.strip()[:-1])
 
 
+def format_size(n: int) -> str:
+    """``n`` bytes for a person: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (GiB at most)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds`` (inverse of parse_duration for round values)."""
     ms = round(seconds * 1000)

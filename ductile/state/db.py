@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from ductile.durable import fsync_dir
 from ductile.errors import StateError
 from ductile.state import faults
 from ductile.state.schema import APPLICATION_ID, MIGRATIONS
@@ -90,14 +91,6 @@ def _ensure_parent(path: str) -> None:
             pass
         except OSError as err:
             raise os_error(path, err, f"cannot create state directory {directory}") from err
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _damaged(path: str, cause: str, what: str) -> StateError:
@@ -473,7 +466,7 @@ def _initialise(path: str) -> None:
             pass  # another process made it first: use theirs (checked by the caller)
         except OSError as err:
             raise os_error(path, err, f"cannot create state database {path}") from err
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         for suffix in SIDE_FILES:
             with contextlib.suppress(FileNotFoundError):

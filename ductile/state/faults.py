@@ -28,6 +28,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from ductile.config.units import format_size
+
 TRANSIENT = frozenset({"disk_full", "read_only", "permission", "locked", "io", "missing"})
 DAMAGED = frozenset({"not_a_database", "corrupt"})
 
@@ -89,15 +91,6 @@ def cause_of_errno(number: int | None) -> str:
     return _ERRNO_CAUSES.get(number or 0, "other")
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
-
-
 def move_aside_command(facts: FsFacts) -> str:
     """Shell that moves a damaged database and its side files out of the way, keeping them."""
     files = [facts.path, *facts.side_files]
@@ -112,7 +105,7 @@ def diagnose(cause: str, detail: str, facts: FsFacts) -> Fault:
     elif cause in ("missing", "permission") and facts.read_only_fs:
         cause = "read_only"  # SQLite cannot create its -shm on a read-only mount: says "unable to open"
     if cause == "disk_full":
-        free = f" ({_human(facts.free_bytes)} free)" if facts.free_bytes is not None else ""
+        free = f" ({format_size(facts.free_bytes)} free)" if facts.free_bytes is not None else ""
         return Fault(cause, f"the filesystem holding {path} is full{free}: {detail}",
                      f"free space on {facts.mountpoint} (df -h {directory}), then retry")
     if cause == "read_only":

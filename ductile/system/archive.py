@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from types import FrameType
 from urllib.parse import quote
 
+from ductile.durable import fsync_dir
 from ductile.system.gather import BackupError, open_member
 from ductile.system.plan import MANIFEST_NAME, UID_NAME, BackupPlan, Member, Source
 from ductile.system.secretzero import MaterialScanner
-from ductile.vault.keyfile import fsync_dir
 
 BUSY_TIMEOUT_MS = 30_000
 CHUNK = 1 << 20

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pyrage import IdentityError, x25519  # type: ignore[import-untyped]
 
+from ductile.durable import fsync_dir
 from ductile.errors import VaultError
 from ductile.state.faults import space_or_mount
 from ductile.vault.document import utc_now
@@ -148,14 +149,6 @@ def make_dirs_private(directory: str) -> None:
                 raise VaultError("exists but is not a directory", where=d, fix="move it out of the way") from None
             continue
         os.chmod(d, 0o700)  # mkdir's mode is filtered by the umask; make it exact
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def key_file_text(identity: x25519.Identity) -> str:

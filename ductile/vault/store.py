@@ -32,11 +32,11 @@ import pyrage  # type: ignore[import-untyped]
 from pyrage import x25519
 
 from ductile.config.model import SecretsConfig
+from ductile.durable import fsync_dir
 from ductile.errors import VaultError
 from ductile.vault.document import NONCE_BYTES, VaultDocument, new_document, parse, serialize
 from ductile.vault.keyfile import (
     create_key_file,
-    fsync_dir,
     io_error,
     make_dirs_private,
     read_identity,
