@@ -131,6 +131,7 @@ class ServeWorld:
     secrets: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    state_extra: str = ""  # more keys of the state: mapping, e.g. "retention: {every: 2s}"
 
     @property
     def etc(self) -> Path:
@@ -150,7 +151,7 @@ class ServeWorld:
 
     def write_config(self) -> None:
         head = textwrap.dedent(f"""\
-            state: {{path: ../state/ductile.db}}
+            state: {{path: ../state/ductile.db{", " + self.state_extra if self.state_extra else ""}}}
             secrets: {{age_key_file: secret/age.key, vault_file: ../state/vault.age}}
             plugin_roots: [../plugins]
             """)

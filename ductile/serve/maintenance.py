@@ -9,8 +9,8 @@
 
 * **Retention** (``state.retention``, ``ductile.state.retention``): finished jobs, events
   and audit rows past their age, and dedupe keys past their expiry, removed in small
-  batches on a thread of its own, the first round a minute after boot and then every
-  ``state.retention.every``. A drain stops it between two batches.
+  batches on a thread of its own, the first round a minute after boot (sooner when
+  ``state.retention.every`` is shorter) and then every ``state.retention.every``. A drain stops it between two batches.
 
 A failed round is reported through ``health`` like any other database fault and tried
 again at the next tick; it never stops the gateway.
@@ -48,7 +48,7 @@ class Maintenance:
         self.clock = clock
         self._timer = Periodic("maintenance", every, self.run_once, first_now=False)
         self._pruner = Periodic("retention", 1.0, self.prune_if_due, first_now=False)
-        self._next_prune = clock() + FIRST_PRUNE_AFTER
+        self._next_prune = clock() + min(FIRST_PRUNE_AFTER, retention().every if retention is not None else 0.0)
         self.last_pruned: Pruned | None = None
 
     def start(self) -> None:
