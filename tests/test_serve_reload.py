@@ -1,0 +1,176 @@
+"""Reload a real serve: SIGHUP, `ductile system reload` and POST /system/reload, with a
+valid change (a new token works, the old one is refused, a running job completes), an
+invalid one (the running config is kept and the reason is said) and one that needs a
+restart (refused). No timed assertions: every wait polls until a generous deadline."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ductile
+from servehelp import ECHO, PY, ServeWorld, make_serve_world, wait_for
+
+OLD = "old-token-" + "a1" * 16
+NEW = "new-token-" + "b2" * 16
+RELOADER = "reload-token-" + "c3" * 16
+HOOK_OLD = "hook-old-" + "d4" * 16
+HOOK_NEW = "hook-new-" + "e5" * 16
+
+# answers once the file named in its payload exists: a job that runs as long as the test wants
+WAITER = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    gate = req["payload"]["gate"]
+    for _ in range(1200):
+        if os.path.exists(gate):
+            break
+        time.sleep(0.05)
+    json.dump({{"status": "ok", "result": {{"gate": os.path.exists(gate)}}}}, sys.stdout)
+'''
+
+
+def config(token_ref: str, port: str = "@PORT@", extra: str = "", hook_ref: str = "hook-old") -> str:
+    return f"""\
+    service: {{unconfined: true, max_workers: 2, shutdown_timeout: 10s}}
+    plugins:
+      echo: {{}}
+      waiter: {{timeouts: {{poll: 120s}}}}
+    api:
+      listen: 127.0.0.1:{port}
+      tokens:
+        - {{name: ops, secret_ref: {token_ref}, scopes: ["*"]}}
+        - {{name: reloader, secret_ref: api-reloader, scopes: ["system:rw"]}}
+        - {{name: viewer, secret_ref: api-viewer, scopes: ["echo:ro"]}}
+    webhooks:
+      - {{path: /hooks/echo, plugin: echo, secret_ref: {hook_ref}}}
+    {extra}"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
+    w = make_serve_world(tmp_path_factory.mktemp("reload"), config("api-old"), {"echo": ECHO, "waiter": WAITER},
+                         secrets={"api-old": OLD, "api-new": NEW, "api-reloader": RELOADER, "api-viewer": "v" * 40,
+                                  "hook-old": HOOK_OLD, "hook-new": HOOK_NEW})
+    w.start()
+    yield w
+    code = w.stop()
+    assert code == 0, w.log()[-3000:]
+
+
+def rewrite(w: ServeWorld, body: str) -> None:
+    w.config_body = body
+    w.write_config()
+
+
+def reloads(w: ServeWorld) -> dict:
+    return w.request("GET", "/healthz")[1]["reloads"]
+
+
+def test_sighup_swaps_tokens_and_a_running_job_finishes_on_the_old_runtime(world: ServeWorld, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    job_id = world.trigger("waiter", "poll", {"gate": str(gate)}, OLD)
+    wait_for("the waiter to run", lambda: world.job(job_id, OLD)["status"] == "running", log=world.log)
+    generation = reloads(world)["generation"]
+
+    rewrite(world, config("api-new"))
+    assert world.proc is not None
+    world.proc.send_signal(signal.SIGHUP)
+    wait_for("the reload", lambda: reloads(world)["generation"] == generation + 1, log=world.log)
+
+    assert world.request("GET", "/plugins", token=NEW)[0] == 200
+    status, body = world.request("GET", "/plugins", token=OLD)
+    assert status == 401 and body["error"] == "unknown bearer token"
+    assert world.proc.poll() is None  # SIGHUP no longer stops the gateway
+
+    gate.write_text("go")
+    done = world.wait_job(job_id, NEW)
+    assert done["status"] == "succeeded" and done["result"] == {"gate": True}
+    assert [a["outcome"] for a in done["attempts"]] == ["succeeded"]  # never killed, never re-run
+    last = reloads(world)["last"]
+    assert last["reloaded"] is True and last["source"] == "signal"
+    assert "reloaded" in world.log() and "reload requested (signal)" in world.log()
+
+
+def test_an_invalid_config_keeps_the_running_one_and_says_why(world: ServeWorld) -> None:
+    token = NEW if world.request("GET", "/plugins", token=NEW)[0] == 200 else OLD
+    ref = "api-new" if token == NEW else "api-old"
+    good = world.config_body
+    generation = reloads(world)["generation"]
+    # a key the schema does not know: SIGHUP, so the gateway itself reads it
+    rewrite(world, config(ref, extra="bogus_key: 1"))
+    try:
+        assert world.proc is not None
+        world.proc.send_signal(signal.SIGHUP)
+        wait_for("the refused reload", lambda: (reloads(world)["last"] or {}).get("result") == "failed"
+                 and "bogus_key" in reloads(world)["last"]["message"], log=world.log)
+        assert reloads(world)["generation"] == generation
+        assert world.request("GET", "/plugins", token=token)[0] == 200  # still the old runtime
+        assert "reload refused, still running generation" in world.log()
+
+        # a token whose secret is not in the vault: only the gateway can tell; the command says why
+        rewrite(world, config("api-missing"))
+        proc = run_ductile("system", "reload", "--config", str(world.etc))
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert "not reloaded" in proc.stderr and "api-missing" in proc.stderr and "fix:" in proc.stderr
+        assert world.request("GET", "/plugins", token=token)[0] == 200
+
+        # the same answer over the API, with the reason
+        status, body = world.request("POST", "/system/reload", token=RELOADER)
+        assert status == 422 and "api-missing" in body["error"] and body["reloaded"] is False
+    finally:
+        rewrite(world, good)
+    proc = run_ductile("system", "reload", "--config", str(world.etc))
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "reloaded" in proc.stdout
+
+
+def test_a_listen_change_needs_a_restart_and_is_refused(world: ServeWorld) -> None:
+    token = NEW if world.request("GET", "/plugins", token=NEW)[0] == 200 else OLD
+    good = world.config_body
+    rewrite(world, config("api-new" if token == NEW else "api-old", port="1"))
+    try:
+        proc = run_ductile("system", "reload", "--config", str(world.etc), "--json")
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        report = json.loads(proc.stdout)
+        assert report["restart_required"] is True and "api.listen" in report["message"]
+        assert "restart" in report["fix"]
+        assert world.request("GET", "/healthz")[0] == 200  # still on the old port
+    finally:
+        rewrite(world, good)
+
+
+def test_post_system_reload_needs_system_rw(world: ServeWorld) -> None:
+    assert world.request("POST", "/system/reload")[0] == 401
+    status, body = world.request("POST", "/system/reload", token="v" * 40)
+    assert status == 403 and "system:rw" in body["fix"]
+    status, body = world.request("POST", "/system/reload", token=RELOADER)
+    assert status == 200 and body["reloaded"] is True and body["source"] == "api:reloader"
+
+
+def test_a_reload_re_resolves_webhook_keys(world: ServeWorld) -> None:
+    from ductile.serve.signatures import sign
+
+    body = b'{"n": 1}'
+    good = world.config_body
+    rewrite(world, good.replace("hook-old", "hook-new"))
+    try:
+        assert run_ductile("system", "reload", "--config", str(world.etc)).returncode == 0
+        old = world.request("POST", "/hooks/echo", body, headers={"X-Hub-Signature-256": "sha256=" + sign(
+            HOOK_OLD.encode(), body), "X-Request-Id": "r1"})
+        new = world.request("POST", "/hooks/echo", body, headers={"X-Hub-Signature-256": "sha256=" + sign(
+            HOOK_NEW.encode(), body), "X-Request-Id": "r2"})
+        assert old[0] == 401 and new[0] == 202, (old, new)
+    finally:
+        rewrite(world, good)
+        assert run_ductile("system", "reload", "--config", str(world.etc)).returncode == 0
+
+
+def test_system_reload_without_a_gateway_says_so(tmp_path: Path) -> None:
+    w = make_serve_world(tmp_path, "service: {unconfined: true}\napi: {enabled: false}\n")
+    proc = run_ductile("system", "reload", "--config", str(w.etc))
+    assert proc.returncode == 3 and "no gateway is running" in proc.stderr
