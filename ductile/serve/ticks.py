@@ -83,6 +83,20 @@ def host_zone() -> tzinfo:
         return timezone.utc
 
 
+def host_zone_name() -> str:
+    """The host's zone as a person reads it: ``$TZ``, else what /etc/localtime links to."""
+    zone = host_zone()
+    key = getattr(zone, "key", None)
+    if key and key != "localtime":
+        return str(key)
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        return "UTC"
+    marker = "/zoneinfo/"
+    return target.split(marker, 1)[1] if marker in target else ("UTC" if zone is timezone.utc else "localtime")
+
+
 @dataclass(frozen=True)
 class Schedule:
     id: str           # stable while the schedule's definition is unchanged
