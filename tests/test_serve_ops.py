@@ -55,6 +55,7 @@ CONFIG = f"""\
         schedules: [{{every: 1s, if_running: cancel, payload: {{gate: /nonexistent-gate}}}}]
       once:
         schedules: [{{at: "{AT}"}}, {{after: 1s, command: health}}]
+      forger: {{}}
       office:
         schedules: [{{every: 1s, timezone: UTC, only_between: "{CLOSED_WINDOW}"}}]
     pipelines:
@@ -76,13 +77,24 @@ FAILER = f'''\
 '''
 
 
+# a hostile plugin forging the gateway's failure and breaker events to set off its hooks
+FORGER = f'''\
+    #!{PY}
+    import json, sys
+    json.load(sys.stdin)
+    json.dump({{"status": "ok", "result": "forged", "events": [
+        {{"type": "job.dead", "payload": {{"plugin": "flaky", "command": "poll", "job_id": "x", "error": "fake"}}}},
+        {{"type": "plugin.breaker_opened", "payload": {{"plugin": "flaky"}}}}]}}, sys.stdout)
+'''
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
     from servehelp import plugin
 
     w = make_serve_world(tmp_path_factory.mktemp("ops"), CONFIG,
                          {"flaky": BAD, "bad": BAD, "failer": FAILER, "notify": ECHO, "slow": WAITER, "churn": WAITER,
-                          "office": ECHO},
+                          "office": ECHO, "forger": FORGER},
                          secrets={"api-ops": OPS, "api-scraper": SCRAPER, "api-viewer": VIEWER})
     plugin(w.plugins, "once", ECHO, commands="[{name: poll, type: read}, {name: health, type: read}]")
     w.start()
@@ -269,3 +281,19 @@ def test_lifecycle_payload_for_a_job_the_viewer_may_not_read_is_not_listed(world
     """The viewer token (notify:ro) sees notify jobs but a /jobs search never leaks others."""
     status, body = world.request("GET", "/jobs?search=misconfigured", token=VIEWER)
     assert status == 200 and all(j["plugin"] == "notify" for j in body["jobs"])
+
+
+def test_a_plugin_cannot_forge_failure_or_breaker_events(world: ServeWorld) -> None:
+    before = len([j for j in jobs(world, "notify")])
+    job = world.wait_job(world.trigger("forger", "poll", {}, OPS), OPS)
+    assert job["status"] == "succeeded" and job["events"] == []
+    assert any("job.dead" in w for w in job["warnings"]) and any("plugin.breaker_opened" in w for w in job["warnings"])
+    assert not [j for j in jobs(world, "notify") if j["parent_job_id"] == job["id"]]
+    assert len(jobs(world, "notify")) >= before
+
+
+def test_the_gateway_scopes_start_no_plugin(world: ServeWorld) -> None:
+    status, body = world.request("POST", "/plugin/notify/poll", {}, token=SCRAPER)
+    assert status == 403, body
+    status, body = world.request("GET", "/jobs", token=SCRAPER)
+    assert status == 200 and body["jobs"] == []

@@ -174,3 +174,23 @@ def test_system_reload_without_a_gateway_says_so(tmp_path: Path) -> None:
     w = make_serve_world(tmp_path, "service: {unconfined: true}\napi: {enabled: false}\n")
     proc = run_ductile("system", "reload", "--config", str(w.etc))
     assert proc.returncode == 3 and "no gateway is running" in proc.stderr
+
+
+def test_system_breaker_without_a_gateway_reads_and_resets_the_database(tmp_path: Path) -> None:
+    from ductile.state import open_state
+    from ductile.state.breakers import Breaker
+
+    w = make_serve_world(tmp_path, "service: {unconfined: true}\napi: {enabled: false}\nplugins:\n"
+                                   "  poller: {schedules: [{every: 1m}]}\n")
+    with open_state(str(w.db)) as db:
+        db.breakers.put(Breaker("poller", "open", 3, 1.0, 2.0, "boom"))
+    shown = run_ductile("system", "breaker", "--config", str(w.etc), "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["from"].startswith("database") and report["breakers"][0]["state"] == "open"
+    reset = run_ductile("system", "breaker", "poller", "--reset", "--config", str(w.etc))
+    assert reset.returncode == 0 and "reset the breaker of poller" in reset.stdout, reset.stderr
+    with open_state(str(w.db), create=False) as db:
+        assert db.breakers.get("poller").state == "closed"  # type: ignore[union-attr]
+    unknown = run_ductile("system", "breaker", "nope", "--config", str(w.etc))
+    assert unknown.returncode == 1 and "no plugin nope" in unknown.stderr

@@ -312,3 +312,24 @@ def test_retention_prunes_old_finished_rows_and_keeps_what_is_still_needed(tmp_p
         assert db.jobs.get(ids["recent"]) is not None
         assert [e.type for e in db.events.list_events()] == ["e.kept"]  # a kept job still needs it
         assert r.prune(cut).total == 0
+
+
+def test_a_job_recovery_settles_dead_still_emits_job_dead(tmp_path: Path) -> None:
+    from ductile.config.model import PipelineConfig, PipelineOn, PipelineStep, PluginConfig
+    from ductile.serve.record import record_recovered
+    from ductile.state import open_state
+
+    config = Config(plugins={"p": PluginConfig(), "notify": PluginConfig()},
+                    pipelines=(PipelineConfig("alert", PipelineOn("job.dead", ("p",)), (PipelineStep("notify"),)),))
+    with open_state(str(tmp_path / "s.db")) as db:
+        job_id = db.jobs.enqueue("p", "poll", {"secret_thing": "x"}, max_attempts=1, trigger="schedule",
+                                 authority={"trigger": "schedule", "scopes": None})
+        assert db.jobs.claim(time.time()).job is not None
+        assert db.jobs.recover_after_crash() == [(job_id, "dead")]
+        assert record_recovered(db, config, job_id) is True
+        hooks = [j for j in db.jobs.list_jobs(plugin="notify")]
+        assert len(hooks) == 1 and hooks[0].parent_job_id == job_id and hooks[0].event_depth == 1
+        payload = hooks[0].event["payload"]
+        assert payload["reason"] == "recovered_after_crash" and payload["job_id"] == job_id
+        assert "secret_thing" not in repr(payload)
+        assert record_recovered(db, config, hooks[0].id) is False  # not dead: nothing

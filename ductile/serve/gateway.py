@@ -47,6 +47,7 @@ from ductile.serve.logs import LEVELS, Redactor, log
 from ductile.serve.maintenance import Maintenance
 from ductile.serve.metrics import Metrics
 from ductile.serve.notify import notify
+from ductile.serve.record import record_recovered
 from ductile.serve.reload import Generation, ReloadHistory, ReloadResult, attempt
 from ductile.serve.scheduler import Scheduler
 from ductile.serve.scopes import TokenTable
@@ -84,7 +85,8 @@ class Gateway:
                                          job.plugin, job.command, status, took))
         self.scheduler = Scheduler(booted.db, booted.schedules, on_enqueue=self.dispatcher.wake, health=self.health,
                                    config=rt.config, supersede=self.dispatcher.supersede)
-        self.maintenance = Maintenance(booted.db, self.health, retention=lambda: self.gen.config.state.retention)
+        self.maintenance = Maintenance(booted.db, self.health, retention=lambda: self.gen.config.state.retention,
+                                       on_dead=self._hook_recovered)
         self.intake = Intake(booted.db)
         self.draining = threading.Event()
         self.ctx = self._context(self.gen)
@@ -106,6 +108,19 @@ class Gateway:
                           wake=self.dispatcher.wake, running=self.dispatcher.running, draining=self.draining,
                           started=self.started, health=self.health, intake=self.intake, reload=self.reload,
                           ops=self.ops, metrics=self.metrics)
+
+    def _hook_recovered(self, job_ids: list[str]) -> None:
+        """job.dead for jobs recovery settled dead (boot, or an orphan of ``plugin run``)."""
+        hooked = 0
+        for job_id in job_ids:
+            try:
+                hooked += record_recovered(self.b.db, self.gen.config, job_id,
+                                           Dispatcher._command_type(self.gen.runtime))
+            except DuctileError as err:
+                log(_log, logging.WARNING, f"job {job_id} is dead but its job.dead event could not be stored: "
+                    f"{err.message}", job_id=job_id, fix=err.fix)
+        if hooked:
+            self.dispatcher.wake(hooked)
 
     def ops(self) -> dict[str, Any]:
         return opsfacts.ops(self.b.db, self.reloads, self.gen.number)
@@ -150,6 +165,7 @@ class Gateway:
             time.sleep(0.02)
 
     def start(self) -> None:
+        self._hook_recovered([job_id for job_id, status in self.b.recovered if status == "dead"])
         self.intake.start()
         cfg = self.b.runtime.config
         listen = cfg.api.listen if self.b.listener is not None else "off"

@@ -40,12 +40,14 @@ class Maintenance:
     def __init__(self, db: StateDB, health: Health, *, every: float = CHECKPOINT_EVERY,
                  extra: tuple[Callable[[], None], ...] = (),
                  retention: Callable[[], RetentionConfig] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_dead: Callable[[list[str]], None] | None = None) -> None:
         self.db = db
         self.health = health
         self.extra = extra
         self.retention = retention  # the running config's, read each round (a reload changes it)
         self.clock = clock
+        self.on_dead = on_dead  # orphans settled dead get their job.dead event (the gateway's hook)
         self._timer = Periodic("maintenance", every, self.run_once, first_now=False)
         self._pruner = Periodic("retention", 1.0, self.prune_if_due, first_now=False)
         self._next_prune = clock() + min(FIRST_PRUNE_AFTER, retention().every if retention is not None else 0.0)
@@ -97,6 +99,10 @@ class Maintenance:
         self.db.checkpoint()
 
     def _orphans(self) -> None:
-        for job_id, status in self.db.jobs.recover_orphans(is_alive):
+        settled = self.db.jobs.recover_orphans(is_alive)
+        for job_id, status in settled:
             log(_log, logging.WARNING, f"job {job_id} was held by a process that is gone; now {status}",
                 job_id=job_id, status=status)
+        dead = [job_id for job_id, status in settled if status == "dead"]
+        if dead and self.on_dead is not None:
+            self.on_dead(dead)

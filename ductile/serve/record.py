@@ -34,7 +34,7 @@ from ductile.state.breakers import Breaker, after_run, opened
 from ductile.state.codec import iso
 from ductile.state.db import StateDB
 from ductile.state.jobs import Job as QueuedJob
-from ductile.state.jobs import Deferred, Outcome, Succeeded
+from ductile.state.jobs import Dead, Deferred, Outcome, Succeeded
 from ductile.state.plugin_state import apply_state_updates
 
 _log = logging.getLogger("ductile.pipelines")
@@ -212,3 +212,18 @@ def lifecycle_event(job: QueuedJob, status: str, decision: Outcome) -> tuple[str
                   "reason": getattr(decision, "reason", None) or {"dead": "attempts_exhausted",
                                                                    "timed_out": "timeout"}.get(status, status),
                   "error": error[:LIFECYCLE_ERROR_MAX] if isinstance(error, str) else None}
+
+
+def record_recovered(db: StateDB, config: Config, job_id: str, command_type: CommandType = _unknown) -> bool:
+    """The lifecycle event of a job that recovery (a crashed gateway, a killed ``plugin run``)
+    settled ``dead``: it ended for good too, and its hooks must hear of it. True when one was
+    stored."""
+    with db.write():
+        job = db.jobs.get(job_id)
+        if job is None or job.status != "dead":
+            return False
+        found = lifecycle_event(job, "dead", Dead(job.last_error or "recovered after a crash", "recovered_after_crash"))
+        if found is None:
+            return False
+        store_event(db, config, Recorded("dead"), found[0], found[1], job, command_type)
+    return True
