@@ -193,4 +193,4 @@ def test_system_breaker_without_a_gateway_reads_and_resets_the_database(tmp_path
     with open_state(str(w.db), create=False) as db:
         assert db.breakers.get("poller").state == "closed"  # type: ignore[union-attr]
     unknown = run_ductile("system", "breaker", "nope", "--config", str(w.etc))
-    assert unknown.returncode == 1 and "no plugin nope" in unknown.stderr
+    assert unknown.returncode == 2 and "no plugin nope" in unknown.stderr  # a usage error
