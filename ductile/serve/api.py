@@ -242,7 +242,8 @@ class Api:
             return error(400, f"limit {limit} is out of range", f"use 1..{MAX_LIST}")
         if plugin is not None and not who.can_read(plugin):
             return error(403, f"token {who.name} may not read jobs of plugin {plugin}", f"add '{plugin}:ro' to its scopes")
-        filters: dict[str, Any] = {"plugins": who.readable(), "search": q.get("search") or None}
+        readable = who.readable()
+        filters: dict[str, Any] = {"search": q.get("search") or None}
         now = time.time()
         for name in ("since", "until"):
             text = q.get(name)
@@ -252,12 +253,13 @@ class Api:
                 return error(400, f"{name}: {err}", "an age (2h, 7d) or an RFC 3339 time (2026-03-29T08:00:00Z)")
         if filters["search"] is not None and len(filters["search"]) > MAX_SEARCH:
             return error(400, f"search is longer than {MAX_SEARCH} characters", "search for a shorter text")
-        first = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(status, plugin, min(LIST_PAGE, limit),
-                                                                           before=before, **filters))
-        return StreamingResponse(self._stream(first, status, plugin, limit, filters), media_type="application/json")
+        first = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(
+            status, plugin, min(LIST_PAGE, limit), plugins=readable, before=before, **filters))
+        return StreamingResponse(self._stream(first, status, plugin, limit, readable, **filters),
+                                 media_type="application/json")
 
     async def _stream(self, page: list[JobSummary], status: str | None, plugin: str | None, limit: int,
-                      filters: dict[str, Any]) -> AsyncIterator[bytes]:
+                      readable: frozenset[str] | None, **filters: Any) -> AsyncIterator[bytes]:
         """``{"jobs": [...], "truncated": bool, "next_before": id|null}``, encoded page by page
         (``LIST_PAGE`` summaries per database read) and cut at ``LIST_BUDGET`` bytes: what one
         answer can cost the gateway is bounded whatever the jobs hold and however many clients
@@ -275,8 +277,8 @@ class Api:
             want = min(LIST_PAGE, limit - count)
             if truncated or want <= 0 or len(page) < LIST_PAGE:
                 break
-            page = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(status, plugin, want, before=last,
-                                                                              **filters))
+            page = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(
+                status, plugin, want, plugins=readable, before=last, **filters))
         yield b'],"truncated":' + (b"true" if truncated else b"false") + b',"next_before":' + \
             _encode(last if truncated else None) + b"}"
 

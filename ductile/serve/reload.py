@@ -28,7 +28,7 @@ from typing import Any
 
 from ductile.config import LoadedConfig, load_config
 from ductile.config.model import Config
-from ductile.errors import DuctileError
+from ductile.errors import BootRefused, DuctileError
 from ductile.runtime.boot import Runtime, boot, discover
 from ductile.serve.secrets import AuditedSource, GatewaySecrets, SecretSource, VaultSource, resolve_gateway_secrets
 from ductile.serve.ticks import Schedule, schedules_of
@@ -96,6 +96,9 @@ def prepare(current: Generation, db: StateDB, *, config_path: str | None = None,
     """Build the next generation from the config on disk, or raise the first reason it
     cannot be used (``ConfigError``, ``BootRefused``, ``ReloadRefused``, ...)."""
     loaded = load_config(config_path or current.loaded.path)
+    if loaded.config.webhooks and not loaded.config.api.enabled:
+        raise BootRefused("webhooks are configured but api.enabled is false, so nothing would receive them",
+                          where="api.enabled", fix="remove the webhooks, or enable the API (a restart)")
     changes = restart_needed(current.config, loaded.config)
     if changes:
         names = ", ".join(c.setting for c in changes)
@@ -165,7 +168,8 @@ def attempt(current: Generation, db: StateDB, source: str, swap: Callable[[Gener
     try:
         nxt = prepare(current, db, secret_source=secret_source)
     except DuctileError as err:
-        return ReloadResult(False, source, clock(), current.number, err.one_line(), err.fix,
+        said = " ".join((f"{err.where}: {err.message}" if err.where else err.message).split())  # the fix is apart
+        return ReloadResult(False, source, clock(), current.number, said, err.fix,
                             restart_required=isinstance(err, ReloadRefused))
     swap(nxt)
     cfg = nxt.config

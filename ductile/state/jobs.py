@@ -528,18 +528,11 @@ class JobQueue:
                              fix=f"use one of {', '.join(STATUSES)}")
         clauses: list[str] = []
         args: list[Any] = []
-        if status is not None:
-            clauses.append("jobs.status = ?")
-            args.append(status)
-        if plugin is not None:
-            clauses.append("jobs.plugin = ?")
-            args.append(plugin)
-        if since is not None:
-            clauses.append("jobs.created_at >= ?")
-            args.append(since)
-        if until is not None:
-            clauses.append("jobs.created_at < ?")
-            args.append(until)
+        for clause, value in (("jobs.status = ?", status), ("jobs.plugin = ?", plugin),
+                              ("jobs.created_at >= ?", since), ("jobs.created_at < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             clauses.append("(jobs.last_error LIKE ? ESCAPE '\\' OR jobs.stderr_tail LIKE ? ESCAPE '\\')")
