@@ -194,3 +194,29 @@ def test_system_breaker_without_a_gateway_reads_and_resets_the_database(tmp_path
         assert db.breakers.get("poller").state == "closed"  # type: ignore[union-attr]
     unknown = run_ductile("system", "breaker", "nope", "--config", str(w.etc))
     assert unknown.returncode == 2 and "no plugin nope" in unknown.stderr  # a usage error
+
+
+def test_systemd_hears_reloading_with_the_monotonic_time_then_ready(tmp_path: Path) -> None:
+    import os
+    import socket as socketlib
+    import time
+
+    name = f"ductile-reload-test-{os.getpid()}"
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)
+        listener.settimeout(60)
+        w = make_serve_world(tmp_path, "service: {unconfined: true}\napi: {listen: \"127.0.0.1:@PORT@\"}\n")
+        w.start(env={"NOTIFY_SOCKET": "@" + name})
+        try:
+            assert "READY=1" in listener.recv(4096).decode()
+            before = time.monotonic_ns() // 1000
+            assert w.proc is not None
+            w.proc.send_signal(signal.SIGHUP)
+            reloading = dict(line.split("=", 1) for line in listener.recv(4096).decode().splitlines())
+            ready = listener.recv(4096).decode()
+            after = time.monotonic_ns() // 1000
+        finally:
+            code = w.stop()
+        assert code == 0
+    assert reloading["RELOADING"] == "1" and before <= int(reloading["MONOTONIC_USEC"]) <= after
+    assert "READY=1" in ready and "generation 2" in ready
