@@ -1,4 +1,4 @@
-"""Terminal output shared by every command: JSON, rich tables on a TTY, plain lines otherwise.
+r"""Terminal output shared by every command: JSON, rich tables on a TTY, plain lines otherwise.
 
 rich is imported only when a table is actually drawn on a terminal, so scripted and
 ``--json`` use stays lean. Colour is off when ``NO_COLOR`` is set or output is not a TTY.
