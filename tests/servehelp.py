@@ -272,3 +272,18 @@ SOLO = f'''\
     os.rmdir(lock)
     json.dump({{"status": "ok", "result": {{"overlap": False}}}}, sys.stdout)
 '''
+
+
+# answers once the file named by payload["gate"] exists (at most a minute): a job that runs
+# exactly as long as the test wants, with no sleep to guess
+WAITER = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    gate = req["payload"].get("gate", "/nonexistent")
+    for _ in range(1200):
+        if os.path.exists(gate):
+            break
+        time.sleep(0.05)
+    json.dump({{"status": "ok", "result": {{"gate": os.path.exists(gate)}}}}, sys.stdout)
+'''

@@ -12,23 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ductile
-from servehelp import BAD, ECHO, PY, ServeWorld, make_serve_world, wait_for
+from servehelp import BAD, ECHO, PY, WAITER, ServeWorld, make_serve_world, wait_for
 
 OPS = "ops-token-" + "a1" * 16
 SCRAPER = "scrape-token-" + "b2" * 16
 VIEWER = "view-token-" + "c3" * 16
 
-WAITER = f'''\
-    #!{PY}
-    import json, os, sys, time
-    req = json.load(sys.stdin)
-    gate = req["payload"].get("gate", "/nonexistent")
-    for _ in range(1200):
-        if os.path.exists(gate):
-            break
-        time.sleep(0.05)
-    json.dump({{"status": "ok", "result": {{"gate": os.path.exists(gate)}}}}, sys.stdout)
-'''
 
 AT = (datetime.now(timezone.utc) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
 # a window that excludes now, on the UTC clock: the schedule must never run in this test

@@ -12,26 +12,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ductile
-from servehelp import ECHO, PY, ServeWorld, make_serve_world, wait_for
+from servehelp import ECHO, WAITER, ServeWorld, make_serve_world, wait_for
 
 OLD = "old-token-" + "a1" * 16
 NEW = "new-token-" + "b2" * 16
 RELOADER = "reload-token-" + "c3" * 16
 HOOK_OLD = "hook-old-" + "d4" * 16
 HOOK_NEW = "hook-new-" + "e5" * 16
-
-# answers once the file named in its payload exists: a job that runs as long as the test wants
-WAITER = f'''\
-    #!{PY}
-    import json, os, sys, time
-    req = json.load(sys.stdin)
-    gate = req["payload"]["gate"]
-    for _ in range(1200):
-        if os.path.exists(gate):
-            break
-        time.sleep(0.05)
-    json.dump({{"status": "ok", "result": {{"gate": os.path.exists(gate)}}}}, sys.stdout)
-'''
 
 
 def config(token_ref: str, port: str = "@PORT@", extra: str = "", hook_ref: str = "hook-old") -> str:

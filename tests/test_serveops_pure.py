@@ -5,9 +5,8 @@ scheduler carrying out catch_up against a real state database with a fake clock.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
