@@ -1,4 +1,4 @@
-"""Back up and restore the gateway, ask the running gateway how it is, check the state.
+"""Back up and restore the gateway, ask the running gateway how it is, reload it, check the state.
 
 Thin by design: the backup plan, the archive, restore, status and selfcheck live in
 ``ductile.system``; this module parses options and renders. Backup and restore run as the
@@ -25,7 +25,7 @@ TTY_PROGRESS_BYTES = 8 * 1024 * 1024
 
 @click.group()
 def system() -> None:
-    """Back up and restore the gateway, ask the running gateway how it is, check the state."""
+    """Back up and restore the gateway, ask the running gateway how it is, reload it, check the state."""
 
 
 def _count(n: int, noun: str) -> str:
@@ -313,6 +313,9 @@ def status(config_path: str | None, as_json: bool) -> None:
             ("queue", f"{report['queue_depth']} queued, {report['running_jobs']} running"),
             ("last job", f"{last['id']} {last['plugin']}.{last['command']} {last['status']} at {last['finished_at']}"
              if last else "none yet"),
+            ("breakers", ", ".join(f"{b['plugin']} {b['state']} until {b['retry_at']}" if b["retry_at"] else
+                                   f"{b['plugin']} {b['state']}" for b in report.get("breakers", [])) or "all closed"),
+            ("reloads", _reloads(report.get("reloads"))),
             ("memory", f"{format_size(report['rss_bytes'])} RSS, {report['threads']} threads"),
             ("uptime", f"{report['uptime_seconds']:.0f}s"),
             ("config", report["config"]),
@@ -329,6 +332,65 @@ def status(config_path: str | None, as_json: bool) -> None:
                        "running")
     if code:
         raise click.exceptions.Exit(code)
+
+
+@system.command("reload")
+@config_option
+@json_option
+def reload(config_path: str | None, as_json: bool) -> None:
+    """Reload the running gateway: re-read the config, plugins, tokens and webhook keys.
+
+    The gateway swaps its runtime only when the whole new config is good; running jobs
+    finish on the old one. Exit 0 reloaded, 1 refused (the running config is kept; the
+    reason is printed), 2 the change needs a restart (listen address, state path,
+    accounts...), 3 no gateway runs for this config.
+    """
+    from ductile.config import load_config
+    from ductile.render import emit_json
+    from ductile.system.status import gateway_reload
+
+    loaded = load_config(config_path)
+    code, report = gateway_reload(loaded)
+    if as_json:
+        emit_json(report)
+    elif code == 0:
+        click.echo(f"{report['message']} (generation {report['generation']})")
+    else:
+        fix = f" (fix: {report['fix']})" if report.get("fix") else ""
+        click.echo(f"not reloaded: {report['message']}{fix}", err=True)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@system.command("breaker")
+@click.argument("plugin", required=False)
+@click.option("--reset", is_flag=True, help="Close the breaker (of PLUGIN, or every one): its schedules run again.")
+@config_option
+@json_option
+def breaker(plugin: str | None, reset: bool, config_path: str | None, as_json: bool) -> None:
+    """Show the circuit breakers of scheduled runs, or --reset one (or all).
+
+    A breaker opens after plugins.<name>.breaker.threshold consecutive failed scheduled runs
+    and pauses the plugin's schedules for reset_after, then lets one run try. Asks the
+    running gateway; with none running, reads the state database.
+    """
+    from ductile.config import load_config
+    from ductile.render import emit_json, table
+    from ductile.system.status import gateway_breakers
+
+    loaded = load_config(config_path)
+    _code, report = gateway_breakers(loaded, plugin, reset)
+    if as_json:
+        emit_json(report)
+        return
+    for name in report["reset"]:
+        click.echo(f"reset the breaker of {name}: its schedules run again")
+    rows = [(b["plugin"], b["state"], f"{b['failures']}/{b['threshold'] if b['threshold'] else 'off'}",
+             b["retry_at"] or "", (b["last_error"] or "")[:60]) for b in report["breakers"]]
+    if not rows:
+        click.echo("no plugin has schedules, so no breaker applies")
+        return
+    table(["plugin", "state", "failures", "retry at", "last error"], rows)
 
 
 @system.command("selfcheck")
@@ -363,6 +425,17 @@ def selfcheck(config_path: str | None, as_json: bool) -> None:
         table(["check", "status", "detail", "fix"], [(c.name, c.status, c.detail, c.fix) for c in checks])
     if problems:
         raise click.exceptions.Exit(1)
+
+
+def _reloads(facts: Any) -> str:
+    if not facts:
+        return "not reported by this gateway"
+    counts, last = facts.get("counts", {}), facts.get("last")
+    text = f"generation {facts.get('generation', 1)}; {counts.get('ok', 0)} ok, " \
+           f"{counts.get('failed', 0) + counts.get('restart_required', 0)} refused"
+    if last:
+        text += f"; last at {last['at']}: {'ok' if last['reloaded'] else last['message']}"
+    return text
 
 
 def _become(uid: int, gid: int) -> None:

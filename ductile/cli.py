@@ -41,7 +41,7 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
     "serve": ("ductile_commands.serve", "serve",
               "Run the gateway: scheduler, workers and the HTTP API, in the foreground until SIGTERM"),
     "system": ("ductile_commands.system", "system",
-               "Back up and restore the gateway, ask the running gateway how it is, check the state"),
+               "Back up and restore the gateway, ask the running gateway how it is, reload it, check the state"),
     "vault": ("ductile_commands.vault", "vault",
               "Manage the age vault: secrets, grants, principals and key rotation; values only via stdin"),
 }

@@ -72,12 +72,37 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
     return out
 
 
+def schedule_findings(loaded: LoadedConfig) -> list[Finding]:
+    """Which wall clock each schedule reads (cron, only_between, not_on): its own
+    ``timezone:``, or the host's zone, named, so a server in UTC is not a surprise."""
+    from ductile.serve.ticks import host_zone_name
+
+    out: list[Finding] = []
+    host = host_zone_name()
+    for name, pc in sorted(loaded.config.plugins.items()):
+        for i, sc in enumerate(pc.schedules):
+            if sc.cron is None and sc.only_between is None and not sc.not_on:
+                continue
+            field = f"plugins.{name}.schedules[{i}]"
+            what = ", ".join(k for k, v in (("cron", sc.cron), ("only_between", sc.only_between),
+                                           ("not_on", sc.not_on)) if v)
+            if sc.timezone:
+                text = f"{what} read(s) the wall clock of {sc.timezone} (timezone:)"
+                fix = ""
+            else:
+                text = f"{what} read(s) the host's zone, {host} (no timezone: set)"
+                fix = f"set timezone: (e.g. timezone: {host if '/' in host else 'Europe/Berlin'}) to pin it"
+            out.append(Finding("info", "schedule", field, text, fix, loaded.where(field)))
+    return out
+
+
 def sections() -> list[Section]:
     """The doctor sections, in report order. Later layers append theirs here."""
     from ductile.runtime.doctor import containment_findings, landlock_section, posture_findings
     from ductile.vault.doctor import vault_findings  # imports pyrage: only when doctor runs
 
-    return [host_findings, plugin_findings, posture_findings, containment_findings, landlock_section, vault_findings]
+    return [host_findings, plugin_findings, schedule_findings, posture_findings, containment_findings, landlock_section,
+            vault_findings]
 
 
 def strictly(findings: list[Finding]) -> list[Finding]:

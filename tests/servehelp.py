@@ -131,6 +131,7 @@ class ServeWorld:
     secrets: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    state_extra: str = ""  # more keys of the state: mapping, e.g. "retention: {every: 2s}"
 
     @property
     def etc(self) -> Path:
@@ -150,7 +151,7 @@ class ServeWorld:
 
     def write_config(self) -> None:
         head = textwrap.dedent(f"""\
-            state: {{path: ../state/ductile.db}}
+            state: {{path: ../state/ductile.db{", " + self.state_extra if self.state_extra else ""}}}
             secrets: {{age_key_file: secret/age.key, vault_file: ../state/vault.age}}
             plugin_roots: [../plugins]
             """)
@@ -270,4 +271,19 @@ SOLO = f'''\
     time.sleep(0.2)
     os.rmdir(lock)
     json.dump({{"status": "ok", "result": {{"overlap": False}}}}, sys.stdout)
+'''
+
+
+# answers once the file named by payload["gate"] exists (at most a minute): a job that runs
+# exactly as long as the test wants, with no sleep to guess
+WAITER = f'''\
+    #!{PY}
+    import json, os, sys, time
+    req = json.load(sys.stdin)
+    gate = req["payload"].get("gate", "/nonexistent")
+    for _ in range(1200):
+        if os.path.exists(gate):
+            break
+        time.sleep(0.05)
+    json.dump({{"status": "ok", "result": {{"gate": os.path.exists(gate)}}}}, sys.stdout)
 '''

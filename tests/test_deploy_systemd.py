@@ -166,7 +166,8 @@ def test_sysusers_check_can_fail_when_a_fixed_uid_is_taken(tmp_path: Path) -> No
 # --- units ----------------------------------------------------------------------------------
 
 def unit_copy(tmp_path: Path, name: str, extra: str = "", replace: tuple[str, str] | None = None) -> Path:
-    """The unit with ExecStart's binary swapped for one that exists here (verify checks it)."""
+    """The unit with ExecStart's (and ExecReload's) binary swapped for one that exists here
+    (verify checks it)."""
     text = (SYSTEMD / name).read_text()
     if replace:
         assert replace[0] in text
@@ -174,6 +175,7 @@ def unit_copy(tmp_path: Path, name: str, extra: str = "", replace: tuple[str, st
     true = shutil.which("true") or "/bin/true"
     text, n = re.subn(r"^ExecStart=\S+", f"ExecStart={true}", text, flags=re.M)
     assert n == 1
+    text = re.sub(r"^ExecReload=\S+", f"ExecReload={true}", text, flags=re.M)  # the gateway units reload
     if extra:
         text = text.replace("[Service]\n", f"[Service]\n{extra}\n")
     out = tmp_path / "units" / name

@@ -225,7 +225,9 @@ def test_scheduler_runs_a_missed_slot_once_and_never_repeats_one(tmp_path: Path)
     from ductile.state import open_state
 
     now = [1005.0]
-    every = Schedule("p#0:x", "plugins.p.schedules[0]", "p", "poll", 10.0, None, 0.0, 2, {"k": 1})
+    # if_running: queue — nothing runs the queued jobs here, and the default (skip) would
+    # rightly skip a slot whose previous job is still waiting
+    every = Schedule("p#0:x", "plugins.p.schedules[0]", "p", "poll", 10.0, None, 0.0, 2, {"k": 1}, if_running="queue")
     cron = Schedule("p#1:y", "plugins.p.schedules[1]", "p", "poll", None, "* * * * *", 0.0, 2)
     woken: list[int] = []
     with open_state(str(tmp_path / "s.db")) as db:

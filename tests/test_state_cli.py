@@ -90,7 +90,10 @@ def test_show_json(world: dict[str, str]) -> None:
     proc = run_ductile("job", "show", world["done"][:10], "--config", world["config"], "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report) == {"job", "attempts", "transitions", "events"}
+    assert set(report) == {"job", "attempts", "transitions", "events", "chain"}
+    chain = report["chain"]  # a root job; its echo.done started the notify step
+    assert chain["ancestors"] == [] and [(c["plugin"], c["parent_job_id"]) for c in chain["children"]] == [
+        ("notify", world["done"])]
     assert report["job"]["id"] == world["done"] and report["job"]["stderr_tail"] == "warming up\nall good\n"
     assert [(a["attempt"], a["outcome"], a["exit_code"], a["account"], a["uid"]) for a in report["attempts"]] == [
         (1, "retry", 1, "default", 61001), (2, "succeeded", 0, "default", 61001)]

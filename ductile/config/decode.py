@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
-from ductile.config.units import parse_duration, parse_percent, parse_size
+from ductile.config.units import parse_duration, parse_instant, parse_percent, parse_size
 
 Path = tuple[str | int, ...]
 
@@ -281,6 +281,12 @@ class Decoder:
             if not re.fullmatch(CRON_PATTERN, value):
                 self.problem(path, f"{value!r} is not a five-field cron expression",
                              "write minute hour day-of-month month day-of-week, e.g. '0 7 * * *'")
+            return value
+        if kind == "instant":
+            try:
+                parse_instant(value)
+            except ValueError as err:
+                self.problem(path, str(err), "write an RFC 3339 timestamp with its offset, e.g. 2026-03-29T09:30:00+02:00")
             return value
         if kind == "timezone":
             if not is_zone(value):

@@ -27,6 +27,8 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EVENT_TYPE = r"^[A-Za-z0-9_.*:-]+$"
 SECRET_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 HEADER_NAME = r"^[A-Za-z0-9-]+$"
+ONLY_BETWEEN = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+WEEKDAY = r"^(mon|tue|wed|thu|fri|sat|sun|[0-7])$"
 
 # kinds: how a YAML value becomes the stored value (see decode.py)
 #   duration  "30s" -> float seconds      size   4MiB or int -> int bytes
@@ -35,6 +37,7 @@ HEADER_NAME = r"^[A-Za-z0-9-]+$"
 #   listen    "host:port"                 cron   five-field cron text
 #   percent   "50%" -> int 50 (a share of one CPU; 200% is two CPUs)
 #   timezone  an IANA zone name (Europe/Berlin, UTC), checked against the zone database
+#   instant   an RFC 3339 timestamp with its offset (2026-03-29T02:30:00+02:00), kept as text
 
 
 def spec(
@@ -146,8 +149,31 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long the ledger keeps what finished (#15). null keeps it for good."""
+
+    jobs: float | None = spec(
+        30 * 86400.0, doc="Finished jobs (with their attempts and transitions) older than this are pruned; null: "
+        "kept for good.", kind="duration", minimum=60,
+    )
+    events: float | None = spec(
+        30 * 86400.0, doc="Events older than this that no kept job refers to are pruned; null: kept for good.",
+        kind="duration", minimum=60,
+    )
+    audit: float | None = spec(
+        365 * 86400.0, doc="Vault audit rows older than this are pruned; null: kept for good.", kind="duration",
+        minimum=60,
+    )
+    every: float = spec(
+        3600.0, doc="How often serve prunes (in small batches, so the API and workers keep running).",
+        kind="duration", minimum=1, maximum=7 * 86400,
+    )
+
+
+@dataclass(frozen=True)
 class StateConfig:
     path: str = spec("/var/lib/ductile/ductile.db", doc="The SQLite state database.", kind="path")
+    retention: RetentionConfig = spec(default_factory=RetentionConfig, doc="What serve prunes from the ledger, by age.")
 
 
 @dataclass(frozen=True)
@@ -179,7 +205,29 @@ class ScheduleConfig:
     jitter: float = spec(0.0, doc="Random delay up to this long added to each run.", kind="duration")
     payload: dict[str, Any] = spec(default_factory=dict, doc="Payload passed to the plugin.")
     timezone: str | None = spec(
-        None, doc="IANA time zone whose wall clock the cron expression reads (default: the host's).", kind="timezone",
+        None, doc="IANA time zone whose wall clock the cron expression, only_between and not_on read (default: the "
+        "host's).", kind="timezone",
+    )
+    # policies (#15)
+    at: str | None = spec(None, doc="Run once at this RFC 3339 instant (with its offset).", kind="instant")
+    after: float | None = spec(
+        None, doc="Run once, this long after a gateway first saw the schedule.", kind="duration", minimum=1,
+    )
+    catch_up: Literal["skip", "run_once", "run_all"] = spec(
+        "run_once", doc="Runs missed while the gateway was down (or busy): skip them, run the latest once, or run "
+        "each (at most 24, the latest).",
+    )
+    if_running: Literal["skip", "queue", "cancel"] = spec(
+        "skip", doc="When the schedule's previous job is still queued or running: skip this run, queue it behind, "
+        "or cancel the previous job and run.",
+    )
+    only_between: str | None = spec(
+        None, doc="Run only from HH:MM up to (not including) HH:MM on the schedule's wall clock; may wrap midnight "
+        "(22:00-06:00).", pattern=ONLY_BETWEEN, pattern_hint="HH:MM-HH:MM, e.g. 08:00-18:00",
+    )
+    not_on: tuple[str, ...] = spec(
+        (), doc="Weekdays the schedule does not run on: mon..sun, or 0-7 as cron counts them (0 and 7: Sunday).",
+        pattern=WEEKDAY, pattern_hint="mon, tue, wed, thu, fri, sat, sun, or a quoted digit 0-7",
     )
 
 
@@ -188,6 +236,20 @@ class RetryConfig:
     max_attempts: int = spec(4, doc="Attempts before a job is dead.", minimum=1, maximum=100)
     backoff_base: float = spec(30.0, doc="First retry delay; doubles each attempt.", kind="duration")
     backoff_max: float = spec(3600.0, doc="Ceiling on one retry delay.", kind="duration")
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """The circuit breaker of a plugin's scheduled runs (#15)."""
+
+    threshold: int = spec(
+        3, doc="Consecutive failed scheduled runs that open the breaker (its schedules pause); 0: never.",
+        minimum=0, maximum=1000,
+    )
+    reset_after: float = spec(
+        1800.0, doc="How long an open breaker pauses the schedules before one half-open try.", kind="duration",
+        minimum=1, maximum=30 * 86400,
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +309,9 @@ class PluginConfig:
         None, doc="TCP ports the plugin may connect to and bind (Landlock ABI 4); absent: the network is not "
                   "restricted.",
     )
+    breaker: BreakerConfig = spec(
+        default_factory=BreakerConfig, doc="Pause the plugin's schedules after consecutive failed scheduled runs.",
+    )
     # upstream compatibility (#12)
     parallelism: int | None = spec(
         None, doc="Jobs of this plugin that may run at once (default: no cap, or 1 when its manifest says "
@@ -286,9 +351,9 @@ class ApiToken:
     name: str = spec(doc="Token name (shown in logs, never the value).", pattern=NAME)
     secret_ref: str = spec(doc="Vault secret holding the bearer token.", pattern=SECRET_REF)
     scopes: tuple[str, ...] = spec(
-        doc="'*' or '<plugin>:ro' / '<plugin>:rw'.", min_items=1,
-        pattern=rf"^(\*|{NAME_BODY}:(ro|rw))$",
-        pattern_hint="'*' or '<plugin>:ro' or '<plugin>:rw'",
+        doc="'*', '<plugin>:ro' / '<plugin>:rw', 'system:rw' (POST /system/reload) or 'metrics:ro' (GET /metrics).",
+        min_items=1, pattern=rf"^(\*|{NAME_BODY}:(ro|rw))$",
+        pattern_hint="'*' or '<plugin>:ro' or '<plugin>:rw' (system:rw, metrics:ro for the gateway's own routes)",
     )
 
 
@@ -314,6 +379,10 @@ class ApiConfig:
     keepalive_timeout: float = spec(
         5.0, doc="An idle keep-alive connection that sends nothing for this long is closed.",
         kind="duration", minimum=1, maximum=600,
+    )
+    metrics: Literal["token", "loopback", "off"] = spec(
+        "token", doc="Who may read GET /metrics: a bearer token with the metrics:ro scope (or '*'), any client on "
+        "the loopback address without a token, or nobody.",
     )
 
 

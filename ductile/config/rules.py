@@ -15,7 +15,7 @@ from ductile.findings import Finding
 from ductile.redact import secret_paths
 
 TIERS = ("default", "untrusted")
-API_ROUTES = ("/healthz", "/plugins", "/plugin", "/job", "/jobs")
+API_ROUTES = ("/healthz", "/plugins", "/plugin", "/job", "/jobs", "/system", "/metrics")
 RISKY_PASSTHROUGH = frozenset({
     "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
     "BASH_ENV", "ENV", "PERL5LIB", "PERL5OPT", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
@@ -107,6 +107,10 @@ def plugin_rules(config: Config) -> list[Finding]:
                 out.append(sev("vault", f"{field}.vault_principal",
                                f"plugin name '{name}' is not a valid vault principal (kebab-case) and requires_vault is set",
                                f"set vault_principal: {re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'my-plugin'}"))
+        if name in RESERVED_PLUGIN_NAMES:
+            out.append(_err("plugins", field, f"plugin name '{name}' is reserved: the API scope '{name}:…' names the "
+                            "gateway's own routes (system:rw reloads it, metrics:ro reads /metrics)",
+                            f"configure the plugin under another name, e.g. plugins.{name}-plugin"))
         if pc.parallelism is not None and pc.parallelism > config.service.max_workers:
             out.append(_warn("plugins", f"{field}.parallelism",
                              f"parallelism {pc.parallelism} is above service.max_workers {config.service.max_workers}, "
@@ -116,12 +120,45 @@ def plugin_rules(config: Config) -> list[Finding]:
             if sched is None:
                 continue
             sfield = f"{field}.schedules[{i}]"
-            if (sched.every is None) == (sched.cron is None):
-                out.append(_err("schedule", sfield, "a schedule needs exactly one of `every` or `cron`",
-                                "write {every: 5m} or {cron: '0 7 * * *'}"))
+            kinds = [k for k in ("every", "cron", "at", "after") if getattr(sched, k, None) is not None]
+            if len(kinds) != 1:
+                got = f"it has {' and '.join(kinds)}" if kinds else "it has none"
+                out.append(_err("schedule", sfield, f"a schedule needs exactly one of every, cron, at or after; {got}",
+                                "write {every: 5m}, {cron: '0 7 * * *'}, {at: 2026-03-29T09:30:00+02:00} or {after: 10m}"))
+            out += schedule_policy_rules(sched, sfield)
             if sched.command == "handle":
                 out.append(_err("schedule", f"{sfield}.command", "`handle` runs on events and cannot be scheduled",
                                 "schedule poll (the default) or another command"))
+    return out
+
+
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+RESERVED_PLUGIN_NAMES = ("system", "metrics")  # API scopes system:rw and metrics:ro name the gateway's own routes
+
+
+def weekday_number(text: str) -> int:
+    """0 (Sunday) .. 6 (Saturday) for ``mon``..``sun`` or a cron digit 0-7."""
+    return int(text) % 7 if text.isdigit() else WEEKDAYS.index(text)
+
+
+def schedule_policy_rules(sched: object, where: str) -> list[Finding]:
+    """Policies that cannot all hold at once: a window of no length, a schedule barred on every day."""
+    out: list[Finding] = []
+    window = getattr(sched, "only_between", None)
+    if isinstance(window, str) and "-" in window:
+        start, end = window.split("-", 1)
+        if start == end:
+            out.append(_err("schedule", f"{where}.only_between", f"only_between {window} is a window of no length",
+                            "write a start and a different end, e.g. 08:00-18:00 (22:00-06:00 wraps midnight)"))
+    days = {weekday_number(d) for d in getattr(sched, "not_on", ()) or () if isinstance(d, str)
+            and (d.isdigit() and int(d) <= 7 or d in WEEKDAYS)}
+    if len(days) == 7:
+        out.append(_err("schedule", f"{where}.not_on", "not_on names every day of the week: the schedule never runs",
+                        "remove a day from not_on, or disable the plugin"))
+    if getattr(sched, "catch_up", "run_once") == "run_all" and getattr(sched, "every", None) is None \
+            and getattr(sched, "cron", None) is None:
+        out.append(_warn("schedule", f"{where}.catch_up", "catch_up: run_all has no effect on a one-shot (at/after) "
+                         "schedule: it runs once", "remove catch_up, or use skip to drop a one-shot that was missed"))
     return out
 
 

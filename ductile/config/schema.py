@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 from ductile.config.decode import (CRON_PATTERN, LISTEN_PATTERN, PATH_PATTERN, TIMEZONE_PATTERN, alternatives, hints_of,
                                     is_optional, yaml_key)
 from ductile.config.model import Config
-from ductile.config.units import DURATION_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
+from ductile.config.units import DURATION_PATTERN, INSTANT_PATTERN, PERCENT_PATTERN, SIZE_PATTERN
 
 SCHEMA_ID = "https://ductile.invalid/schema/config.json"
 
@@ -49,6 +49,8 @@ def _leaf(hint: Any, meta: dict[str, Any]) -> dict[str, Any]:
             out["pattern"] = CRON_PATTERN
         if kind == "timezone":
             out["pattern"] = TIMEZONE_PATTERN
+        if kind == "instant":
+            out["pattern"] = INSTANT_PATTERN
         return out
     raise TypeError(f"no schema for {hint!r}")  # pragma: no cover
 

@@ -68,3 +68,46 @@ def format_duration(seconds: float) -> str:
         if s and s % size == 0:
             return f"{s // size}{unit}"
     return f"{s}s"
+
+
+INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})$"
+
+
+def parse_instant(text: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp; its offset is required (a bare local time
+    would mean whatever zone the host happens to be in)."""
+    from datetime import datetime
+
+    if not isinstance(text, str) or not re.fullmatch(INSTANT_PATTERN, text.strip()):
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp with an offset; write e.g. 2026-03-29T09:30:00+02:00 "
+                         "or 2026-03-29T07:30:00Z")
+    value = text.strip()
+    if value[-1] in "Zz":
+        value = value[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not a valid timestamp: {err}") from None
+
+
+_NAIVE = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
+
+
+def parse_when(text: str, now: float) -> float:
+    """Epoch seconds for ``--since``/``--until``: an age (``2h``: two hours before ``now``),
+    an RFC 3339 timestamp with its offset, or a date or date-time without one, read on the
+    host's wall clock (``2026-03-29``, ``2026-03-29T08:00``)."""
+    from datetime import datetime
+
+    value = text.strip() if isinstance(text, str) else ""
+    if re.fullmatch(DURATION_PATTERN, value):
+        return now - parse_duration(value)
+    if re.fullmatch(INSTANT_PATTERN, value):
+        return parse_instant(value)
+    if re.fullmatch(_NAIVE, value):
+        try:
+            return datetime.fromisoformat(value.replace("t", "T")).timestamp()  # naive: the host's zone
+        except ValueError:
+            pass
+    raise ValueError(f"{text!r} is not a time: write an age (30m, 2h, 7d), a date (2026-03-29), a local time "
+                     "(2026-03-29T08:00) or an RFC 3339 timestamp (2026-03-29T08:00:00+02:00)")

@@ -36,12 +36,17 @@ StartLimitIntervalSec=120
 StartLimitBurst=5
 
 [Service]
-# The gateway sends READY=1 once it has booted and STOPPING=1 when it starts to drain.
+# The gateway sends READY=1 once it has booted, RELOADING=1 (with MONOTONIC_USEC) and
+# READY=1 around a reload, and STOPPING=1 when it starts to drain.
 Type=notify
 NotifyAccess=main
 User={user}
 Group={user}
 ExecStart={venv}/bin/ductile serve --config {config_dir}
+# `systemctl reload` asks the running gateway over its control channel and waits for the
+# answer: it fails (and the journal says why) when the new config is refused, and the
+# gateway keeps running on the old one. SIGHUP does the same without the answer.
+ExecReload={venv}/bin/ductile system reload --config {config_dir}
 WorkingDirectory={state_dir}
 Restart=on-failure
 RestartSec=5s

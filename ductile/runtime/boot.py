@@ -162,10 +162,12 @@ def discover(loaded: LoadedConfig) -> Discovery:
 
 
 def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
-         discovery: Discovery | None = None) -> Runtime:
+         discovery: Discovery | None = None, containment: Containment | None = None) -> Runtime:
     """Run the gate; when enforcing, harden this process and reconcile the filesystem.
     Raises BootRefused (and runs nothing) on any refusal. ``serve`` passes the discovery it
-    made before opening the state database (SPEC §8 order) so plugins are walked once."""
+    made before opening the state database (SPEC §8 order) so plugins are walked once.
+    A reload passes the running gateway's ``containment``: the cgroup instance, lock
+    directory and subreaper are the process's, set up once (changing them needs a restart)."""
     discovery = discover(loaded) if discovery is None else discovery
     gateway_env = dict(os.environ if env is None else env)
     assessment = assess(loaded, gateway_env=gateway_env)
@@ -186,11 +188,14 @@ def boot(loaded: LoadedConfig, *, env: Mapping[str, str] | None = None,
         for r in assessment.refusals():
             if r.scope is not None:
                 runtime.refused_accounts.setdefault(r.scope, r)
-    runtime.containment = setup_containment(loaded.config, enforcing=assessment.enforcing)
+    shared = containment is not None
+    runtime.containment = containment if shared else setup_containment(loaded.config, enforcing=assessment.enforcing)
+    assert runtime.containment is not None
     if assessment.enforcing:
         try:
             runtime.warnings += check_landlock(loaded, runtime.containment.landlock_abi)
         except BaseException:
-            runtime.close()
+            if not shared:
+                runtime.close()
             raise
     return runtime

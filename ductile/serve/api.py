@@ -1,11 +1,17 @@
 """The HTTP API (SPEC §8) as a Starlette app; uvicorn serves it (see ``gateway``).
 
     GET  /healthz                    no token: status (ok | degraded | draining) and why, posture,
-                                     queue depth, uptime
+                                     queue depth, uptime, breakers not closed, reload results
+    POST /system/reload              'system:rw': re-read the config; 200, or 409 (needs a restart)
+                                     or 422 (the new config is refused), the old one kept
+    GET  /metrics                    Prometheus text; a 'metrics:ro' token, or loopback clients
+                                     (api.metrics)
     GET  /plugins                    plugins the token may see
     POST /plugin/{name}/{command}    JSON object body = payload (or upstream's {"payload": {...}}) -> 202 {job_id}
     GET  /job/{id}                   one job, its attempts and events
-    GET  /jobs?status=&plugin=&limit=&before=   summaries (no payload/result), streamed, byte-bounded
+    GET  /jobs?status=&plugin=&limit=&before=&since=&until=&search=
+                                     summaries (no payload/result), streamed, byte-bounded;
+                                     search: a substring of the last error or stderr tail
     POST <webhook path>              HMAC-signed deliveries (``webhooks``)
 
 Every error is ``{"error": ..., "fix": ...}`` with a plain status: 400 bad body, 401 no or
@@ -35,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ductile import __version__
+from ductile.config.units import parse_when
 from ductile.errors import DuctileError, StateError
 from ductile.runtime.boot import Runtime
 from ductile.serve.authority import api_token
@@ -42,6 +49,9 @@ from ductile.serve.bodies import BadBody, BodyTooLarge, json_object, read_limite
 from ductile.serve.health import Health
 from ductile.serve.intake import Intake
 from ductile.serve.logs import log
+from ductile.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ductile.serve.metrics import Metrics
+from ductile.serve.reload import ReloadResult
 from ductile.serve.scopes import Principal, TokenTable, bearer
 from ductile.state.db import StateDB
 from ductile.state.jobs import JobSummary
@@ -51,6 +61,7 @@ _log = logging.getLogger("ductile.api")
 MAX_LIST = 1000
 LIST_PAGE = 200                 # summaries per database read while a listing streams
 LIST_BUDGET = 1024 * 1024       # bytes of one /jobs answer; the rest is one ?before= away
+MAX_SEARCH = 200                # characters of ?search=
 
 
 @dataclass
@@ -67,6 +78,9 @@ class ApiContext:
     started: float = field(default_factory=time.monotonic)
     health: Health = field(default_factory=Health)
     intake: Intake | None = None  # group commit of triggers (serve); None: one transaction each
+    reload: Callable[[str], ReloadResult] | None = None     # the gateway's reload (serve); None: not offered
+    ops: Callable[[], dict[str, Any]] | None = None          # breakers and reload results (opsfacts)
+    metrics: Metrics | None = None
 
     async def enqueue(self, plugin: str, command: str, payload: Any, **options: Any) -> str:
         """Queue a job (``options`` as ``JobQueue.enqueue`` takes them); its id once committed."""
@@ -119,8 +133,10 @@ class Api:
             depth = None  # a database that cannot be read is reported below, not a 500
         verdict = self.ctx.runtime.assessment.verdict
         summary = self.ctx.health.summary(draining=self.ctx.draining.is_set())
+        ops = await run_in_threadpool(self.ctx.ops) if self.ctx.ops is not None else {}
         return JSONResponse({
             **summary.as_dict(),
+            **ops,
             "posture": verdict.posture,
             "queue_depth": depth,
             "running": self.ctx.running(),
@@ -227,12 +243,23 @@ class Api:
         if plugin is not None and not who.can_read(plugin):
             return error(403, f"token {who.name} may not read jobs of plugin {plugin}", f"add '{plugin}:ro' to its scopes")
         readable = who.readable()
-        first = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, min(LIST_PAGE, limit),
-                                        plugins=readable, before=before)
-        return StreamingResponse(self._stream(first, status, plugin, limit, readable), media_type="application/json")
+        filters: dict[str, Any] = {"search": q.get("search") or None}
+        now = time.time()
+        for name in ("since", "until"):
+            text = q.get(name)
+            try:
+                filters[name] = parse_when(text, now) if text else None
+            except ValueError as err:
+                return error(400, f"{name}: {err}", "an age (2h, 7d) or an RFC 3339 time (2026-03-29T08:00:00Z)")
+        if filters["search"] is not None and len(filters["search"]) > MAX_SEARCH:
+            return error(400, f"search is longer than {MAX_SEARCH} characters", "search for a shorter text")
+        first = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(
+            status, plugin, min(LIST_PAGE, limit), plugins=readable, before=before, **filters))
+        return StreamingResponse(self._stream(first, status, plugin, limit, readable, **filters),
+                                 media_type="application/json")
 
     async def _stream(self, page: list[JobSummary], status: str | None, plugin: str | None, limit: int,
-                      readable: frozenset[str] | None) -> AsyncIterator[bytes]:
+                      readable: frozenset[str] | None, **filters: Any) -> AsyncIterator[bytes]:
         """``{"jobs": [...], "truncated": bool, "next_before": id|null}``, encoded page by page
         (``LIST_PAGE`` summaries per database read) and cut at ``LIST_BUDGET`` bytes: what one
         answer can cost the gateway is bounded whatever the jobs hold and however many clients
@@ -250,10 +277,51 @@ class Api:
             want = min(LIST_PAGE, limit - count)
             if truncated or want <= 0 or len(page) < LIST_PAGE:
                 break
-            page = await run_in_threadpool(self.ctx.db.jobs.summaries, status, plugin, want, plugins=readable,
-                                           before=last)
+            page = await run_in_threadpool(lambda: self.ctx.db.jobs.summaries(
+                status, plugin, want, plugins=readable, before=last, **filters))
         yield b'],"truncated":' + (b"true" if truncated else b"false") + b',"next_before":' + \
             _encode(last if truncated else None) + b"}"
+
+
+    async def reload(self, request: Request) -> Response:
+        who = self.principal(request)
+        if isinstance(who, JSONResponse):
+            return who
+        if not who.may("system", "rw"):
+            return error(403, f"token {who.name} may not reload the gateway", "give the token the 'system:rw' scope")
+        if self.ctx.reload is None:
+            return error(404, "this gateway does not reload over the API", "send SIGHUP or run ductile system reload")
+        if self.ctx.draining.is_set():
+            return draining()
+        result = await run_in_threadpool(self.ctx.reload, f"api:{who.name}")
+        status = 200 if result.ok else (409 if result.restart_required else 422)
+        body = result.as_dict()
+        if not result.ok:
+            body = {"error": result.message, **body}
+        return JSONResponse(body, status_code=status)
+
+    async def metrics(self, request: Request) -> Response:
+        mode = self.ctx.runtime.config.api.metrics
+        if mode == "off" or self.ctx.metrics is None:
+            return error(404, "metrics are off", "set api.metrics: token (or loopback) and reload")
+        if not (mode == "loopback" and _loopback(request)):
+            who = self.principal(request)
+            if isinstance(who, JSONResponse):
+                return who
+            if not who.may("metrics"):
+                return error(403, f"token {who.name} may not read metrics", "give the token the 'metrics:ro' scope")
+        body = await run_in_threadpool(self.ctx.metrics.render)
+        return Response(body, media_type=None, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _loopback(request: Request) -> bool:
+    import ipaddress
+
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _encode(value: Any) -> bytes:
@@ -264,7 +332,8 @@ def _encode(value: Any) -> bytes:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error(404, f"no route {request.url.path}", "see GET /healthz, /plugins, /jobs; POST /plugin/{name}/{command}")
+        return error(404, f"no route {request.url.path}",
+                     "see GET /healthz, /plugins, /jobs, /metrics; POST /plugin/{name}/{command}, /system/reload")
     if exc.status_code == 405:
         return error(405, f"{request.method} is not allowed on {request.url.path}", "check the method", exc.headers)
     return error(exc.status_code, str(exc.detail), "see the API documentation")
@@ -310,6 +379,8 @@ def build_app(ctx: ApiContext) -> CatchAll:
         Route("/plugin/{name}/{command}", api.trigger, methods=["POST"]),
         Route("/job/{id}", api.job, methods=["GET"]),
         Route("/jobs", api.jobs, methods=["GET"]),
+        Route("/system/reload", api.reload, methods=["POST"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         *webhook_routes(ctx),
     ]
     return CatchAll(Starlette(routes=routes, exception_handlers={HTTPException: _http_error}))

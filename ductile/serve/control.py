@@ -2,8 +2,10 @@
 
 ``status`` reports the gateway as it is, not as files suggest: its pid and start time, the
 posture the boot gate chose (and the posture line it logged), the containment mode it
-runs jobs under, queue depth, running jobs, the last finished job, and its own RSS and
-uptime (psutil, measured in this process, so it is right whoever asks).
+runs jobs under, queue depth, running jobs, the last finished job, its own RSS and
+uptime (psutil, measured in this process, so it is right whoever asks), breakers that
+are not closed and the reload results (``opsfacts``, shared with /healthz and /metrics).
+``reload`` and ``breaker`` are the gateway's own handlers, registered beside it.
 """
 
 from __future__ import annotations
@@ -34,14 +36,20 @@ def containment_of(runtime: Runtime) -> str | None:
 
 @dataclass
 class StatusSource:
-    """The live facts ``status`` reads; the gateway fills it with its own objects."""
+    """The live facts ``status`` reads; the gateway fills it with its own objects (callables
+    where a reload replaces the object)."""
 
     db: StateDB
-    runtime: Runtime
+    runtime_of: Callable[[], Runtime]
     running: Callable[[], int]
     draining: Callable[[], bool]
     listen: str
-    schedules: int
+    schedules: Callable[[], int]
+    ops: Callable[[], dict[str, Any]] = lambda: {}
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.runtime_of()
 
 
 def status(src: StatusSource) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def status(src: StatusSource) -> dict[str, Any]:
         "gateway_uid": rt.assessment.gateway_uid,
         "api": src.listen,
         "plugins": len(rt.plugins),
-        "schedules": src.schedules,
+        "schedules": src.schedules(),
         "queue_depth": src.db.jobs.queue_depth(),
         "running_jobs": src.running(),
         "last_job": None if last is None else {
@@ -78,6 +86,7 @@ def status(src: StatusSource) -> dict[str, Any]:
             "finished_at": last.as_dict()["finished_at"]},
         "rss_bytes": rss,
         "threads": threads,
+        **src.ops(),
     }
 
 

@@ -28,6 +28,12 @@ job without charging its attempt.
 Shutdown: ``stop_claiming`` ends intake; ``cancel_running`` sets each running job's cancel
 event, which the executor's spawn edge turns into a kill of the plugin's process group
 (the drop-aware kill path); the worker then re-queues the job without charging the attempt.
+``supersede`` kills one job the same way for a schedule's ``if_running: cancel``; that job
+is recorded ``failed`` (reason ``superseded``), not re-queued.
+
+Reload: ``use(runtime)`` swaps the runtime and builds its executor; a worker reads the
+current pair once when it starts a job, so a job that is running when the gateway reloads
+finishes (and is recorded) on the runtime it started with.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ductile.config.model import RetryConfig
+from ductile.config.model import Config, RetryConfig
 from ductile.errors import DuctileError, GatewayFault, StateError
 from ductile.runtime.boot import Runtime
 from ductile.runtime.concurrency import concurrency_limit
@@ -48,10 +54,13 @@ from ductile.runtime.executor import EventSink, Executor, Job, JobResult
 from ductile.runtime.outcome import Outcome
 from ductile.serve.health import Health
 from ductile.serve.logs import log
-from ductile.serve.record import Recorded, identity, record_run
+from ductile.serve.record import SUPERSEDED, Recorded, identity, record_run
 from ductile.serve.settle import settle
 from ductile.state.db import StateDB
-from ductile.state.jobs import Claim, Deferred
+from ductile.state.breakers import Breaker, opened
+from ductile.state.codec import iso
+from ductile.state.jobs import Claim, Deferred, Failed
+from ductile.state.jobs import Outcome as QueueOutcome
 from ductile.state.jobs import Job as QueuedJob
 
 _log = logging.getLogger("ductile.dispatch")
@@ -67,20 +76,22 @@ class Unrecorded(Exception):
 PLUGIN_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
                  "error": logging.ERROR}
 
-ExecutorFactory = Callable[[EventSink], Executor]
+ExecutorFactory = Callable[[Runtime, EventSink], Executor]
+Settled = Callable[[QueuedJob, str, float], None]  # (job, status recorded, seconds the run took)
 
 
 class Dispatcher:
     def __init__(self, db: StateDB, runtime: Runtime, make_executor: ExecutorFactory, *,
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, on_settled: Settled | None = None) -> None:
         self.db = db
         self.health = health if health is not None else Health()
-        self.runtime = runtime
-        self.config = runtime.config
         self.clock = clock
         self.rand = rand
-        self.executor = make_executor(self._collect_event)
+        self._make_executor = make_executor
+        self._gen: tuple[Runtime, Executor] = (runtime, make_executor(runtime, self._collect_event))
+        self.on_settled = on_settled
+        self._superseded: dict[str, str] = {}  # job id -> why (if_running: cancel)
         self._tls = threading.local()
         self._wake = threading.Condition()
         self._stop = threading.Event()
@@ -93,6 +104,22 @@ class Dispatcher:
         self._paused: dict[str, float] = {}    # plugin -> when its next job may be tried after a gateway fault
         self.finished = 0
         self.requeued = 0
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._gen[0]
+
+    @property
+    def config(self) -> Config:
+        return self._gen[0].config
+
+    @property
+    def executor(self) -> Executor:
+        return self._gen[1]
+
+    def use(self, runtime: Runtime) -> None:
+        """Run jobs started from now on with ``runtime`` (a reload); running jobs keep theirs."""
+        self._gen = (runtime, self._make_executor(runtime, self._collect_event))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -150,6 +177,17 @@ class Dispatcher:
         for _, event in live:
             event.set()
         return [job_id for job_id, _ in live]
+
+    def supersede(self, job_id: str, why: str) -> bool:
+        """Kill one running job (a schedule's ``if_running: cancel``); it is recorded failed,
+        reason ``superseded``. False when it does not run here."""
+        with self._lock:
+            event = self._live.get(job_id)
+            if event is None:
+                return False
+            self._superseded[job_id] = why
+        event.set()
+        return True
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -228,15 +266,21 @@ class Dispatcher:
             self.health.resolve(_log, "state:")
             return result
 
-    def _command_type(self, plugin: str, command: str) -> str | None:
-        """read | write from the plugin's manifest; None when unknown (counted as a write)."""
-        found = self.runtime.plugins.get(plugin)
-        spec = found.manifest.command(command) if found is not None else None
-        return spec.type if spec is not None else None
+    @staticmethod
+    def _command_type(runtime: Runtime) -> Callable[[str, str], str | None]:
+        def command_type(plugin: str, command: str) -> str | None:
+            """read | write from the plugin's manifest; None when unknown (counted as a write)."""
+            found = runtime.plugins.get(plugin)
+            spec = found.manifest.command(command) if found is not None else None
+            return spec.type if spec is not None else None
+        return command_type
 
-    def _state_mode(self, plugin: str, command: str) -> str:
-        found = self.runtime.plugins.get(plugin)
-        return found.manifest.state_mode(command) if found is not None else "merge"
+    @staticmethod
+    def _state_mode(runtime: Runtime) -> Callable[[str, str], str]:
+        def state_mode(plugin: str, command: str) -> str:
+            found = runtime.plugins.get(plugin)
+            return found.manifest.state_mode(command) if found is not None else "merge"
+        return state_mode
 
     def _collect_event(self, type: str, payload: dict[str, Any]) -> None:
         """Executor events (``plugin.drop_failed``...) are kept with the job and stored in
@@ -247,7 +291,8 @@ class Dispatcher:
         else:
             self.db.events.record_event(type, payload, plugin=payload.get("plugin"))
 
-    def _execute(self, queued: QueuedJob, cancel: threading.Event) -> tuple[JobResult, list[tuple[str, dict[str, Any]]]]:
+    def _execute(self, queued: QueuedJob, cancel: threading.Event,
+                 executor: Executor) -> tuple[JobResult, list[tuple[str, dict[str, Any]]]]:
         job = Job(plugin=queued.plugin, command=queued.command,
                   payload=queued.payload if isinstance(queued.payload, dict) else {}, job_id=queued.id,
                   event=queued.event, context={"attempt": queued.attempt, "max_attempts": queued.max_attempts,
@@ -260,7 +305,7 @@ class Dispatcher:
             return JobResult(job, Outcome("failed", False, None, fault, None), None, None), []
         self._tls.events = []
         try:
-            result = self.executor.run(Job(plugin=job.plugin, command=job.command, payload=job.payload,
+            result = executor.run(Job(plugin=job.plugin, command=job.command, payload=job.payload,
                                            job_id=job.job_id, event=job.event, context=job.context, state=state),
                                        cancel=cancel)
             return result, list(self._tls.events)
@@ -270,12 +315,20 @@ class Dispatcher:
     def _run(self, queued: QueuedJob, cancel: threading.Event) -> QueuedJob | None:
         """Run one job and record it; return the next job, claimed in the same transaction
         that recorded this one (one commit per job instead of two), or None."""
-        result, gateway_events = self._execute(queued, cancel)
-        pc = self.config.plugins.get(queued.plugin)
+        runtime, executor = self._gen  # this job runs and is recorded on the runtime it started with
+        config = runtime.config
+        started = time.monotonic()
+        result, gateway_events = self._execute(queued, cancel, executor)
+        took = time.monotonic() - started
+        pc = config.plugins.get(queued.plugin)
         deferrals = self._deferrals.get(queued.plugin, 0) + 1
-        decision = settle(result.outcome, attempt=queued.attempt, max_attempts=queued.max_attempts,
-                          retry=pc.retry if pc is not None else RetryConfig(), now=self.clock(), rand=self.rand(),
-                          deferrals=deferrals)
+        decision: QueueOutcome | None = settle(result.outcome, attempt=queued.attempt, max_attempts=queued.max_attempts,
+                                               retry=pc.retry if pc is not None else RetryConfig(), now=self.clock(),
+                                               rand=self.rand(), deferrals=deferrals)
+        with self._lock:
+            superseded = self._superseded.pop(queued.id, None)
+        if decision is None and superseded is not None:
+            decision = Failed(f"cancelled: {superseded}", SUPERSEDED)
         if decision is None:
             self._record(f"the re-queue of job {queued.id}", lambda: self.db.jobs.requeue_running(
                 queued.id, "shutdown: killed at the drain deadline, re-queued"), cancel)
@@ -288,8 +341,8 @@ class Dispatcher:
 
         def record() -> tuple[Recorded, QueuedJob | None]:
             with self.db.write(durable=False):  # see StateDB.write: a power loss re-runs, never loses
-                rec = record_run(self.db, self.config, queued, result, decision, gateway_events,
-                                 command_type=self._command_type, state_mode=self._state_mode)
+                rec = record_run(self.db, config, queued, result, decision, gateway_events,
+                                 command_type=self._command_type(runtime), state_mode=self._state_mode(runtime))
                 following = None if self._stop.is_set() else self._claim().job
             return rec, following
 
@@ -307,9 +360,24 @@ class Dispatcher:
             self.finished += 1
             self.health.resolve(_log, f"plugin:{queued.plugin}")
         self._report(queued, result, rec.status, rec.downstream, rec.warnings)
+        if rec.breaker is not None:
+            self._report_breaker(*rec.breaker)
+        if self.on_settled is not None and not isinstance(decision, Deferred):
+            self.on_settled(queued, rec.status if rec.status != "queued" else "retried", took)
         if rec.downstream:
             self.wake(len(rec.downstream))
         return following
+
+    def _report_breaker(self, before: Breaker | None, after: Breaker) -> None:
+        if opened(before, after):
+            log(_log, logging.WARNING, f"breaker of plugin {after.plugin} opened after {after.failures} failed "
+                f"scheduled run(s): its schedules pause until {iso(after.retry_at)}, then one run is tried",
+                plugin=after.plugin, failures=after.failures, retry_at=iso(after.retry_at),
+                fix=f"fix the plugin, then `ductile system breaker {after.plugin} --reset` (API and webhook triggers "
+                    "still run it)")
+        elif after.state == "closed" and before is not None and before.state != "closed":
+            log(_log, logging.INFO, f"breaker of plugin {after.plugin} closed: a scheduled run succeeded",
+                plugin=after.plugin)
 
     def _report(self, queued: QueuedJob, result: JobResult, status: str, downstream: list[str],
                 warnings: list[str] | None = None) -> None:

@@ -30,10 +30,11 @@ from ductile.runtime.executor import JobResult
 from ductile.serve.authority import Authority, authorize, pipeline_trigger
 from ductile.serve.logs import log
 from ductile.serve.pipelines import DEDUPLICATED, DENIED, DEPTH_EXCEEDED, Downstream, route, route_key
+from ductile.state.breakers import Breaker, after_run, opened
 from ductile.state.codec import iso
 from ductile.state.db import StateDB
 from ductile.state.jobs import Job as QueuedJob
-from ductile.state.jobs import Outcome, Succeeded
+from ductile.state.jobs import Dead, Deferred, Outcome, Succeeded
 from ductile.state.plugin_state import apply_state_updates
 
 _log = logging.getLogger("ductile.pipelines")
@@ -49,6 +50,7 @@ class Recorded:
     denied: int = 0                                       # steps the chain's authority may not start
     deduplicated: int = 0                                 # steps whose dedupe_key was routed within the ttl
     warnings: list[str] = field(default_factory=list)    # what the gateway dropped, one line each
+    breaker: tuple[Breaker | None, Breaker] | None = None  # (before, after) when a scheduled run moved it
 
 
 def identity(result: JobResult) -> tuple[str | None, int | None]:
@@ -156,4 +158,72 @@ def record_run(db: StateDB, config: Config, job: QueuedJob, result: JobResult, d
                                 f"({config.service.max_routed_jobs_per_response})")
         rec.status = db.jobs.finish(job.id, decision, exit_code=out.exit_code, account=account, uid=uid,
                                     stderr_tail=out.stderr_tail or None, warnings=rec.warnings)
+        lifecycle = lifecycle_event(job, rec.status, decision)
+        if lifecycle is not None:
+            store_event(db, config, rec, lifecycle[0], lifecycle[1], job, command_type)
+        rec.breaker = record_breaker(db, config, rec, job, decision)
     return rec
+
+
+BREAKER_OPENED, BREAKER_CLOSED = "plugin.breaker_opened", "plugin.breaker_closed"
+
+
+def record_breaker(db: StateDB, config: Config, rec: Recorded, job: QueuedJob,
+                   decision: Outcome) -> tuple[Breaker | None, Breaker] | None:
+    """Move the plugin's breaker after a run the scheduler started (call inside the write
+    block that records the run); an opening or closing is stored as an event, routed like
+    any other (a pipeline may notify on ``plugin.breaker_opened``)."""
+    if job.trigger != "schedule" or getattr(decision, "reason", None) == SUPERSEDED or isinstance(decision, Deferred):
+        return None  # a gateway fault is not the plugin's failure
+    pc = config.plugins.get(job.plugin)
+    if pc is None:
+        return None
+    before = db.breakers.get(job.plugin)
+    after = after_run(before, job.plugin, ok=isinstance(decision, Succeeded), error=getattr(decision, "error", None),
+                      threshold=pc.breaker.threshold, reset_after=pc.breaker.reset_after, now=time.time())
+    if before == after or (before is None and after == Breaker(job.plugin)):
+        return None
+    db.breakers.put(after)
+    if opened(before, after):
+        store_event(db, config, rec, BREAKER_OPENED, {**after.as_dict(), "job_id": job.id,
+                                                      "reset_after": pc.breaker.reset_after}, job)
+    elif after.state == "closed" and before is not None and before.state != "closed":
+        store_event(db, config, rec, BREAKER_CLOSED, {"plugin": job.plugin, "job_id": job.id}, job)
+    return before, after
+
+
+LIFECYCLE = {"failed": "job.failed", "timed_out": "job.timed_out", "dead": "job.dead"}
+SUPERSEDED = "superseded"     # a run an if_running: cancel schedule replaced: the operator's policy, not a failure
+LIFECYCLE_ERROR_MAX = 1000    # characters of the error a lifecycle event carries
+
+
+def lifecycle_event(job: QueuedJob, status: str, decision: Outcome) -> tuple[str, dict[str, Any]] | None:
+    """The event a job's final failure emits (``job.failed``, ``job.timed_out``, ``job.dead``),
+    or None. Pure. The payload names the job and says why it ended — never its payload,
+    result, stderr or secrets. Routed like any event (``from:`` matches the failed job's
+    plugin), one hop deeper than the job, so a hook whose own job fails hooks again only
+    until ``service.max_event_depth``."""
+    kind = LIFECYCLE.get(status)
+    if kind is None or getattr(decision, "reason", None) == SUPERSEDED:
+        return None
+    error = getattr(decision, "error", None)
+    return kind, {"plugin": job.plugin, "command": job.command, "job_id": job.id, "status": status,
+                  "attempt": job.attempt, "max_attempts": job.max_attempts, "trigger": job.trigger,
+                  "reason": getattr(decision, "reason", None) or {"dead": "attempts_exhausted",
+                                                                   "timed_out": "timeout"}.get(status, status),
+                  "error": error[:LIFECYCLE_ERROR_MAX] if isinstance(error, str) else None}
+
+
+def record_recovered(db: StateDB, config: Config, job_id: str, command_type: CommandType = _unknown) -> bool:
+    """The lifecycle event of a job that recovery (a crashed gateway, a killed ``plugin run``)
+    settled ``dead``: it ended for good too, and its hooks must hear of it. True when one was
+    stored."""
+    with db.write():
+        job = db.jobs.get(job_id)
+        if job is None or job.status != "dead":
+            return False
+        found = lifecycle_event(job, "dead", Dead(job.last_error or "recovered after a crash", "recovered_after_crash"))
+        if found is None:
+            return False
+        store_event(db, config, Recorded("dead"), found[0], found[1], job, command_type)
+    return True

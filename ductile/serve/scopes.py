@@ -5,6 +5,10 @@
     <plugin>:ro    that plugin         -                    that plugin's
     <plugin>:rw    that plugin         that plugin          that plugin's
 
+The gateway's own routes are resources of their own (their names are reserved, no plugin
+may take them): ``system:rw`` may reload the gateway (POST /system/reload), ``metrics:ro``
+may read GET /metrics; ``*`` may do both.
+
 Token values are resolved from the vault once at boot; a presented token is compared with
 every configured one by constant-time comparison of SHA-256 digests, so neither the
 position of the first differing byte nor the length of a stored token leaks, and every
@@ -38,6 +42,10 @@ class Principal:
 
     def can_run(self, plugin: str, command_type: str) -> bool:
         return self.can_write(plugin) if command_type == "write" else self.can_read(plugin)
+
+    def may(self, resource: str, level: str = "ro") -> bool:
+        """A gateway resource (``system``, ``metrics``): ``rw`` implies ``ro``."""
+        return self.everything or f"{resource}:rw" in self.scopes or (level == "ro" and f"{resource}:ro" in self.scopes)
 
     def readable(self) -> frozenset[str] | None:
         """The plugins whose jobs this caller may read; None means all of them."""

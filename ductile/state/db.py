@@ -51,6 +51,7 @@ from ductile.state.schema import APPLICATION_ID, MIGRATIONS
 
 if TYPE_CHECKING:
     from ductile.state.audit import AuditLog
+    from ductile.state.breakers import BreakerStore
     from ductile.state.dedupe import SeenKeys
     from ductile.state.events import EventLog
     from ductile.state.jobs import JobQueue
@@ -327,6 +328,12 @@ class StateDB:
         from ductile.state.audit import AuditLog
 
         return self._store("_audit", AuditLog)
+
+    @property
+    def breakers(self) -> BreakerStore:
+        from ductile.state.breakers import BreakerStore
+
+        return self._store("_breakers", BreakerStore)
 
     def _store(self, attr: str, cls: Callable[[StateDB], _Store]) -> _Store:
         with self._lock:

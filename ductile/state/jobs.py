@@ -448,6 +448,18 @@ class JobQueue:
             self._transition(conn, job_id, "running", status, now, reason)
             return status
 
+    def cancel_queued(self, job_id: str, error: str, reason: str, *, now: float | None = None) -> bool:
+        """Settle a job that is still queued as ``failed`` without running it (a schedule's
+        ``if_running: cancel`` superseded it); False when it is no longer queued."""
+        now = self.clock() if now is None else now
+        with self.db.write() as conn:
+            updated = conn.execute("UPDATE jobs SET status = 'failed', finished_at = ?, updated_at = ?, last_error = ?"
+                                   " WHERE id = ? AND status = 'queued'", (now, now, clip(error, ERROR_MAX), job_id)
+                                   ).rowcount
+            if updated:
+                self._transition(conn, job_id, "queued", "failed", now, reason)
+            return bool(updated)
+
     def requeue_running(self, job_id: str, reason: str, *, now: float | None = None) -> None:
         """Put back a running job that the gateway itself stopped (shutdown), without
         charging the attempt: the plugin did nothing wrong."""
@@ -505,20 +517,26 @@ class JobQueue:
                              fix="give more characters of the id")
         return Job.from_row(rows[0]) if rows else None
 
-    def _filters(self, status: str | None, plugin: str | None,
-                 plugins: Iterable[str] | None) -> tuple[list[str], list[Any]] | None:
-        """WHERE clauses for a listing; None when ``plugins`` allows nothing."""
+    def _filters(self, status: str | None, plugin: str | None, plugins: Iterable[str] | None,
+                 since: float | None = None, until: float | None = None,
+                 search: str | None = None) -> tuple[list[str], list[Any]] | None:
+        """WHERE clauses for a listing; None when ``plugins`` allows nothing. ``since`` /
+        ``until`` bound the creation time; ``search`` is a case-insensitive substring of the
+        last error or the stderr tail."""
         if status is not None and status not in STATUSES:
             raise StateError(f"unknown job status {status!r}", where="status",
                              fix=f"use one of {', '.join(STATUSES)}")
         clauses: list[str] = []
         args: list[Any] = []
-        if status is not None:
-            clauses.append("jobs.status = ?")
-            args.append(status)
-        if plugin is not None:
-            clauses.append("jobs.plugin = ?")
-            args.append(plugin)
+        for clause, value in (("jobs.status = ?", status), ("jobs.plugin = ?", plugin),
+                              ("jobs.created_at >= ?", since), ("jobs.created_at < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            clauses.append("(jobs.last_error LIKE ? ESCAPE '\\' OR jobs.stderr_tail LIKE ? ESCAPE '\\')")
+            args.extend([pattern, pattern])
         if plugins is not None:
             allowed = sorted(set(plugins))
             if not allowed:
@@ -543,12 +561,14 @@ class JobQueue:
         return [Job.from_row(r) for r in rows]
 
     def summaries(self, status: str | None = None, plugin: str | None = None, limit: int = 50, *,
-                  plugins: Iterable[str] | None = None, before: str | None = None) -> list[JobSummary]:
+                  plugins: Iterable[str] | None = None, before: str | None = None, since: float | None = None,
+                  until: float | None = None, search: str | None = None) -> list[JobSummary]:
         """Job summaries, newest first, without payload, event, result or stderr: a listing
         whose size is bounded by ``limit`` whatever the jobs carry (``GET /job/{id}`` and
         ``job show`` have the rest). ``before`` is a job id: list only jobs older than it
-        (the next page after a listing that ended with that job)."""
-        found = self._filters(status, plugin, plugins)
+        (the next page after a listing that ended with that job). ``since``/``until``/
+        ``search`` as ``_filters`` reads them."""
+        found = self._filters(status, plugin, plugins, since, until, search)
         if found is None:
             return []
         clauses, args = found
@@ -561,6 +581,29 @@ class JobQueue:
                                 " ORDER BY jobs.created_at DESC, jobs.rowid DESC LIMIT ?",
                                 (*args, max(0, limit))).fetchall()
         return [JobSummary.from_row(r) for r in rows]
+
+    def children(self, job_id: str, limit: int = 50) -> list[JobSummary]:
+        """The jobs this job's events started (pipeline steps, lifecycle hooks), oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE jobs.parent_job_id = ?"
+                                " ORDER BY jobs.created_at, jobs.rowid LIMIT ?", (job_id, max(0, limit))).fetchall()
+        return [JobSummary.from_row(r) for r in rows]
+
+    def ancestors(self, job_id: str, limit: int = 64) -> list[JobSummary]:
+        """The chain above a job: its parent, the parent's parent... up to the root (or the
+        first one pruned away), nearest first."""
+        out: list[JobSummary] = []
+        with self.db.read() as conn:
+            row = conn.execute("SELECT parent_job_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            parent = row[0] if row is not None else None
+            while parent is not None and len(out) < limit:
+                found = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE jobs.id = ?", (parent,)).fetchone()
+                if found is None:
+                    break
+                summary = JobSummary.from_row(found)
+                out.append(summary)
+                parent = summary.parent_job_id
+        return out
 
     def queue_depth(self) -> int:
         """Jobs waiting to run, including retries not yet due."""

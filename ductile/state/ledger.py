@@ -9,12 +9,17 @@ from ductile.errors import StateError
 from ductile.state.db import StateDB, open_state
 
 
-def open_ledger(config_path: str | None) -> StateDB:
-    """The state database named by the config's ``state.path``; a missing one is refused."""
+def open_ledger(config_path: str | None, *, write: bool = False) -> StateDB:
+    """The state database named by the config's ``state.path``; a missing one is refused.
+    ``write``: opened for writing (``job prune``), still never created."""
+    import os
+
     from ductile.config import load_config
 
     loaded = load_config(config_path)
     try:
+        if write and os.path.lexists(loaded.config.state.path):
+            return open_state(loaded.config.state.path)
         return open_state(loaded.config.state.path, create=False)
     except StateError as err:
         if err.where == "state.path":  # point at the line to edit, not just the key
@@ -23,7 +28,8 @@ def open_ledger(config_path: str | None) -> StateDB:
 
 
 def job_report(db: StateDB, id_or_prefix: str, *, event_limit: int = 100) -> dict[str, Any]:
-    """Everything about one job: the row, each attempt, each transition, the events it emitted."""
+    """Everything about one job: the row, each attempt, each transition, the events it
+    emitted, and its chain: the jobs above it (parent first) and the jobs its events started."""
     with db.read():
         job = db.jobs.resolve(id_or_prefix)
         if job is None:
@@ -34,4 +40,6 @@ def job_report(db: StateDB, id_or_prefix: str, *, event_limit: int = 100) -> dic
             "attempts": [a.as_dict() for a in db.jobs.attempts(job.id)],
             "transitions": [t.as_dict() for t in db.jobs.transitions(job.id)],
             "events": [e.as_dict() for e in db.events.list_events(job_id=job.id, limit=event_limit)],
+            "chain": {"ancestors": [a.as_dict() for a in db.jobs.ancestors(job.id)],
+                      "children": [c.as_dict() for c in db.jobs.children(job.id)]},
         }

@@ -159,4 +159,28 @@ _V6 = (
     "CREATE INDEX dedupe_keys_expiry ON dedupe_keys (expires_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# serve in production (#15).
+#   breakers               the circuit breaker of each plugin's scheduled runs: closed | open |
+#                          half_open, consecutive failures, when an open one may be tried again
+#   schedule_state.created_at   when a gateway first saw the schedule (one-shot ``after:``)
+#   indexes for retention  prune by age without scanning: events and audit rows by time, and
+#                          the foreign keys a deleted job sets to NULL (dedupe_keys.job_id had none,
+#                          so each deleted job scanned every remembered key)
+_V7 = (
+    """CREATE TABLE breakers (
+        plugin      TEXT PRIMARY KEY,
+        state       TEXT NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+        failures    INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+        opened_at   REAL,
+        retry_at    REAL,
+        last_error  TEXT,
+        updated_at  REAL NOT NULL
+    )""",
+    "ALTER TABLE schedule_state ADD COLUMN created_at REAL",
+    "CREATE INDEX events_created ON events (created_at)",
+    "CREATE INDEX vault_audit_at ON vault_audit (at)",
+    "CREATE INDEX dedupe_keys_job ON dedupe_keys (job_id) WHERE job_id IS NOT NULL",
+    "CREATE INDEX schedule_state_job ON schedule_state (last_job_id) WHERE last_job_id IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

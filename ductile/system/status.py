@@ -80,3 +80,49 @@ def gateway_status(loaded: LoadedConfig) -> tuple[int, dict[str, Any]]:
         return NOT_ANSWERING, {**base, "running": pid is not None, "answered": False, "pid": pid,
                                "error": err.message, "fix": err.fix, **(process_facts(pid) if pid else {})}
     return ANSWERED, {**base, "running": True, "answered": True, **report}
+
+
+RELOAD_TIMEOUT = 120.0  # a reload re-runs the reconcile and re-reads the vault: allow it time
+RELOADED, RELOAD_FAILED, RESTART_REQUIRED = 0, 1, 2
+
+
+def gateway_reload(loaded: LoadedConfig) -> tuple[int, dict[str, Any]]:
+    """(exit code, report) for ``ductile system reload``: 0 reloaded, 1 refused (the running
+    config is kept) or the gateway did not answer, 2 the change needs a restart, 3 no
+    gateway runs for this config."""
+    state = loaded.config.state.path
+    base = {"config": loaded.path, "control_socket": socket_path(state)}
+    try:
+        result = ask(socket_path(state), "reload", timeout=RELOAD_TIMEOUT)
+    except ControlError as err:
+        pid = InstanceLock.for_state(state).holder()
+        if pid is None and err.reason in ("absent", "stale"):
+            return NOT_RUNNING, {**base, "reloaded": False, "running": False,
+                                 "message": "no gateway is running for this config; nothing to reload",
+                                 "fix": "start it: systemctl start ductile (or ductile serve)"}
+        return RELOAD_FAILED, {**base, "reloaded": False, "running": pid is not None, "pid": pid,
+                               "message": err.message, "fix": err.fix}
+    if result.get("reloaded"):
+        return RELOADED, {**base, **result}
+    return (RESTART_REQUIRED if result.get("restart_required") else RELOAD_FAILED), {**base, **result}
+
+
+def gateway_breakers(loaded: LoadedConfig, plugin: str | None, reset: bool) -> tuple[int, dict[str, Any]]:
+    """(exit code, report) for ``ductile system breaker``: asks the running gateway; with
+    none running, reads (or, with ``reset``, writes) the state database directly."""
+    state = loaded.config.state.path
+    try:
+        return ANSWERED, {"from": "gateway", **ask(socket_path(state), "breaker", {"plugin": plugin, "reset": reset})}
+    except ControlError as err:
+        if err.reason not in ("absent", "stale") or InstanceLock.for_state(state).holder() is not None:
+            raise
+    from ductile.errors import UsageError
+    from ductile.serve.breakers import breaker_report
+    from ductile.state.db import open_state
+
+    if plugin is not None and plugin not in loaded.config.plugins:
+        raise UsageError(f"no plugin {plugin} in {loaded.path}", where="breaker",
+                         fix="ductile system breaker lists the breakers")
+    with open_state(state, create=False) if not reset else open_state(state) as db:
+        done = db.breakers.reset(plugin) if reset else []
+        return ANSWERED, {"from": "database (no gateway running)", **breaker_report(db, loaded.config, plugin, done)}
