@@ -51,7 +51,8 @@ def gateway_fault(err: VaultError) -> GatewayFault:
 def make_executor(runtime: Runtime, state: StateDB, *, emit: EventSink | None = None) -> Executor:
     """An executor that attests every spawn against the lock (downgrading drifted confined
     plugins), composes the plugin's granted secrets as the vault is at each spawn (a roll is
-    seen next job; ``CachedVault`` decrypts only when the key or vault file changed) and refuses them to a principal that failed attestation, auditing every refusal
+    seen next job; ``CachedVault`` decrypts only when the key or vault file changed) and
+    refuses them to a principal that failed attestation, auditing every refusal
     in ``state`` and storing security events there. ``serve`` passes its own ``emit`` so
     a job's security events are stored in the same transaction as the job's outcome."""
     store = CachedVault(VaultStore.from_config(runtime.config.secrets))
