@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -66,7 +65,6 @@ from ductile.state.jobs import Job as QueuedJob
 _log = logging.getLogger("ductile.dispatch")
 _plugin_log = logging.getLogger("ductile.plugin")
 IDLE_MAX = 5.0       # longest sleep with nothing to do: picks up work another process queued
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (CPython's default: 0.005)
 RECORD_BACKOFF = (0.5, 30.0)  # first and longest wait between attempts to record an outcome
 T = TypeVar("T")
 
@@ -124,12 +122,6 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        # Every step of a job ends in a blocking call (the fork and exec, the plugin's
-        # output, a commit) after which the worker needs the GIL back; with the HTTP
-        # thread parsing a burst of requests it waited up to the whole default interval
-        # (5 ms) each time. The gateway's threads all block often, so a shorter interval
-        # costs little: measured side by side, serve/bare 3.18 -> 2.64 (bench/throughput.py).
-        sys.setswitchinterval(SWITCH_INTERVAL)
         for i in range(self.config.service.max_workers):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
             t.start()
