@@ -55,3 +55,21 @@ def test_plain_lines_when_not_a_tty_and_a_table_on_a_tty(tmp_path: Path) -> None
                         {"NO_COLOR": "1", "COLUMNS": "200"})
     text = out.decode()
     assert "plugin_roots[0]" in text and ("┃" in text or "│" in text)
+
+
+def test_doctor_says_when_jobs_are_not_dropped_through_setpriv(tmp_path: Path) -> None:
+    """An operator who passes LD_PRELOAD to plugins is told that those jobs keep the slower
+    in-process drop (a program holding the gateway's capabilities must not see it)."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "etc").mkdir()
+    cfg = tmp_path / "etc" / "config.yaml"
+    base = ("plugin_roots: [../plugins]\nstate: {path: ../state/db}\napi: {enabled: false}\n"
+            "accounts:\n  solo: {uid: 61010, gid: 61010, state_dir: /var/lib/x/solo}\n")
+    cfg.write_text(base + "service: {plugin_env_passthrough: [LD_PRELOAD, HTTPS_PROXY]}\n")
+    report = json.loads(run_ductile("doctor", "--json", "--config", str(cfg)).stdout)
+    [f] = [f for f in report["findings"] if f["field"] == "service.plugin_env_passthrough"]
+    assert f["severity"] == "info" and "LD_PRELOAD" in f["message"] and "HTTPS_PROXY" not in f["message"]
+    assert "dropped in the forked gateway" in f["message"]
+    cfg.write_text(base + "service: {plugin_env_passthrough: [HTTPS_PROXY]}\n")
+    report = json.loads(run_ductile("doctor", "--json", "--config", str(cfg)).stdout)
+    assert not [f for f in report["findings"] if "setpriv" in f["message"] or "forked gateway" in f["message"]]

@@ -23,12 +23,13 @@ import os
 from dataclasses import dataclass
 
 from ductile.errors import BootRefused
-from ductile.privsep.caps import ProcStatus, has_drop_capability, parse_status
+from ductile.privsep.caps import CAP_SETGID, CAP_SETUID, DROP_MASK, ProcStatus, has_drop_capability, parse_status
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -87,6 +88,24 @@ def clear_inheritable() -> None:
     for d in data:
         d.inheritable = 0
     _check(lib.capset(ctypes.byref(header), data), "capset (clear inheritable)")
+
+
+def raise_drop_ambient() -> None:
+    """CAP_SETUID and CAP_SETGID into the *calling thread's* inheritable and ambient sets,
+    so that the ``setpriv`` it execs next holds them (``privsep.dropper``). Capability sets
+    are per thread: this runs only in the throwaway thread that spawns one job, never in a
+    thread the gateway keeps (``harden_gateway`` cleared both sets for all of them)."""
+    lib = libc()
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if lib.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    data[0].inheritable |= DROP_MASK
+    if lib.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset (raise inheritable)")
+    for cap in (CAP_SETUID, CAP_SETGID):
+        if lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAP_AMBIENT_RAISE)")
 
 
 def set_child_subreaper() -> None:

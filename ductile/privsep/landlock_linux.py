@@ -26,7 +26,6 @@ plugin's allowlist needs here; the three syscalls are a few lines of ctypes.
 
 from __future__ import annotations
 
-import _thread
 import ctypes
 import os
 import stat
@@ -38,6 +37,7 @@ from typing import TypeVar
 
 from ductile.privsep import kernel
 from ductile.privsep.landlock import FILE_RIGHTS, NET_BIND_TCP, NET_CONNECT_TCP, Ruleset
+from ductile.privsep.spawnthread import in_throwaway_thread
 
 T = TypeVar("T")
 
@@ -212,27 +212,5 @@ def forget_built() -> None:
 
 
 def in_restricted_thread(ruleset: Ruleset, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (a spawn) in a fresh thread that first restricted itself to ``ruleset``.
-
-    A bare ``_thread`` and one lock, not ``threading.Thread``: ``Thread.start`` waits until
-    the new thread has run, and ``join`` waits again; each wait is a GIL hand-off that a
-    busy gateway pays in latency. Nothing in the thread logs or asks for
-    ``threading.current_thread()`` (which would register a dummy Thread for it)."""
-    box: dict[str, object] = {}
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def run() -> None:
-        try:
-            restrict_this_thread(ruleset)
-            box["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = err
-        finally:
-            done.release()
-
-    _thread.start_new_thread(run, ())
-    done.acquire()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    """Run ``fn`` (a spawn) in a fresh thread that first restricted itself to ``ruleset``."""
+    return in_throwaway_thread([lambda: restrict_this_thread(ruleset)], fn)

@@ -32,6 +32,9 @@ from ductile.privsep.landlock import Ruleset
 
 TRAMPOLINE = "/bin/sh"
 TRAMPOLINE_NAME = "ductile-spawn"   # the trampoline's $0: every line it (or sh) prints starts with it
+# the trampoline's first words, on stderr: it runs, as whoever it was dropped to, and waits
+# for "go"; the gateway checks that drop before it answers (runtime.spawn)
+TRAMPOLINE_READY = f"{TRAMPOLINE_NAME}: ready\n".encode()
 STDERR_TAIL = 64 * 1024
 UMASK = 0o077
 
@@ -54,7 +57,8 @@ def _fail(code: int, text: str) -> str:
 
 def trampoline_script(rlimits: tuple[tuple[str, int], ...]) -> str:
     """The shell program, with the job's rlimits (integers only) written in."""
-    lines = [f'read -r go && [ "$go" = go ] || exit {EXIT_HANDSHAKE}']
+    lines = [f"printf '%s\\n' '{TRAMPOLINE_READY.decode().strip()}' >&2",
+             f'read -r go && [ "$go" = go ] || exit {EXIT_HANDSHAKE}']
     for name, value in rlimits:
         arg = str(value // 1024 if name == "as" else int(value))  # ulimit -v counts KiB
         tries = " || ".join(f"ulimit {flag} {arg} 2>/dev/null" for flag in _ULIMIT[name])

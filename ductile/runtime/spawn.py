@@ -6,9 +6,15 @@ One call = one job, contained from its first instruction to its last process:
      knows a job of this account runs, so nobody sweeps the account under it;
   2. cgroup mode: create the job's cgroup with its limits;
   3. start the trampoline (``launch``: dropped, new session, no tty; under Landlock when the
-     spec carries a ruleset, from a short-lived thread that restricted itself first);
-  4. move it into the job's cgroup, then write ``go\\n`` and the request — the plugin's
-     first instruction runs inside the cgroup;
+     spec carries a ruleset, from a short-lived thread that restricted itself first). The
+     drop is done by an exec'd ``setpriv`` when ``dropper.choose`` allows it, so that the
+     spawn can ``vfork``; a cap-only gateway then raises CAP_SETUID/CAP_SETGID into the
+     ambient set of that same short-lived thread only;
+  4. move it into the job's cgroup; wait for the trampoline's ready line and check from
+     ``/proc/<pid>/status`` that it runs as the account with no group and no capability
+     left (required after ``setpriv``, which reads a numeric uid as a user name first);
+     then write ``go\\n`` and the request — the plugin's first instruction runs inside the
+     cgroup, as the account;
   5. service stdin/stdout/stderr from one ``selectors`` loop (stdout capped: overflow kills
      the job; stderr keeps a 64 KiB tail); a timeout sends SIGTERM to the process group,
      ``kill_grace`` later SIGKILL; a ``cancel`` event (serve's shutdown deadline) kills at
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -38,8 +45,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ductile.errors import AccountDropFailed, SpawnFailed
-from ductile.privsep import cgroup, landlock_linux
-from ductile.privsep.spawnspec import SpawnSpec
+from ductile.privsep import cgroup, dropper, dropper_host, kernel, landlock_linux
+from ductile.privsep.caps import parse_status
+from ductile.privsep.landlock import EXECUTE
+from ductile.privsep.spawnspec import TRAMPOLINE_READY, SpawnSpec
+from ductile.privsep.spawnthread import in_throwaway_thread
 from ductile.runtime import jobcontain
 from ductile.runtime.launch import forget, launch, run_helper
 
@@ -90,16 +100,89 @@ def signal_group(spec: SpawnSpec, pgid: int, sig: int) -> None:
                        uid=spec.uid, gid=spec.gid)
 
 
-def _start(spec: SpawnSpec) -> subprocess.Popen[bytes]:
+def drop_choice(spec: SpawnSpec) -> dropper.Choice:
+    """How this job's trampoline is dropped (``privsep.dropper``)."""
+    host = dropper_host.host_dropper()
     ruleset = spec.confinement.landlock
-    if ruleset is None:
-        return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env)
+    return dropper.choose(host, drops=spec.drops, can_drop=dropper_host.can_drop(),
+                          status_readable=dropper_host.status_readable(), env=spec.env,
+                          executable=ruleset is None or host.path is None or ruleset.covers(host.path, EXECUTE))
+
+
+def _start(spec: SpawnSpec, setpriv: str | None) -> subprocess.Popen[bytes]:
+    ruleset = spec.confinement.landlock
+    prepare: list[Callable[[], None]] = []
+    if ruleset is not None:
+        prepare.append(lambda: landlock_linux.restrict_this_thread(ruleset))
+    if setpriv is not None and dropper_host.needs_ambient():
+        prepare.append(kernel.raise_drop_ambient)
+
+    def start() -> subprocess.Popen[bytes]:
+        return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env, setpriv=setpriv)
+
+    if not prepare:
+        return start()
     try:
-        return landlock_linux.in_restricted_thread(
-            ruleset, lambda: launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env))
+        return in_throwaway_thread(prepare, start)
     except landlock_linux.LandlockError as err:
         raise SpawnFailed(f"the Landlock allowlist could not be applied: {err.strerror}", where=spec.entrypoint,
                           fix="check plugins.<name>.filesystem (every path must exist); `ductile doctor` lists them") from None
+
+
+def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], setpriv: str | None) -> bytes:
+    """Wait (at most the job's timeout) for the trampoline's ready line, then check the drop.
+    Returns what else it wrote to stderr, for the job's stderr tail. Raises when the
+    process is not the account's: the trampoline then exits at the end of the job without
+    running the plugin (its stdin closes before "go")."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    deadline = time.monotonic() + spec.timeout
+    seen = bytearray()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while TRAMPOLINE_READY not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SpawnFailed(f"the trampoline did not start within {spec.timeout:g}s", where=spec.entrypoint,
+                              fix="the host is overloaded, or /bin/sh hangs at start-up")
+        if not poller.poll(left * 1000):
+            continue
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:  # it ended before the trampoline ran: setpriv refused, or sh did not start
+            if setpriv is not None:
+                proc.wait(timeout=KILL_MARGIN)
+                said = bytes(seen).decode("utf-8", "replace").strip().splitlines()
+                raise AccountDropFailed(
+                    f"setpriv could not drop to uid {spec.uid} gid {spec.gid}: {said[-1] if said else 'no message'}",
+                    where=f"accounts.{spec.account}",
+                    fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root")
+            return bytes(seen)
+        seen += chunk
+    at = seen.index(TRAMPOLINE_READY)
+    rest = bytes(seen[:at] + seen[at + len(TRAMPOLINE_READY):])
+    if spec.drops:
+        _verify_drop(spec, proc.pid, required=setpriv is not None)
+    return rest
+
+
+def _verify_drop(spec: SpawnSpec, pid: int, *, required: bool) -> None:
+    assert spec.uid is not None and spec.gid is not None
+    text = kernel.read_status(pid)
+    why: str | None
+    if text is None:
+        if not required:  # /proc hides it; the drop was done in the child by subprocess itself
+            return
+        why = f"/proc/{pid}/status cannot be read"
+    else:
+        try:
+            why = dropper.verify_drop(parse_status(text), spec.uid, spec.gid)
+        except ValueError as err:
+            why = str(err)
+    if why is not None:
+        raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {why}; it was stopped "
+                                "before the plugin ran", where=f"accounts.{spec.account}",
+                                fix="check that no user or group in NSS is named after the account's numeric uid or "
+                                    "gid; `ductile account verify` shows the drop")
 
 
 def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,
@@ -125,8 +208,9 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
             except OSError as err:
                 raise SpawnFailed(f"cannot create the job's cgroup under {conf.cgroup_parent}: {err.strerror}",
                                   where=conf.cgroup_parent, fix="check the cgroup subtree (ductile doctor)") from None
+        setpriv = drop_choice(spec).setpriv
         try:
-            proc = _start(spec)
+            proc = _start(spec, setpriv)
         except OSError as err:
             raise classify_start_error(spec, err) from None
         if job_cg is not None:
@@ -136,9 +220,10 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
                 raise SpawnFailed(f"cannot move the job into its cgroup {job_cg.path}: {err.strerror}",
                                   where=job_cg.path, fix="the gateway must be able to write cgroup.procs of its "
                                   "subtree (systemd Delegate=yes)") from None
+        early_stderr = _await_ready(spec, proc, setpriv)
         if on_start is not None:
             on_start(proc.pid)
-        raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg)
+        raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg, early_stderr)
     finally:
         ended = _end_job(spec, proc, job_cg, lock)
     assert raw is not None
@@ -197,7 +282,7 @@ def _collect(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
-                 cancel: threading.Event | None, job_cg: cgroup.JobCgroup | None) -> RawResult:
+                 cancel: threading.Event | None, job_cg: cgroup.JobCgroup | None, early_stderr: bytes = b"") -> RawResult:
     assert proc.stdin and proc.stdout and proc.stderr
     pgid = proc.pid
     sel = selectors.DefaultSelector()
@@ -208,7 +293,7 @@ def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
     out = bytearray()
-    err_tail = bytearray()
+    err_tail = bytearray(early_stderr[-spec.stderr_tail:])
     truncated = timed_out = cancelled = abandoned = False
     start = time.monotonic()
     deadline = start + spec.timeout

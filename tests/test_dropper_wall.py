@@ -1,0 +1,161 @@
+"""The exec'd drop (``privsep.dropper``), proven with real processes, as a root gateway and
+as a cap-only one (non-root, CAP_SETUID+CAP_SETGID handed over as ambient capabilities, as
+systemd does; the gateway clears them at start as serve does). What is asserted comes
+from inside the plugin: its own /proc/<pid>/status. The attack: a user and a group named
+after the account's numeric ids, mapped to root, which ``setpriv`` prefers to the number.
+Every test here needs root; under CI a skip is a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from wallworld import WORLD_ENV, free_ids, kill_uid, require_root
+
+pytestmark = pytest.mark.privileged
+
+MODES = ["root", "cap-only"]
+
+GATEWAY = r'''
+import json, sys
+from ductile.config.model import ServiceConfig
+from ductile.errors import DuctileError
+from ductile.privsep import dropper_host, kernel
+from ductile.privsep.accounts import ResolvedAccount
+from ductile.privsep.spawnspec import build_spawn_spec
+from ductile.runtime.spawn import drop_choice, spawn
+a = json.loads(sys.argv[1])
+kernel.harden_gateway()
+if a.get("no_ambient"):  # a gateway that forgot to hand setpriv its capabilities
+    dropper_host.needs_ambient = lambda: False
+service = ServiceConfig(plugin_env_passthrough=tuple(a.get("passthrough", ())))
+spec = build_spawn_spec(ResolvedAccount("acct", a["uid"], a["gid"], a["state_dir"], "granted"), a["plugin"],
+                        service, a.get("env", {}), timeout=20, unconfined_workdir="/")
+out = {"setpriv": drop_choice(spec).setpriv}
+try:
+    raw = spawn(spec, b"{}")
+    out.update(rc=raw.returncode, stdout=raw.stdout.decode(), stderr=raw.stderr_tail.decode())
+except DuctileError as err:
+    out.update(kind=err.kind, line=err.one_line())
+print(json.dumps(out))
+'''
+
+PLUGIN = """#!/bin/sh
+touch "$HOME/ran"
+grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb):' /proc/$$/status
+"""
+
+
+class Host:
+    def __init__(self) -> None:
+        self.account, self.gateway = free_ids(2)
+        self.base = Path(tempfile.mkdtemp(prefix="ductile-drop-", dir="/tmp"))
+        os.chmod(self.base, 0o711)
+        self.state_dir = self.base / "acct"
+        self.state_dir.mkdir(mode=0o700)
+        os.chown(self.state_dir, self.account, self.account)
+        plugins = self.base / "plugin"
+        plugins.mkdir(mode=0o755)
+        self.plugin = plugins / "run"
+        self.plugin.write_text(PLUGIN)
+        os.chmod(self.plugin, 0o755)
+
+    def gateway_argv(self, mode: str, **extra: object) -> list[str]:
+        args = {"uid": self.account, "gid": self.account, "state_dir": str(self.state_dir),
+                "plugin": str(self.plugin)} | extra
+        argv = [sys.executable, "-c", GATEWAY, json.dumps(args)]
+        if mode == "cap-only":
+            argv = ["setpriv", f"--reuid={self.gateway}", f"--regid={self.gateway}", "--clear-groups",
+                    "--inh-caps=+setuid,+setgid", "--ambient-caps=+setuid,+setgid", "--", *argv]
+        return argv
+
+    def run(self, argv: list[str]) -> dict:  # type: ignore[type-arg]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=120, env=dict(WORLD_ENV))
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    @property
+    def ran(self) -> bool:
+        return (self.state_dir / "ran").exists()
+
+
+@pytest.fixture
+def host():  # type: ignore[no-untyped-def]
+    require_root()
+    if not shutil.which("setpriv"):
+        pytest.fail("setpriv (util-linux) is part of the drop and must be installed")
+    h = Host()
+    yield h
+    kill_uid(h.account)
+    shutil.rmtree(h.base, ignore_errors=True)
+
+
+def _status(stdout: str) -> dict[str, list[str]]:
+    return {k: v.split() for k, _, v in (line.partition(":") for line in stdout.splitlines())}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_drop_through_setpriv_leaves_the_plugin_nothing(host: Host, mode: str) -> None:
+    out = host.run(host.gateway_argv(mode))
+    assert out["setpriv"] and out["setpriv"].endswith("/setpriv"), out
+    assert out["rc"] == 0, out
+    st = _status(out["stdout"])
+    u = str(host.account)
+    assert st["Uid"] == [u] * 4 and st["Gid"] == [u] * 4, st
+    assert st["Groups"] == [], st
+    for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert st[name] == ["0000000000000000"], (name, st)
+    assert host.ran
+    assert "ready" not in out["stderr"]  # the trampoline's ready line is the gateway's, not the job's
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: str, tmp_path: Path) -> None:
+    """setpriv resolves ``--reuid=N`` as a user name first. A passwd entry named N with uid
+    0 (and a group named N with gid 0) turns its drop into root; the gateway sees that in
+    the waiting trampoline's status and the plugin never runs."""
+    passwd = tmp_path / "passwd"
+    group = tmp_path / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + f"{host.account}:x:0:0::/:/bin/sh\n")
+    group.write_text(Path("/etc/group").read_text() + f"{host.account}:x:0:\n")
+    os.chmod(tmp_path, 0o755)
+    for f in (passwd, group):
+        os.chmod(f, 0o644)
+    # a private mount namespace: the host's /etc/passwd is untouched
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"', "sh",
+            str(passwd), str(group), *host.gateway_argv(mode)]
+    out = host.run(argv)
+    assert out["setpriv"], out
+    assert out.get("kind") == "drop_failed", out
+    assert "not dropped to account acct: it runs as uid 0/0/0/0" in out["line"], out
+    assert not host.ran
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_environment_the_loader_obeys_keeps_the_in_process_drop(host: Host, mode: str) -> None:
+    """``LD_PRELOAD`` passed through by the operator must not reach a program that holds
+    the gateway's capabilities: the job is dropped by subprocess in the child instead."""
+    out = host.run(host.gateway_argv(mode, passthrough=["LD_PRELOAD"], env={"LD_PRELOAD": ""}))
+    assert out["setpriv"] is None, out
+    assert out["rc"] == 0, out
+    st = _status(out["stdout"])
+    assert st["Uid"] == [str(host.account)] * 4 and st["CapEff"] == ["0000000000000000"], st
+    assert host.ran
+
+
+def test_a_refused_setpriv_drop_is_account_drop_failed(host: Host) -> None:
+    """A cap-only gateway that does not raise the ambient set: setpriv holds no capability,
+    the kernel refuses its drop, and the job fails as a refused drop, plugin not run."""
+    out = host.run(host.gateway_argv("cap-only", no_ambient=True))
+    assert out["setpriv"], out
+    assert out.get("kind") == "drop_failed", out
+    assert "setpriv could not drop to uid" in out["line"] and "Operation not permitted" in out["line"], out
+    assert not host.ran
