@@ -65,7 +65,7 @@ def _node(hint: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
         if name not in defs:
             defs[name] = {}  # reserve against recursion
             defs[name] = _object(hint, defs)  # type: ignore[arg-type]
-        node: dict[str, Any] = {"$ref": f"#/$defs/{name}"}
+        node = {"$ref": f"#/$defs/{name}"}
         shorthand = getattr(hint, "SHORTHAND", None)
         if shorthand is not None:  # the one field's value alone stands for the mapping
             short = next(f for f in dataclasses.fields(hint) if f.name == shorthand)  # type: ignore[arg-type]

@@ -43,8 +43,8 @@ def _plain(hint: Any, meta: Any, value: Any) -> Any:
         args = getattr(hint, "__args__", (Any,))
         return [_plain(args[0], meta, v) for v in value]
     if isinstance(value, dict):
-        args = getattr(hint, "__args__", (str, Any))
-        return {k: _plain(args[1] if len(args) > 1 else Any, meta, v) for k, v in value.items()}
+        pair: tuple[Any, ...] = getattr(hint, "__args__", (str, Any))
+        return {k: _plain(pair[1] if len(pair) > 1 else Any, meta, v) for k, v in value.items()}
     if meta.get("kind") == "duration" and isinstance(value, (int, float)):
         return format_duration(value)
     if meta.get("kind") == "percent" and isinstance(value, int):

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from ductile.errors import PluginError
 from ductile.findings import Finding
 from ductile.plugins import execfacts
-from ductile.plugins.exectrust import (RULE_NOT_WRITABLE, RULE_OWNER, InterpreterLink,  # noqa: F401 (re-exported) Judged, TreeEntry,
-                                       below_root_problems, interpreter_problems, tree_problems)
+from ductile.plugins.exectrust import (RULE_NOT_WRITABLE, RULE_OWNER,  # noqa: F401 (re-exported)
+                                       InterpreterLink, Judged, TreeEntry, below_root_problems,
+                                       interpreter_problems, tree_problems)
 from ductile.plugins.manifest import MANIFEST_NAME, Manifest, entrypoint_problem, parse_manifest
 from ductile.privsep.pathfacts import Resolution
 from ductile.privsep.trust import Node, Owners, Step, chain_problems

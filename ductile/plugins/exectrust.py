@@ -116,8 +116,8 @@ def interpreter_problems(chain: Sequence[InterpreterLink], owners: Owners) -> li
             out.append(_p(RULE_INTERPRETER, link.named or "#!", f"{link.via}: {link.problem}",
                           "use an absolute interpreter path, e.g. #!/usr/bin/python3"))
             continue
-        for res in link.searched:
-            out += [Judged(RULE_SEARCH_PATH, p) for p in path_entry_problems(res, owners, link.via)]
+        for searched in link.searched:
+            out += [Judged(RULE_SEARCH_PATH, p) for p in path_entry_problems(searched, owners, link.via)]
         res = link.resolution
         if res is None or res.real is None:
             why = res.error if res is not None and res.error else "it does not exist"
