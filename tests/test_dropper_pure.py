@@ -126,3 +126,33 @@ def test_launch_keeps_the_in_process_drop_without_setpriv(monkeypatch) -> None: 
     launch_mod.forget(launch_mod.launch(["/bin/true"], uid=61001, gid=61002, env={}, setpriv=SETPRIV))
     assert "user" not in seen and "group" not in seen and "extra_groups" not in seen
     assert seen["argv"][0] == SETPRIV and seen["start_new_session"] is True
+
+
+def test_a_setpriv_without_ambient_caps_is_not_used(fp, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """util-linux before 2.32 has no --ambient-caps: the host offers no dropper then, and
+    says why (the probe is ``setpriv --help``, run once, as the gateway)."""
+    from ductile.privsep import dropper_host
+
+    good = [(p, m, 0) for p, m, _ in GOOD_CHAIN]
+    monkeypatch.setattr(dropper_host, "chain_facts", lambda path: good if path == SETPRIV else [])
+    fp.register([SETPRIV, "--help"], stdout="Usage: setpriv [options] <program>\n --reuid --regid --clear-groups --inh-caps\n")
+    dropper_host.forget()
+    try:
+        host = dropper_host.host_dropper()
+        assert host.path is None and "too old: no --ambient-caps" in host.why_not
+        assert fp.call_count([SETPRIV, "--help"]) == 1
+        fp.register([SETPRIV, "--help"], stdout=" ".join(dropper.NEEDED_OPTIONS))
+        dropper_host.forget()
+        assert dropper_host.host_dropper() == HostDropper(SETPRIV, "")
+    finally:
+        dropper_host.forget()
+
+
+def test_the_host_setpriv_lists_every_option_the_drop_uses() -> None:
+    """The real binary on this machine (the wall tests exec it)."""
+    from ductile.privsep import dropper_host
+
+    dropper_host.forget()
+    host = dropper_host.host_dropper()
+    assert host.path is not None, host.why_not
+    assert dropper.missing_options(dropper_host.help_text(host.path)) == []

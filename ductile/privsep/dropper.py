@@ -86,6 +86,15 @@ def judge_chain(chain: Sequence[PathFacts]) -> str | None:
     return None
 
 
+NEEDED_OPTIONS = ("--reuid", "--regid", "--clear-groups", "--inh-caps", "--ambient-caps")
+
+
+def missing_options(help_text: str) -> list[str]:
+    """Options of ``argv`` that this ``setpriv --help`` does not list (util-linux before
+    2.32 has no ``--ambient-caps``: every drop through it would fail)."""
+    return [opt for opt in NEEDED_OPTIONS if opt not in help_text]
+
+
 @dataclass(frozen=True)
 class HostDropper:
     """What the host offers, decided once per process (``privsep.dropper_host``)."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 
 from ductile.privsep import kernel
-from ductile.privsep.dropper import SETPRIV_PATHS, HostDropper, PathFacts, judge_chain
+from ductile.privsep.dropper import SETPRIV_PATHS, HostDropper, PathFacts, judge_chain, missing_options
 
 
 def chain_facts(path: str) -> list[PathFacts]:
@@ -31,6 +32,16 @@ def chain_facts(path: str) -> list[PathFacts]:
     return facts
 
 
+def help_text(path: str) -> str:
+    """``setpriv --help``, run once per process as the gateway (nothing is dropped)."""
+    try:
+        proc = subprocess.run([path, "--help"], capture_output=True, timeout=10, cwd="/", env={"PATH": "/usr/bin:/bin"},
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.decode("utf-8", "replace")
+
+
 @functools.cache
 def host_dropper() -> HostDropper:
     reasons = []
@@ -38,7 +49,10 @@ def host_dropper() -> HostDropper:
         chain = chain_facts(candidate)
         why = judge_chain(chain)
         if why is None:
-            return HostDropper(chain[-1][0], "")
+            missing = missing_options(help_text(chain[-1][0]))
+            if not missing:
+                return HostDropper(chain[-1][0], "")
+            why = f"too old: no {', '.join(missing)}"
         reasons.append(f"{candidate}: {why}")
     return HostDropper(None, "; ".join(reasons))
 
