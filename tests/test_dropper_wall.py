@@ -44,6 +44,14 @@ try:
     out.update(rc=raw.returncode, stdout=raw.stdout.decode(), stderr=raw.stderr_tail.decode())
 except DuctileError as err:
     out.update(kind=err.kind, line=err.one_line())
+# every thread the gateway still has, the one that spawned included: no capability to hand on
+import os
+held = {}
+for tid in os.listdir("/proc/self/task"):
+    for line in open(f"/proc/self/task/{tid}/status"):
+        if line.startswith(("CapInh:", "CapAmb:")) and int(line.split()[1], 16):
+            held[tid] = line.strip()
+out["threads_holding"] = held
 print(json.dumps(out))
 '''
 
@@ -113,6 +121,7 @@ def test_the_drop_through_setpriv_leaves_the_plugin_nothing(host: Host, mode: st
     for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert st[name] == ["0000000000000000"], (name, st)
     assert host.ran
+    assert out["threads_holding"] == {}, out  # the ambient set was raised only in the spawning thread, now gone
     assert "ready" not in out["stderr"]  # the trampoline's ready line is the gateway's, not the job's
 
 
@@ -136,6 +145,7 @@ def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: s
     assert out["setpriv"], out
     assert out.get("kind") == "drop_failed", out
     assert "not dropped to account acct: it runs as uid 0/0/0/0" in out["line"], out
+    assert f"getent passwd {host.account}" in out["line"], out  # the fix names the lookup that finds the entry
     assert not host.ran
 
 

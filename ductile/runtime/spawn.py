@@ -179,10 +179,13 @@ def _verify_drop(spec: SpawnSpec, pid: int, *, required: bool) -> None:
         except ValueError as err:
             why = str(err)
     if why is not None:
+        if why.startswith(("it runs as", "it kept")):
+            fix = ("check that no user or group in NSS is named after the account's numeric uid or gid "
+                   f"(`getent passwd {spec.uid}`); `ductile account verify` shows the drop")
+        else:
+            fix = "the drop left privileges behind: check `setpriv --version` (util-linux 2.32 or later) and report it"
         raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {why}; it was stopped "
-                                "before the plugin ran", where=f"accounts.{spec.account}",
-                                fix="check that no user or group in NSS is named after the account's numeric uid or "
-                                    "gid; `ductile account verify` shows the drop")
+                                "before the plugin ran", where=f"accounts.{spec.account}", fix=fix)
 
 
 def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,
