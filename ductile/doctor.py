@@ -75,23 +75,25 @@ def host_findings(loaded: LoadedConfig) -> list[Finding]:
 
 
 def drop_findings(loaded: LoadedConfig) -> list[Finding]:
-    """How jobs will be dropped (``privsep.dropper``): through setpriv, or in the forked
-    gateway, which is as safe and slower. Told only where there are accounts to drop to."""
+    """How jobs will be dropped (``privsep.dropper``): through capsh or setpriv after
+    ``exec``, or in the forked gateway, which is as safe and slower. Told only where there
+    are accounts to drop to."""
     cfg = loaded.config
     if not cfg.accounts:
         return []
     host = dropper_host.host_dropper()
     if host.path is None:
-        return [Finding("info", "host", "accounts", f"jobs are dropped in the forked gateway, not through setpriv "
-                        f"({host.why_not}): as safe, about 2 ms of CPU more per job",
-                        "install util-linux (root-owned /usr/bin/setpriv)", loaded.where("accounts"))]
+        return [Finding("info", "host", "accounts", f"jobs are dropped in the forked gateway, not through capsh or "
+                        f"setpriv ({host.why_not}): as safe, about 2 ms of CPU more per job",
+                        "install libcap's capsh (or util-linux's setpriv), root-owned", loaded.where("accounts"))]
     unsafe = dropper.unsafe_env({name: "" for name in cfg.service.plugin_env_passthrough})
     if unsafe:
         return [Finding("info", "host", "service.plugin_env_passthrough",
                         f"passes {', '.join(unsafe)}, which a program holding the gateway's capabilities must not see: "
                         f"jobs are dropped in the forked gateway, not through {host.path}",
                         "pass such names only if a plugin needs them", loaded.where("service.plugin_env_passthrough"))]
-    return []
+    return [Finding("info", "host", "accounts", f"jobs are dropped through {host.path} after exec, and the drop is "
+                    "checked from /proc before the plugin starts", "", loaded.where("accounts"))]
 
 
 def schedule_findings(loaded: LoadedConfig) -> list[Finding]:

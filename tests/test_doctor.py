@@ -72,4 +72,6 @@ def test_doctor_says_when_jobs_are_not_dropped_through_setpriv(tmp_path: Path) -
     assert "dropped in the forked gateway" in f["message"]
     cfg.write_text(base + "service: {plugin_env_passthrough: [HTTPS_PROXY]}\n")
     report = json.loads(run_ductile("doctor", "--json", "--config", str(cfg)).stdout)
-    assert not [f for f in report["findings"] if "setpriv" in f["message"] or "forked gateway" in f["message"]]
+    assert not [f for f in report["findings"] if "forked gateway" in f["message"]]
+    [f] = [f for f in report["findings"] if "dropped through" in f["message"]]
+    assert f["severity"] == "info" and "/capsh after exec" in f["message"] and "checked from /proc" in f["message"]

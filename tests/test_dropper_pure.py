@@ -9,19 +9,26 @@ import pytest
 
 from ductile.privsep import dropper
 from ductile.privsep.caps import ProcStatus
-from ductile.privsep.dropper import Choice, HostDropper, choose, judge_chain, unsafe_env, verify_drop
+from ductile.privsep.dropper import CAPSH, SETPRIV as SETPRIV_TOOL, Choice, HostDropper, choose, judge_chain, unsafe_env, verify_drop
 from ductile.runtime import launch as launch_mod
 
 DIR = stat.S_IFDIR | 0o755
 EXE = stat.S_IFREG | 0o755
 SETPRIV = "/usr/bin/setpriv"
+CAPSH_PATH = "/usr/sbin/capsh"
+VIA_SETPRIV = HostDropper(SETPRIV, "setpriv", "")
+VIA_CAPSH = HostDropper(CAPSH_PATH, "capsh", "")
 GOOD_CHAIN = [("/", DIR, 0), ("/usr", DIR, 0), ("/usr/bin", DIR, 0), (SETPRIV, EXE, 0)]
 
 
 def test_argv_drops_every_id_group_and_capability_set() -> None:
-    assert dropper.argv(SETPRIV, 61001, 61002, ["/bin/sh", "-c", "x"]) == [
+    assert dropper.argv(VIA_SETPRIV, 61001, 61002, ["/bin/sh", "-c", "x", "ductile-spawn"]) == [
         SETPRIV, "--reuid=61001", "--regid=61002", "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all",
-        "--", "/bin/sh", "-c", "x"]
+        "--", "/bin/sh", "-c", "x", "ductile-spawn"]
+    # capsh runs its --shell with the words after "--": gid, groups, then uid, numbers only
+    assert dropper.argv(VIA_CAPSH, 61001, 61002, ["/bin/sh", "-c", "x", "ductile-spawn"]) == [
+        CAPSH_PATH, "--shell=/bin/sh", "--gid=61002", "--groups=", "--uid=61001", "--inh=", "--noamb",
+        "--", "-c", "x", "ductile-spawn"]
 
 
 @pytest.mark.parametrize("env, unsafe", [
@@ -52,23 +59,24 @@ def test_judge_chain(chain: list[tuple[str, int, int]], why: str | None) -> None
     assert got == why if why is None else (got is not None and why in got)
 
 
-HOST = HostDropper(SETPRIV, "")
+HOST = VIA_SETPRIV
 SAFE = {"PATH": "/bin", "HOME": "/h"}
 
 
-@pytest.mark.parametrize("host, kw, setpriv, why", [
-    (HOST, {}, SETPRIV, "vfork + setpriv"),
+@pytest.mark.parametrize("host, kw, via, why", [
+    (HOST, {}, VIA_SETPRIV, "vfork + setpriv"),
+    (VIA_CAPSH, {}, VIA_CAPSH, "vfork + capsh"),
     (HOST, {"drops": False}, None, "not dropped"),
-    (HostDropper(None, "/usr/bin/setpriv: not found"), {}, None, "setpriv: /usr/bin/setpriv: not found"),
+    (HostDropper(None, "", "/usr/bin/setpriv: not found"), {}, None, "no dropper: /usr/bin/setpriv: not found"),
     (HOST, {"can_drop": False}, None, "lacks CAP_SETUID"),
     (HOST, {"status_readable": False}, None, "/proc hides"),
     (HOST, {"executable": False}, None, "Landlock ruleset does not let /usr/bin/setpriv be executed"),
     (HOST, {"env": {"LD_PRELOAD": "/x.so"}}, None, "the environment holds LD_PRELOAD"),
 ])
-def test_choose(host: HostDropper, kw: dict, setpriv: str | None, why: str) -> None:  # type: ignore[type-arg]
+def test_choose(host: HostDropper, kw: dict, via: HostDropper | None, why: str) -> None:  # type: ignore[type-arg]
     args = {"drops": True, "can_drop": True, "status_readable": True, "env": SAFE, "executable": True} | kw
     got = choose(host, **args)
-    assert isinstance(got, Choice) and got.setpriv == setpriv and why in got.why
+    assert isinstance(got, Choice) and got.via == via and why in got.why
 
 
 def _status(uids=(61001,) * 4, gids=(61001,) * 4, groups=(), **caps: int) -> ProcStatus:  # type: ignore[no-untyped-def]
@@ -99,11 +107,18 @@ def test_launch_hands_the_drop_to_setpriv_and_not_to_subprocess(fp) -> None:  # 
                "--ambient-caps=-all", "--", "/bin/sh", "-c", "exit 0"]
     fp.register(wrapped)
     fp.register(["/bin/sh", "-c", "exit 0"])
-    proc = launch_mod.launch(["/bin/sh", "-c", "exit 0"], uid=61001, gid=61002, env={}, setpriv=SETPRIV)
+    proc = launch_mod.launch(["/bin/sh", "-c", "exit 0"], uid=61001, gid=61002, env={}, via=VIA_SETPRIV)
     proc.wait()
     launch_mod.forget(proc)
     assert fp.call_count(wrapped) == 1
-    proc = launch_mod.launch(["/bin/sh", "-c", "exit 0"], uid=None, gid=None, env={}, setpriv=SETPRIV)
+    by_capsh = [CAPSH_PATH, "--shell=/bin/sh", "--gid=61002", "--groups=", "--uid=61001", "--inh=", "--noamb",
+                "--", "-c", "exit 0"]
+    fp.register(by_capsh)
+    proc = launch_mod.launch(["/bin/sh", "-c", "exit 0"], uid=61001, gid=61002, env={}, via=VIA_CAPSH)
+    proc.wait()
+    launch_mod.forget(proc)
+    assert fp.call_count(by_capsh) == 1
+    proc = launch_mod.launch(["/bin/sh", "-c", "exit 0"], uid=None, gid=None, env={}, via=VIA_SETPRIV)
     proc.wait()
     launch_mod.forget(proc)
     assert fp.call_count(["/bin/sh", "-c", "exit 0"]) == 1  # nothing to drop: nothing wrapped
@@ -123,36 +138,54 @@ def test_launch_keeps_the_in_process_drop_without_setpriv(monkeypatch) -> None: 
     assert (seen["user"], seen["group"], seen["extra_groups"]) == (61001, 61002, [])
     assert seen["start_new_session"] is True
     seen.clear()
-    launch_mod.forget(launch_mod.launch(["/bin/true"], uid=61001, gid=61002, env={}, setpriv=SETPRIV))
+    launch_mod.forget(launch_mod.launch(["/bin/true"], uid=61001, gid=61002, env={}, via=VIA_SETPRIV))
     assert "user" not in seen and "group" not in seen and "extra_groups" not in seen
     assert seen["argv"][0] == SETPRIV and seen["start_new_session"] is True
 
 
-def test_a_setpriv_without_ambient_caps_is_not_used(fp, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """util-linux before 2.32 has no --ambient-caps: the host offers no dropper then, and
-    says why (the probe is ``setpriv --help``, run once, as the gateway)."""
+def test_capsh_first_then_setpriv_each_only_if_it_knows_every_option(fp, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """libcap's capsh is preferred (numbers only, half the start-up time); one without
+    --noamb (old libcap) gives way to setpriv; a setpriv without --ambient-caps (util-linux
+    before 2.32) to the in-process drop, and the host says why. Each probe is ``--help``,
+    run once per process, as the gateway."""
     from ductile.privsep import dropper_host
 
-    good = [(p, m, 0) for p, m, _ in GOOD_CHAIN]
-    monkeypatch.setattr(dropper_host, "chain_facts", lambda path: good if path == SETPRIV else [])
-    fp.register([SETPRIV, "--help"], stdout="Usage: setpriv [options] <program>\n --reuid --regid --clear-groups --inh-caps\n")
-    dropper_host.forget()
+    def chain(path: str) -> list[tuple[str, int, int]]:
+        if path not in (SETPRIV, CAPSH_PATH):
+            return []
+        return [("/", DIR, 0), (path.rsplit("/", 1)[0], DIR, 0), (path, EXE, 0)]
+
+    monkeypatch.setattr(dropper_host, "chain_facts", chain)
+    full_capsh = " ".join(CAPSH.needs)
+    full_setpriv = " ".join(SETPRIV_TOOL.needs)
     try:
-        host = dropper_host.host_dropper()
-        assert host.path is None and "too old: no --ambient-caps" in host.why_not
-        assert fp.call_count([SETPRIV, "--help"]) == 1
-        fp.register([SETPRIV, "--help"], stdout=" ".join(dropper.NEEDED_OPTIONS))
+        fp.register([CAPSH_PATH, "--help"], stdout=full_capsh)
         dropper_host.forget()
-        assert dropper_host.host_dropper() == HostDropper(SETPRIV, "")
+        assert dropper_host.host_dropper() == VIA_CAPSH
+
+        fp.register([CAPSH_PATH, "--help"], stdout=full_capsh.replace("--noamb", ""))
+        fp.register([SETPRIV, "--help"], stdout=full_setpriv)
+        dropper_host.forget()
+        assert dropper_host.host_dropper() == VIA_SETPRIV
+
+        fp.register([CAPSH_PATH, "--help"], stdout=full_capsh.replace("--noamb", ""))
+        fp.register([SETPRIV, "--help"], stdout=full_setpriv.replace("--ambient-caps", ""))
+        dropper_host.forget()
+        host = dropper_host.host_dropper()
+        assert host.path is None
+        assert "/usr/sbin/capsh: too old: no --noamb" in host.why_not
+        assert "/usr/bin/setpriv: too old: no --ambient-caps" in host.why_not
+        assert fp.call_count([CAPSH_PATH, "--help"]) == 3 and fp.call_count([SETPRIV, "--help"]) == 2
     finally:
         dropper_host.forget()
 
 
-def test_the_host_setpriv_lists_every_option_the_drop_uses() -> None:
-    """The real binary on this machine (the wall tests exec it)."""
+@pytest.mark.parametrize("tool", [CAPSH, SETPRIV_TOOL], ids=["capsh", "setpriv"])
+def test_the_host_tools_list_every_option_the_drop_uses(tool: dropper.Tool) -> None:
+    """The real binaries on this machine (the wall tests exec both)."""
     from ductile.privsep import dropper_host
 
-    dropper_host.forget()
-    host = dropper_host.host_dropper()
-    assert host.path is not None, host.why_not
-    assert dropper.missing_options(dropper_host.help_text(host.path)) == []
+    path = next((p for p in tool.paths if dropper_host.chain_facts(p)), None)
+    assert path is not None, f"{tool.kind} is not installed"
+    assert dropper_host.judge_chain(dropper_host.chain_facts(path)) is None
+    assert dropper.missing_options(tool, dropper_host.help_text(path)) == []

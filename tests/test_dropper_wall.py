@@ -1,8 +1,9 @@
-"""The exec'd drop (``privsep.dropper``), proven with real processes, as a root gateway and
-as a cap-only one (non-root, CAP_SETUID+CAP_SETGID handed over as ambient capabilities, as
-systemd does; the gateway clears them at start as serve does). What is asserted comes
-from inside the plugin: its own /proc/<pid>/status. The attack: a user and a group named
-after the account's numeric ids, mapped to root, which ``setpriv`` prefers to the number.
+"""The exec'd drop (``privsep.dropper``), proven with real processes, through ``capsh`` and
+through ``setpriv``, as a root gateway and as a cap-only one (non-root, CAP_SETUID+CAP_SETGID
+handed over as ambient capabilities, as systemd does; the gateway clears them at start as
+serve does). What is asserted comes from inside the plugin: its own /proc/<pid>/status.
+The attack: a user and a group named after the account's numeric ids, mapped to root,
+which ``setpriv`` prefers to the number (``capsh`` takes numbers only).
 Every test here needs root; under CI a skip is a failure."""
 
 from __future__ import annotations
@@ -22,23 +23,29 @@ from wallworld import WORLD_ENV, free_ids, kill_uid, require_root
 pytestmark = pytest.mark.privileged
 
 MODES = ["root", "cap-only"]
+VIAS = ["capsh", "setpriv"]
 
 GATEWAY = r'''
 import json, sys
 from ductile.config.model import ServiceConfig
 from ductile.errors import DuctileError
-from ductile.privsep import dropper_host, kernel
+from ductile.privsep import dropper, dropper_host, kernel
 from ductile.privsep.accounts import ResolvedAccount
 from ductile.privsep.spawnspec import build_spawn_spec
 from ductile.runtime.spawn import drop_choice, spawn
 a = json.loads(sys.argv[1])
 kernel.harden_gateway()
+if a.get("via"):  # this test's dropper, not the host's first choice
+    tool = {t.kind: t for t in dropper.TOOLS}[a["via"]]
+    path = next(p for p in tool.paths if dropper_host.judge_chain(dropper_host.chain_facts(p)) is None)
+    dropper_host.host_dropper = lambda: dropper.HostDropper(path, tool.kind, "")
 if a.get("no_ambient"):  # a gateway that forgot to hand setpriv its capabilities
     dropper_host.needs_ambient = lambda: False
 service = ServiceConfig(plugin_env_passthrough=tuple(a.get("passthrough", ())))
 spec = build_spawn_spec(ResolvedAccount("acct", a["uid"], a["gid"], a["state_dir"], "granted"), a["plugin"],
                         service, a.get("env", {}), timeout=20, unconfined_workdir="/")
-out = {"setpriv": drop_choice(spec).setpriv}
+via = drop_choice(spec).via
+out = {"via": via.kind if via else None}
 try:
     raw = spawn(spec, b"{}")
     out.update(rc=raw.returncode, stdout=raw.stdout.decode(), stderr=raw.stderr_tail.decode())
@@ -109,10 +116,11 @@ def _status(stdout: str) -> dict[str, list[str]]:
     return {k: v.split() for k, _, v in (line.partition(":") for line in stdout.splitlines())}
 
 
+@pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("mode", MODES)
-def test_the_drop_through_setpriv_leaves_the_plugin_nothing(host: Host, mode: str) -> None:
-    out = host.run(host.gateway_argv(mode))
-    assert out["setpriv"] and out["setpriv"].endswith("/setpriv"), out
+def test_the_exec_d_drop_leaves_the_plugin_nothing(host: Host, mode: str, via: str) -> None:
+    out = host.run(host.gateway_argv(mode, via=via))
+    assert out["via"] == via, out
     assert out["rc"] == 0, out
     st = _status(out["stdout"])
     u = str(host.account)
@@ -125,11 +133,17 @@ def test_the_drop_through_setpriv_leaves_the_plugin_nothing(host: Host, mode: st
     assert "ready" not in out["stderr"]  # the trampoline's ready line is the gateway's, not the job's
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: str, tmp_path: Path) -> None:
-    """setpriv resolves ``--reuid=N`` as a user name first. A passwd entry named N with uid
-    0 (and a group named N with gid 0) turns its drop into root; the gateway sees that in
-    the waiting trampoline's status and the plugin never runs."""
+def test_the_host_prefers_capsh() -> None:
+    require_root()
+    from ductile.privsep import dropper_host
+
+    dropper_host.forget()
+    assert dropper_host.host_dropper().kind == "capsh", dropper_host.host_dropper()
+
+
+def _named_after_ids(host: Host, tmp_path: Path) -> list[str]:
+    """A private mount namespace whose passwd and group name a user and a group after the
+    account's numeric ids, both mapped to root (the host's files are untouched)."""
     passwd = tmp_path / "passwd"
     group = tmp_path / "group"
     passwd.write_text(Path("/etc/passwd").read_text() + f"{host.account}:x:0:0::/:/bin/sh\n")
@@ -137,12 +151,18 @@ def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: s
     os.chmod(tmp_path, 0o755)
     for f in (passwd, group):
         os.chmod(f, 0o644)
-    # a private mount namespace: the host's /etc/passwd is untouched
-    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"', "sh",
-            str(passwd), str(group), *host.gateway_argv(mode)]
-    out = host.run(argv)
-    assert out["setpriv"], out
+            str(passwd), str(group)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: str, tmp_path: Path) -> None:
+    """setpriv resolves ``--reuid=N`` as a user name first. A passwd entry named N with uid
+    0 (and a group named N with gid 0) turns its drop into root; the gateway sees that in
+    the waiting trampoline's status and the plugin never runs."""
+    out = host.run(_named_after_ids(host, tmp_path) + host.gateway_argv(mode, via="setpriv"))
+    assert out["via"] == "setpriv", out
     assert out.get("kind") == "drop_failed", out
     assert "not dropped to account acct: it runs as uid 0/0/0/0" in out["line"], out
     assert f"getent passwd {host.account}" in out["line"], out  # the fix names the lookup that finds the entry
@@ -150,22 +170,34 @@ def test_a_user_named_after_the_uid_cannot_redirect_the_drop(host: Host, mode: s
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_capsh_takes_the_ids_as_numbers_whatever_names_exist(host: Host, mode: str, tmp_path: Path) -> None:
+    """The same names, through capsh: no lookup, the drop is the account's and the job runs."""
+    out = host.run(_named_after_ids(host, tmp_path) + host.gateway_argv(mode, via="capsh"))
+    assert out["via"] == "capsh" and out["rc"] == 0, out
+    st = _status(out["stdout"])
+    assert st["Uid"] == [str(host.account)] * 4 and st["Gid"] == [str(host.account)] * 4, st
+    assert host.ran
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_an_environment_the_loader_obeys_keeps_the_in_process_drop(host: Host, mode: str) -> None:
     """``LD_PRELOAD`` passed through by the operator must not reach a program that holds
     the gateway's capabilities: the job is dropped by subprocess in the child instead."""
     out = host.run(host.gateway_argv(mode, passthrough=["LD_PRELOAD"], env={"LD_PRELOAD": ""}))
-    assert out["setpriv"] is None, out
+    assert out["via"] is None, out
     assert out["rc"] == 0, out
     st = _status(out["stdout"])
     assert st["Uid"] == [str(host.account)] * 4 and st["CapEff"] == ["0000000000000000"], st
     assert host.ran
 
 
-def test_a_refused_setpriv_drop_is_account_drop_failed(host: Host) -> None:
-    """A cap-only gateway that does not raise the ambient set: setpriv holds no capability,
-    the kernel refuses its drop, and the job fails as a refused drop, plugin not run."""
-    out = host.run(host.gateway_argv("cap-only", no_ambient=True))
-    assert out["setpriv"], out
+@pytest.mark.parametrize("via", VIAS)
+def test_a_refused_exec_d_drop_is_account_drop_failed(host: Host, via: str) -> None:
+    """A cap-only gateway that does not raise the ambient set: the dropper holds no
+    capability, the kernel refuses its drop, and the job fails as a refused drop, plugin
+    not run."""
+    out = host.run(host.gateway_argv("cap-only", no_ambient=True, via=via))
+    assert out["via"] == via, out
     assert out.get("kind") == "drop_failed", out
-    assert "setpriv could not drop to uid" in out["line"] and "Operation not permitted" in out["line"], out
+    assert f"{via} could not drop to uid" in out["line"], out
     assert not host.ran

@@ -1,5 +1,5 @@
-"""The host's side of the exec'd drop (see ``privsep.dropper``): find ``setpriv`` and judge
-it, and whether this gateway can drop and verify at all. Decided once per process: the
+"""The host's side of the exec'd drop (see ``privsep.dropper``): find ``capsh`` or
+``setpriv`` and judge it, and whether this gateway can drop and verify at all. Decided once per process: the
 binary's chain is root's (or it is not used), so only root can change the answer, and a
 gateway's capabilities and ``/proc`` mount do not change while it runs."""
 
@@ -10,7 +10,7 @@ import os
 import subprocess
 
 from ductile.privsep import kernel
-from ductile.privsep.dropper import SETPRIV_PATHS, HostDropper, PathFacts, judge_chain, missing_options
+from ductile.privsep.dropper import TOOLS, HostDropper, PathFacts, judge_chain, missing_options
 
 
 def chain_facts(path: str) -> list[PathFacts]:
@@ -33,28 +33,30 @@ def chain_facts(path: str) -> list[PathFacts]:
 
 
 def help_text(path: str) -> str:
-    """``setpriv --help``, run once per process as the gateway (nothing is dropped)."""
+    """``<tool> --help``, run once per process as the gateway (nothing is dropped)."""
     try:
         proc = subprocess.run([path, "--help"], capture_output=True, timeout=10, cwd="/", env={"PATH": "/usr/bin:/bin"},
                               check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return proc.stdout.decode("utf-8", "replace")
+    return (proc.stdout + proc.stderr).decode("utf-8", "replace")
 
 
 @functools.cache
 def host_dropper() -> HostDropper:
+    """The first trusted tool, in ``TOOLS`` order, that knows every option the drop uses."""
     reasons = []
-    for candidate in SETPRIV_PATHS:
-        chain = chain_facts(candidate)
-        why = judge_chain(chain)
-        if why is None:
-            missing = missing_options(help_text(chain[-1][0]))
-            if not missing:
-                return HostDropper(chain[-1][0], "")
-            why = f"too old: no {', '.join(missing)}"
-        reasons.append(f"{candidate}: {why}")
-    return HostDropper(None, "; ".join(reasons))
+    for tool in TOOLS:
+        for candidate in tool.paths:
+            chain = chain_facts(candidate)
+            why = judge_chain(chain)
+            if why is None:
+                missing = missing_options(tool, help_text(chain[-1][0]))
+                if not missing:
+                    return HostDropper(chain[-1][0], tool.kind, "")
+                why = f"too old: no {', '.join(missing)}"
+            reasons.append(f"{candidate}: {why}")
+    return HostDropper(None, "", "; ".join(reasons))
 
 
 @functools.cache

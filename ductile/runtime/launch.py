@@ -5,8 +5,9 @@ Every process it starts:
 
 * drops to the account with ``user=``, ``group=`` *and* ``extra_groups=[]`` (leaving out
   the last would keep the gateway's supplementary groups) -- or, for a plugin's trampoline,
-  through an exec'd ``setpriv`` that does the same drop, so that ``Popen`` can ``vfork``
-  instead of copying the gateway (``privsep.dropper``: why, and what keeps it as safe);
+  through an exec'd ``capsh`` or ``setpriv`` that does the same drop, so that ``Popen`` can
+  ``vfork`` instead of copying the gateway (``privsep.dropper``: why, and what keeps it as
+  safe);
 * starts a **new session** (``setsid`` inside ``_posixsubprocess``, no Python between fork
   and exec): it has no controlling terminal, so it can neither open ``/dev/tty`` nor push
   keystrokes into the operator's shell with ``TIOCSTI``, and it cannot ``setpgid`` itself
@@ -45,14 +46,14 @@ def drop_kwargs(uid: int | None, gid: int | None) -> dict[str, Any]:
 def launch(argv: Sequence[str], *, uid: int | None, gid: int | None, env: dict[str, str],
            stdin: int | IO[Any] | None = subprocess.PIPE, stdout: int | IO[Any] | None = subprocess.PIPE,
            stderr: int | IO[Any] | None = subprocess.PIPE, cwd: str | None = None,
-           setpriv: str | None = None) -> subprocess.Popen[bytes]:
+           via: dropper.HostDropper | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` dropped to ``uid``/``gid`` (None: as the gateway) in a new session.
-    ``setpriv``: drop through that binary instead of in the forked child; the caller has
+    ``via``: drop through that program instead of in the forked child; the caller has
     judged it (``dropper.choose``) and, in a cap-only gateway, raised the ambient set of
     the calling thread."""
     drop = drop_kwargs(uid, gid)
-    if setpriv is not None and uid is not None and gid is not None:
-        argv, drop = dropper.argv(setpriv, uid, gid, argv), {}
+    if via is not None and uid is not None and gid is not None:
+        argv, drop = dropper.argv(via, uid, gid, argv), {}
     with _registry:
         proc = subprocess.Popen(  # noqa: S603 - argv is built by ductile, never a shell string from input
             list(argv), stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, close_fds=True,

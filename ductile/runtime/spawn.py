@@ -7,12 +7,13 @@ One call = one job, contained from its first instruction to its last process:
   2. cgroup mode: create the job's cgroup with its limits;
   3. start the trampoline (``launch``: dropped, new session, no tty; under Landlock when the
      spec carries a ruleset, from a short-lived thread that restricted itself first). The
-     drop is done by an exec'd ``setpriv`` when ``dropper.choose`` allows it, so that the
-     spawn can ``vfork``; a cap-only gateway then raises CAP_SETUID/CAP_SETGID into the
+     drop is done by an exec'd ``capsh`` or ``setpriv`` when ``dropper.choose`` allows it,
+     so that the spawn can ``vfork``; a cap-only gateway then raises CAP_SETUID/CAP_SETGID into the
      ambient set of that same short-lived thread only;
   4. move it into the job's cgroup; wait for the trampoline's ready line and check from
      ``/proc/<pid>/status`` that it runs as the account with no group and no capability
-     left (required after ``setpriv``, which reads a numeric uid as a user name first);
+     left (required after an exec'd drop: ``setpriv`` reads a numeric uid as a user name
+     first);
      then write ``go\\n`` and the request — the plugin's first instruction runs inside the
      cgroup, as the account;
   5. service stdin/stdout/stderr from one ``selectors`` loop (stdout capped: overflow kills
@@ -109,16 +110,16 @@ def drop_choice(spec: SpawnSpec) -> dropper.Choice:
                           executable=ruleset is None or host.path is None or ruleset.covers(host.path, EXECUTE))
 
 
-def _start(spec: SpawnSpec, setpriv: str | None) -> subprocess.Popen[bytes]:
+def _start(spec: SpawnSpec, via: dropper.HostDropper | None) -> subprocess.Popen[bytes]:
     ruleset = spec.confinement.landlock
     prepare: list[Callable[[], None]] = []
     if ruleset is not None:
         prepare.append(lambda: landlock_linux.restrict_this_thread(ruleset))
-    if setpriv is not None and dropper_host.needs_ambient():
+    if via is not None and dropper_host.needs_ambient():
         prepare.append(kernel.raise_drop_ambient)
 
     def start() -> subprocess.Popen[bytes]:
-        return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env, setpriv=setpriv)
+        return launch(spec.argv, uid=spec.uid, gid=spec.gid, env=spec.env, via=via)
 
     if not prepare:
         return start()
@@ -129,7 +130,7 @@ def _start(spec: SpawnSpec, setpriv: str | None) -> subprocess.Popen[bytes]:
                           fix="check plugins.<name>.filesystem (every path must exist); `ductile doctor` lists them") from None
 
 
-def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], setpriv: str | None) -> bytes:
+def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.HostDropper | None) -> bytes:
     """Wait (at most the job's timeout) for the trampoline's ready line, then check the drop.
     Returns what else it wrote to stderr, for the job's stderr tail. Raises when the
     process is not the account's: the trampoline then exits at the end of the job without
@@ -148,12 +149,12 @@ def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], setpriv: str | 
         if not poller.poll(left * 1000):
             continue
         chunk = os.read(fd, _CHUNK)
-        if not chunk:  # it ended before the trampoline ran: setpriv refused, or sh did not start
-            if setpriv is not None:
+        if not chunk:  # it ended before the trampoline ran: the dropper refused, or sh did not start
+            if via is not None:
                 proc.wait(timeout=KILL_MARGIN)
                 said = bytes(seen).decode("utf-8", "replace").strip().splitlines()
                 raise AccountDropFailed(
-                    f"setpriv could not drop to uid {spec.uid} gid {spec.gid}: {said[-1] if said else 'no message'}",
+                    f"{via.kind} could not drop to uid {spec.uid} gid {spec.gid}: {said[-1] if said else 'no message'}",
                     where=f"accounts.{spec.account}",
                     fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root")
             return bytes(seen)
@@ -161,7 +162,7 @@ def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], setpriv: str | 
     at = seen.index(TRAMPOLINE_READY)
     rest = bytes(seen[:at] + seen[at + len(TRAMPOLINE_READY):])
     if spec.drops:
-        _verify_drop(spec, proc.pid, required=setpriv is not None)
+        _verify_drop(spec, proc.pid, required=via is not None)
     return rest
 
 
@@ -183,7 +184,7 @@ def _verify_drop(spec: SpawnSpec, pid: int, *, required: bool) -> None:
             fix = ("check that no user or group in NSS is named after the account's numeric uid or gid "
                    f"(`getent passwd {spec.uid}`); `ductile account verify` shows the drop")
         else:
-            fix = "the drop left privileges behind: check `setpriv --version` (util-linux 2.32 or later) and report it"
+            fix = "the drop left privileges behind: `ductile doctor` names the program that dropped it; report it with its version"
         raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {why}; it was stopped "
                                 "before the plugin ran", where=f"accounts.{spec.account}", fix=fix)
 
@@ -211,9 +212,9 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
             except OSError as err:
                 raise SpawnFailed(f"cannot create the job's cgroup under {conf.cgroup_parent}: {err.strerror}",
                                   where=conf.cgroup_parent, fix="check the cgroup subtree (ductile doctor)") from None
-        setpriv = drop_choice(spec).setpriv
+        via = drop_choice(spec).via
         try:
-            proc = _start(spec, setpriv)
+            proc = _start(spec, via)
         except OSError as err:
             raise classify_start_error(spec, err) from None
         if job_cg is not None:
@@ -223,7 +224,7 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
                 raise SpawnFailed(f"cannot move the job into its cgroup {job_cg.path}: {err.strerror}",
                                   where=job_cg.path, fix="the gateway must be able to write cgroup.procs of its "
                                   "subtree (systemd Delegate=yes)") from None
-        early_stderr = _await_ready(spec, proc, setpriv)
+        early_stderr = _await_ready(spec, proc, via)
         if on_start is not None:
             on_start(proc.pid)
         raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg, early_stderr)
