@@ -46,9 +46,14 @@ spec = build_spawn_spec(ResolvedAccount("acct", a["uid"], a["gid"], a["state_dir
                         service, a.get("env", {}), timeout=20, unconfined_workdir="/")
 via = drop_choice(spec).via
 out = {"via": via.kind if via else None}
+import threading
+cancel = threading.Event()
+if a.get("cancel"):  # serve's shutdown deadline, reached while the trampoline starts
+    cancel.set()
 try:
-    raw = spawn(spec, b"{}")
-    out.update(rc=raw.returncode, stdout=raw.stdout.decode(), stderr=raw.stderr_tail.decode())
+    raw = spawn(spec, b"{}", cancel=cancel)
+    out.update(rc=raw.returncode, stdout=raw.stdout.decode(), stderr=raw.stderr_tail.decode(),
+               cancelled=raw.cancelled)
 except DuctileError as err:
     out.update(kind=err.kind, line=err.one_line())
 # every thread the gateway still has, the one that spawned included: no capability to hand on
@@ -200,4 +205,12 @@ def test_a_refused_exec_d_drop_is_account_drop_failed(host: Host, via: str) -> N
     assert out["via"] == via, out
     assert out.get("kind") == "drop_failed", out
     assert f"{via} could not drop to uid" in out["line"], out
+    assert not host.ran
+
+
+def test_a_cancel_before_go_runs_nothing(host: Host) -> None:
+    """Shutdown while the trampoline is still starting: no "go" is sent, the job is
+    reported cancelled (re-queued, not failed), and the plugin never ran."""
+    out = host.run(host.gateway_argv("root", cancel=True))
+    assert out["via"] and out["cancelled"] is True and out["stdout"] == "", out
     assert not host.ran

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from ductile.privsep.caps import ProcStatus
 
 
-
 @dataclass(frozen=True)
 class Tool:
     kind: str
@@ -57,13 +56,30 @@ class Tool:
     needs: tuple[str, ...]   # options its --help must list
 
 
-CAPSH = Tool("capsh", ("/usr/sbin/capsh", "/sbin/capsh"), ("--shell=", "--gid=", "--groups=", "--uid=", "--inh=", "--noamb"))
+CAPSH = Tool("capsh", ("/usr/sbin/capsh", "/sbin/capsh"),
+             ("--shell=", "--gid=", "--groups=", "--uid=", "--inh=", "--noamb"))
 SETPRIV = Tool("setpriv", ("/usr/bin/setpriv", "/bin/setpriv"),
                ("--reuid", "--regid", "--clear-groups", "--inh-caps", "--ambient-caps"))
 TOOLS = (CAPSH, SETPRIV)   # in order of preference
 
+
+@dataclass(frozen=True)
+class HostDropper:
+    """What the host offers, decided once per process (``privsep.dropper_host``)."""
+
+    path: str | None        # a trusted capsh or setpriv, or None
+    kind: str               # the Tool's kind ("" when path is None)
+    why_not: str            # "" when path is set
+
+
+@dataclass(frozen=True)
+class Choice:
+    via: HostDropper | None   # None: drop in-process (fork)
+    why: str
+
+
 # glibc's unsecvars.h: what the loader and libc drop for a privileged (AT_SECURE) program.
-# TMPDIR is on that list too, but the gateway sets it itself and setpriv never reads it.
+# TMPDIR is on that list too, but the gateway sets it itself and neither dropper reads it.
 UNSAFE_ENV = frozenset({
     "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "NIS_PATH",
     "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR",
@@ -116,21 +132,6 @@ def missing_options(tool: Tool, help_text: str) -> list[str]:
     return [opt for opt in tool.needs if opt not in help_text]
 
 
-@dataclass(frozen=True)
-class HostDropper:
-    """What the host offers, decided once per process (``privsep.dropper_host``)."""
-
-    path: str | None        # a trusted capsh or setpriv, or None
-    kind: str               # the Tool's kind ("" when path is None)
-    why_not: str            # "" when path is set
-
-
-@dataclass(frozen=True)
-class Choice:
-    via: HostDropper | None   # None: drop in-process (fork)
-    why: str
-
-
 def choose(host: HostDropper, *, drops: bool, can_drop: bool, status_readable: bool,
            env: Mapping[str, str], executable: bool = True) -> Choice:
     """How one process is dropped. ``can_drop``: the gateway holds the capabilities (without
@@ -165,4 +166,3 @@ def verify_drop(status: ProcStatus, uid: int, gid: int) -> str | None:
         held = [n for n in ("CapInh", "CapPrm", "CapEff", "CapAmb") if status.caps.get(n, -1) != 0]
         return f"it holds capabilities ({', '.join(held)} not empty)"
     return None
-

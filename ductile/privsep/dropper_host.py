@@ -1,7 +1,8 @@
 """The host's side of the exec'd drop (see ``privsep.dropper``): find ``capsh`` or
-``setpriv`` and judge it, and whether this gateway can drop and verify at all. Decided once per process: the
-binary's chain is root's (or it is not used), so only root can change the answer, and a
-gateway's capabilities and ``/proc`` mount do not change while it runs."""
+``setpriv`` and judge it, and whether this gateway can drop and verify at all. Decided
+once per process: the binary's chain is root's (or it is not used), so only root can
+change the answer, and a gateway's capabilities and ``/proc`` mount do not change while
+it runs."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def chain_facts(path: str) -> list[PathFacts]:
 def help_text(path: str) -> str:
     """``<tool> --help``, run once per process as the gateway (nothing is dropped)."""
     try:
-        proc = subprocess.run([path, "--help"], capture_output=True, timeout=10, cwd="/", env={"PATH": "/usr/bin:/bin"},
-                              check=False)
+        proc = subprocess.run([path, "--help"], capture_output=True, timeout=10, cwd="/",
+                              env={"PATH": "/usr/bin:/bin"}, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (proc.stdout + proc.stderr).decode("utf-8", "replace")

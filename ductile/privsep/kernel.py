@@ -92,7 +92,8 @@ def clear_inheritable() -> None:
 
 def raise_drop_ambient() -> None:
     """CAP_SETUID and CAP_SETGID into the *calling thread's* inheritable and ambient sets,
-    so that the ``setpriv`` it execs next holds them (``privsep.dropper``). Capability sets
+    so that the dropper it execs next (``capsh`` or ``setpriv``, ``privsep.dropper``) holds
+    them. Capability sets
     are per thread: this runs only in the throwaway thread that spawns one job, never in a
     thread the gateway keeps (``harden_gateway`` cleared both sets for all of them)."""
     lib = libc()

@@ -8,14 +8,13 @@ One call = one job, contained from its first instruction to its last process:
   3. start the trampoline (``launch``: dropped, new session, no tty; under Landlock when the
      spec carries a ruleset, from a short-lived thread that restricted itself first). The
      drop is done by an exec'd ``capsh`` or ``setpriv`` when ``dropper.choose`` allows it,
-     so that the spawn can ``vfork``; a cap-only gateway then raises CAP_SETUID/CAP_SETGID into the
-     ambient set of that same short-lived thread only;
+     so that the spawn can ``vfork``; a cap-only gateway then raises CAP_SETUID/CAP_SETGID
+     into the ambient set of that same short-lived thread only;
   4. move it into the job's cgroup; wait for the trampoline's ready line and check from
      ``/proc/<pid>/status`` that it runs as the account with no group and no capability
      left (required after an exec'd drop: ``setpriv`` reads a numeric uid as a user name
-     first);
-     then write ``go\\n`` and the request — the plugin's first instruction runs inside the
-     cgroup, as the account;
+     first); then write ``go\\n`` and the request — the plugin's first instruction runs
+     inside the cgroup, as the account;
   5. service stdin/stdout/stderr from one ``selectors`` loop (stdout capped: overflow kills
      the job; stderr keeps a 64 KiB tail); a timeout sends SIGTERM to the process group,
      ``kill_grace`` later SIGKILL; a ``cancel`` event (serve's shutdown deadline) kills at
@@ -56,6 +55,7 @@ from ductile.runtime.launch import forget, launch, run_helper
 
 LINGER_AFTER_EXIT = 0.5  # seconds to keep draining pipes once the leader has exited
 KILL_MARGIN = 5.0        # seconds past timeout + kill_grace before the gateway stops waiting
+READY_SLICE = 0.05       # seconds between looks at the cancel event while the trampoline starts
 HANDSHAKE = b"go\n"
 _CHUNK = 65536
 
@@ -130,11 +130,13 @@ def _start(spec: SpawnSpec, via: dropper.HostDropper | None) -> subprocess.Popen
                           fix="check plugins.<name>.filesystem (every path must exist); `ductile doctor` lists them") from None
 
 
-def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.HostDropper | None) -> bytes:
+def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.HostDropper | None,
+                 cancel: threading.Event | None) -> bytes | None:
     """Wait (at most the job's timeout) for the trampoline's ready line, then check the drop.
-    Returns what else it wrote to stderr, for the job's stderr tail. Raises when the
-    process is not the account's: the trampoline then exits at the end of the job without
-    running the plugin (its stdin closes before "go")."""
+    Returns what else it wrote to stderr, for the job's stderr tail; None when ``cancel``
+    was set first (nothing ran). Raises when the process is not the account's. Either way
+    the trampoline exits at the end of the job without running the plugin (its stdin
+    closes before "go")."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     deadline = time.monotonic() + spec.timeout
@@ -142,11 +144,13 @@ def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.Ho
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while TRAMPOLINE_READY not in seen:
+        if cancel is not None and cancel.is_set():
+            return None
         left = deadline - time.monotonic()
         if left <= 0:
             raise SpawnFailed(f"the trampoline did not start within {spec.timeout:g}s", where=spec.entrypoint,
                               fix="the host is overloaded, or /bin/sh hangs at start-up")
-        if not poller.poll(left * 1000):
+        if not poller.poll(min(left, READY_SLICE) * 1000):
             continue
         chunk = os.read(fd, _CHUNK)
         if not chunk:  # it ended before the trampoline ran: the dropper refused, or sh did not start
@@ -159,6 +163,7 @@ def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.Ho
                     fix="give the gateway CAP_SETUID and CAP_SETGID (AmbientCapabilities= in its unit) or run it as root")
             return bytes(seen)
         seen += chunk
+        del seen[:-spec.stderr_tail]
     at = seen.index(TRAMPOLINE_READY)
     rest = bytes(seen[:at] + seen[at + len(TRAMPOLINE_READY):])
     if spec.drops:
@@ -184,7 +189,8 @@ def _verify_drop(spec: SpawnSpec, pid: int, *, required: bool) -> None:
             fix = ("check that no user or group in NSS is named after the account's numeric uid or gid "
                    f"(`getent passwd {spec.uid}`); `ductile account verify` shows the drop")
         else:
-            fix = "the drop left privileges behind: `ductile doctor` names the program that dropped it; report it with its version"
+            fix = ("the drop left privileges behind: `ductile doctor` names the program that dropped it; "
+                   "report it with its version")
         raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {why}; it was stopped "
                                 "before the plugin ran", where=f"accounts.{spec.account}", fix=fix)
 
@@ -224,10 +230,13 @@ def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | 
                 raise SpawnFailed(f"cannot move the job into its cgroup {job_cg.path}: {err.strerror}",
                                   where=job_cg.path, fix="the gateway must be able to write cgroup.procs of its "
                                   "subtree (systemd Delegate=yes)") from None
-        early_stderr = _await_ready(spec, proc, via)
-        if on_start is not None:
-            on_start(proc.pid)
-        raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg, early_stderr)
+        early_stderr = _await_ready(spec, proc, via, cancel)
+        if early_stderr is None:  # cancelled before "go": the plugin never ran
+            raw = RawResult(-signal.SIGKILL, b"", False, b"", False, proc.pid, cancelled=True)
+        else:
+            if on_start is not None:
+                on_start(proc.pid)
+            raw = _communicate(spec, proc, HANDSHAKE + request, cancel, job_cg, early_stderr)
     finally:
         ended = _end_job(spec, proc, job_cg, lock)
     assert raw is not None
@@ -285,8 +294,8 @@ def _collect(proc: subprocess.Popen[bytes]) -> None:
         forget(proc)
 
 
-def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes,
-                 cancel: threading.Event | None, job_cg: cgroup.JobCgroup | None, early_stderr: bytes = b"") -> RawResult:
+def _communicate(spec: SpawnSpec, proc: subprocess.Popen[bytes], request: bytes, cancel: threading.Event | None,
+                 job_cg: cgroup.JobCgroup | None, early_stderr: bytes = b"") -> RawResult:
     assert proc.stdin and proc.stdout and proc.stderr
     pgid = proc.pid
     sel = selectors.DefaultSelector()
