@@ -24,12 +24,16 @@ $(STAMP): $(VPY) setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# Host tools the suite exercises for real (age for vault interop). Installed only when
-# missing and only as root; elsewhere the interop tests say what is absent.
+# Host tools the suite exercises for real (age for vault interop, libcap's capsh for the
+# exec'd drop). Installed only when missing and only as root; elsewhere the tests say what
+# is absent.
 tools:
 	@command -v age >/dev/null 2>&1 || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && (apt-get install -y -q age >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q age >/dev/null)) \
 	  || echo "make: age CLI not installed; vault interop tests need it (apt-get install age)"; }
+	@test -x /usr/sbin/capsh || test -x /sbin/capsh || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get install -y -q libcap2-bin >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libcap2-bin >/dev/null)) \
+	  || echo "make: capsh not installed; the exec'd-drop tests need it (apt-get install libcap2-bin)"; }
 
 test: $(STAMP) tools
 	$(VPY) -m pytest -q -rs $(PYTEST_ARGS)
