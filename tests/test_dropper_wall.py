@@ -73,6 +73,21 @@ grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb):' /proc/$$/status
 """
 
 
+# A hostile plugin: the dropper is executable from inside its allowlist, so it tries to
+# use it (and the kernel directly, through Python) to get back to root or the gateway.
+ESCALATE = """#!/bin/sh
+touch "$HOME/ran"
+for tool in /usr/sbin/capsh /usr/bin/setpriv; do
+  [ -x "$tool" ] || continue
+  case "$tool" in
+    *capsh) "$tool" --uid=0 --gid=0 --groups= -- -c 'echo "ESCALATED by capsh $(id -u)"' 2>/dev/null ;;
+    *) "$tool" --reuid=0 --regid=0 --clear-groups -- /bin/sh -c 'echo "ESCALATED by setpriv $(id -u)"' 2>/dev/null ;;
+  esac
+  echo "$tool exit $?"
+done
+"""
+
+
 class Host:
     def __init__(self) -> None:
         self.account, self.gateway = free_ids(2)
@@ -86,6 +101,9 @@ class Host:
         self.plugin = plugins / "run"
         self.plugin.write_text(PLUGIN)
         os.chmod(self.plugin, 0o755)
+        self.escalate = plugins / "escalate"
+        self.escalate.write_text(ESCALATE)
+        os.chmod(self.escalate, 0o755)
 
     def gateway_argv(self, mode: str, **extra: object) -> list[str]:
         args = {"uid": self.account, "gid": self.account, "state_dir": str(self.state_dir),
@@ -214,3 +232,16 @@ def test_a_cancel_before_go_runs_nothing(host: Host) -> None:
     out = host.run(host.gateway_argv("root", cancel=True))
     assert out["via"] and out["cancelled"] is True and out["stdout"] == "", out
     assert not host.ran
+
+
+@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_plugin_cannot_use_the_dropper_to_climb_back(host: Host, mode: str, via: str) -> None:
+    """The program that dropped the job is on the plugin's PATH too. Run by the plugin it
+    holds no capability, so asking it for uid 0 fails, from a root and a cap-only gateway."""
+    out = host.run(host.gateway_argv(mode, via=via, plugin=str(host.escalate)))
+    assert out["via"] == via and out["rc"] == 0, out
+    assert host.ran
+    assert "ESCALATED" not in out["stdout"], out
+    lines = [ln for ln in out["stdout"].splitlines() if " exit " in ln]
+    assert lines and all(not ln.endswith(" exit 0") for ln in lines), out
