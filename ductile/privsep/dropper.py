@@ -154,15 +154,21 @@ def choose(host: HostDropper, *, drops: bool, can_drop: bool, status_readable: b
     return Choice(host, f"vfork + {host.kind}")
 
 
-def verify_drop(status: ProcStatus, uid: int, gid: int) -> str | None:
-    """Why the process described by ``status`` is not dropped to ``uid``/``gid``, or None."""
+@dataclass(frozen=True)
+class Mismatch:
+    why: str
+    identity: bool   # the ids or groups are wrong (a name won over a number), not the capabilities
+
+
+def verify_drop(status: ProcStatus, uid: int, gid: int) -> Mismatch | None:
+    """How the process described by ``status`` is not dropped to ``uid``/``gid``, or None."""
     if not status.uids or any(u != uid for u in status.uids):
-        return f"it runs as uid {'/'.join(map(str, status.uids)) or '?'}, not {uid}"
+        return Mismatch(f"it runs as uid {'/'.join(map(str, status.uids)) or '?'}, not {uid}", True)
     if not status.gids or any(g != gid for g in status.gids):
-        return f"it runs as gid {'/'.join(map(str, status.gids)) or '?'}, not {gid}"
+        return Mismatch(f"it runs as gid {'/'.join(map(str, status.gids)) or '?'}, not {gid}", True)
     if status.groups:
-        return f"it kept supplementary groups {' '.join(map(str, status.groups))}"
+        return Mismatch(f"it kept supplementary groups {' '.join(map(str, status.groups))}", True)
     if not status.unprivileged():
         held = [n for n in ("CapInh", "CapPrm", "CapEff", "CapAmb") if status.caps.get(n, -1) != 0]
-        return f"it holds capabilities ({', '.join(held)} not empty)"
+        return Mismatch(f"it holds capabilities ({', '.join(held)} not empty)", False)
     return None

@@ -1,4 +1,5 @@
-"""The Landlock edge: ask the kernel for its ABI, and start a process under a ruleset.
+"""The Landlock edge: ask the kernel for its ABI, and restrict a thread to a ruleset (the
+spawn edge starts the job from that thread: ``privsep.spawnthread``, ``runtime.spawn``).
 
 Why a short-lived thread: ``landlock_restrict_self`` restricts only the calling thread
 (and what it creates afterwards). A thread that restricts itself and then calls
@@ -31,15 +32,10 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from ductile.privsep import kernel
 from ductile.privsep.landlock import FILE_RIGHTS, NET_BIND_TCP, NET_CONNECT_TCP, Ruleset
-from ductile.privsep.spawnthread import in_throwaway_thread
-
-T = TypeVar("T")
 
 SYS_CREATE_RULESET = 444   # the same number on every architecture (added after the syscall table was unified)
 SYS_ADD_RULE = 445
@@ -209,8 +205,3 @@ def forget_built() -> None:
     with _built_lock:
         while _built:
             _retire(_built.popitem()[1])
-
-
-def in_restricted_thread(ruleset: Ruleset, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (a spawn) in a fresh thread that first restricted itself to ``ruleset``."""
-    return in_throwaway_thread([lambda: restrict_this_thread(ruleset)], fn)

@@ -174,25 +174,25 @@ def _await_ready(spec: SpawnSpec, proc: subprocess.Popen[bytes], via: dropper.Ho
 def _verify_drop(spec: SpawnSpec, pid: int, *, required: bool) -> None:
     assert spec.uid is not None and spec.gid is not None
     text = kernel.read_status(pid)
-    why: str | None
     if text is None:
         if not required:  # /proc hides it; the drop was done in the child by subprocess itself
             return
-        why = f"/proc/{pid}/status cannot be read"
+        mismatch: dropper.Mismatch | None = dropper.Mismatch(f"/proc/{pid}/status cannot be read", False)
     else:
         try:
-            why = dropper.verify_drop(parse_status(text), spec.uid, spec.gid)
+            mismatch = dropper.verify_drop(parse_status(text), spec.uid, spec.gid)
         except ValueError as err:
-            why = str(err)
-    if why is not None:
-        if why.startswith(("it runs as", "it kept")):
-            fix = ("check that no user or group in NSS is named after the account's numeric uid or gid "
-                   f"(`getent passwd {spec.uid}`); `ductile account verify` shows the drop")
-        else:
-            fix = ("the drop left privileges behind: `ductile doctor` names the program that dropped it; "
-                   "report it with its version")
-        raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {why}; it was stopped "
-                                "before the plugin ran", where=f"accounts.{spec.account}", fix=fix)
+            mismatch = dropper.Mismatch(str(err), False)
+    if mismatch is None:
+        return
+    if mismatch.identity:
+        fix = ("check that no user or group in NSS is named after the account's numeric uid or gid "
+               f"(`getent passwd {spec.uid}`); `ductile account verify` shows the drop")
+    else:
+        fix = ("the drop left privileges behind: `ductile doctor` names the program that dropped it; "
+               "report it with its version")
+    raise AccountDropFailed(f"the job's process is not dropped to account {spec.account}: {mismatch.why}; it was "
+                            "stopped before the plugin ran", where=f"accounts.{spec.account}", fix=fix)
 
 
 def spawn(spec: SpawnSpec, request: bytes, *, on_start: Callable[[int], None] | None = None,
